@@ -1,0 +1,175 @@
+"""Train functions x genomes x seeds -> metrics, in one compiled, vmapped, sharded call.
+
+The train function is the one seam between what is searched and where it is scored:
+``make_train(task, rule, steps) -> train(genome, key) -> metrics``. ``evaluate`` runs
+``vmap(vmap(train))`` over candidates x seeds with the candidate axis sharded over a 1-D device mesh
+(the modern, jax.sharding form of what pmap used to do), padding the population to a multiple of
+the device count and splitting it into chunks of a fixed size so that every generation reuses one
+compiled function per task shape.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from lab.rules.base import Ctx, UpdateRule, population_size
+from tasks.base import Task
+
+# Bump when the inner loop or the metrics change: it is part of every cache key.
+EVALUATOR_VERSION = "1"
+CURVE_POINTS = 8
+AXIS = "pop"
+
+Metrics = dict[str, jax.Array]
+TrainFn = Callable[[Any, jax.Array], Metrics]
+
+
+def make_train(task: Task, rule: UpdateRule, steps: int | None = None, lr: float = 1.0,
+               unroll: int = 1) -> TrainFn:
+    """One inner training run of ``task`` with one genome of ``rule``, as a pure function.
+
+    Args:
+      task: the inner problem.
+      rule: the update-rule family; its genome is the first argument of ``train``.
+      steps: the horizon (inner steps); defaults to ``task.steps``.
+      lr: the outer learning rate passed in ``Ctx.lr``.
+      unroll: ``lax.scan`` unroll length (static).
+
+    Returns:
+      ``train(genome, key) -> metrics`` with scalar ``final_loss`` (mean training loss over the
+      last tenth of the run), ``mean_loss``, ``eval_loss`` (held-out split, else ``final_loss``),
+      ``curve`` ([CURVE_POINTS] mean loss per equal segment) and ``diverged`` (bool).
+    """
+    steps = int(steps or task.steps)
+    tail = max(1, steps // 10)
+    seg = max(1, steps // CURVE_POINTS)
+
+    def train(genome, key: jax.Array) -> Metrics:
+        k_init, k_data = jax.random.split(key)
+        params = task.init(k_init)
+        state = rule.init(genome, params)
+
+        def step(carry, t):
+            params, state = carry
+            batch = task.batch(jax.random.fold_in(k_data, t), t)
+            loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            ctx = Ctx(t, jnp.asarray(steps, jnp.int32), jnp.asarray(lr, loss.dtype))
+            delta, state = rule.update(genome, grads, state, params, ctx)
+            return (optax.apply_updates(params, delta), state), loss
+
+        (params, _), losses = jax.lax.scan(step, (params, state), jnp.arange(steps, dtype=jnp.int32),
+                                           unroll=unroll)
+        final = jnp.mean(losses[-tail:])
+        ev = task.eval_loss(params) if task.eval_loss is not None else final
+        curve = jnp.mean(losses[: seg * CURVE_POINTS].reshape(CURVE_POINTS, seg), axis=1) \
+            if steps >= CURVE_POINTS else jnp.resize(losses, (CURVE_POINTS,))
+        finite_params = jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
+                                           for x in jax.tree.leaves(params)]))
+        diverged = ~(jnp.all(jnp.isfinite(losses)) & jnp.isfinite(ev) & finite_params)
+        return {"final_loss": final, "mean_loss": jnp.mean(losses), "eval_loss": ev,
+                "curve": curve, "diverged": diverged}
+
+    return train
+
+
+def make_mesh(devices: int = 0) -> Mesh:
+    """A 1-D mesh named ``pop`` with an Auto axis over the first ``devices`` devices (0 = all)."""
+    avail = jax.devices()
+    n = len(avail) if devices <= 0 else devices
+    if n > len(avail):
+        raise ValueError(f"evaluator.devices={devices} but JAX sees {len(avail)} device(s)")
+    return jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Auto,), devices=avail[:n])
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(train: TrainFn, mesh: Mesh) -> Callable:
+    # One jitted function per (train, mesh); jax caches its executables per input shape, so every
+    # generation with the same padded population reuses the first compilation.
+    shard = NamedSharding(mesh, P(AXIS))
+    batched = jax.vmap(jax.vmap(train, in_axes=(None, 0)), in_axes=(0, 0))
+    return jax.jit(batched, in_shardings=(shard, shard), out_shardings=shard)
+
+
+def _pad(tree, n: int):
+    """Pads the leading axis of every leaf to ``n`` by repeating the last row."""
+    def pad(x):
+        extra = n - x.shape[0]
+        return x if extra == 0 else jnp.concatenate([x, jnp.repeat(x[-1:], extra, axis=0)])
+    return jax.tree.map(pad, tree)
+
+
+def padded_size(population: int, mesh: Mesh, chunk: int = 0) -> tuple[int, int]:
+    """(chunk size, padded population): chunks are multiples of the device count."""
+    n_dev = mesh.devices.size
+    chunk = population if chunk <= 0 else min(chunk, population)
+    chunk = math.ceil(chunk / n_dev) * n_dev
+    return chunk, math.ceil(population / chunk) * chunk
+
+
+def evaluate(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh | None = None,
+             chunk: int = 0) -> dict[str, np.ndarray]:
+    """Runs ``train`` for every candidate and seed.
+
+    Args:
+      train: from ``make_train`` (reuse the same object across generations: it keys the cache of
+        compiled functions).
+      genomes: a population, every leaf ``[pop, ...]``.
+      keys: ``[pop, seeds]`` PRNG keys (candidates that should share data share keys).
+      mesh: a 1-D mesh from ``make_mesh``; one device by default.
+      chunk: candidates per compiled call (0 = all); rounded up to a multiple of the devices.
+
+    Returns:
+      metrics as numpy arrays ``[pop, seeds, ...]``.
+    """
+    mesh = mesh if mesh is not None else make_mesh(1)
+    pop = population_size(genomes)
+    if keys.shape[0] != pop:
+        raise ValueError(f"keys has {keys.shape[0]} rows for a population of {pop}")
+    size, padded = padded_size(pop, mesh, chunk)
+    genomes, keys = _pad(genomes, padded), _pad(keys, padded)
+    fn = _compiled(train, mesh)
+    parts = []
+    for start in range(0, padded, size):
+        sl = slice(start, start + size)
+        parts.append(fn(jax.tree.map(lambda x: x[sl], genomes), keys[sl]))
+    out = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[:pop], *parts)
+    return out
+
+
+def chunk_for_memory(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh,
+                     memory_mb: float) -> int:
+    """The largest chunk (a multiple of the devices) whose compiled call fits ``memory_mb``.
+
+    The per-candidate cost is read from XLA's memory analysis of a one-candidate-per-device
+    compilation; where the backend gives none, from the sizes of the inputs and outputs.
+    """
+    if memory_mb <= 0:
+        return 0
+    n_dev = mesh.devices.size
+    probe_g = jax.tree.map(lambda x: jnp.repeat(x[:1], n_dev, axis=0), genomes)
+    probe_k = jnp.repeat(keys[:1], n_dev, axis=0)
+    fn = _compiled(train, mesh)
+    per_device = None
+    try:
+        stats = fn.lower(probe_g, probe_k).compile().memory_analysis()
+        if stats is not None:
+            per_device = (stats.temp_size_in_bytes + stats.argument_size_in_bytes
+                          + stats.output_size_in_bytes)
+    except Exception:  # noqa: BLE001 - memory analysis is optional on some backends
+        per_device = None
+    if not per_device:
+        out = jax.eval_shape(fn, probe_g, probe_k)
+        per_device = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(out)) * 64
+    per_candidate = max(1, per_device)  # bytes for one candidate on one device
+    fit = int(memory_mb * 2**20 // per_candidate) * n_dev
+    return max(n_dev, fit)

@@ -1,0 +1,195 @@
+"""Functional fingerprints: equal behaviour, equal hash, whatever the rule's form.
+
+The procedure (the same for every rule kind):
+  * probes: fixed, seeded streams of parameters and gradients, gradient magnitudes log-uniform in
+    [1e-3, 1e2] with random signs (never near zero), at several scales and with a sign flip;
+  * open loop: the rule runs from a fresh state for a few steps; its deltas are recorded but the
+    probe parameters are not moved; ``ctx`` is fixed;
+  * float64 on the CPU, so jit and eager agree and a scale cancels exactly;
+  * the whole delta stream is divided by one positive scalar (its RMS), so the learning rate and
+    any constant step factor drop out while the sign is kept;
+  * mantissas rounded to nearest at 12 bits; NaN, +-Inf and -0 mapped to canonical values.
+The rounded vector is the fingerprint; its blake2b-128 digest is the hash and the cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lab.rules.base import Ctx, UpdateRule
+
+FINGERPRINT_VERSION = "fp1"
+MANTISSA_BITS = 12
+PROBE_SEED = 20230213
+PROBE_STEPS = 6
+PROBE_SHAPES = {"matrix": (3, 5), "vector": (5,)}
+PROBE_SCALES = (1.0, 1e-2, 30.0)  # gradient scales of the separate streams
+PROBE_CTX = (100, 1000, 0.01)     # (step, horizon, lr) passed to every update
+MATCH_TOL = 2.0 ** (1 - MANTISSA_BITS)
+
+
+def _probe_streams() -> list[dict]:
+    """Fixed probe streams: params [..] and grads [steps, ..] per stream, float64 numpy."""
+    rng = np.random.default_rng(PROBE_SEED)
+
+    def away_from_zero(shape, lo, hi):
+        mag = np.exp(rng.uniform(np.log(lo), np.log(hi), size=shape))
+        return mag * rng.choice([-1.0, 1.0], size=shape)
+
+    params = {k: away_from_zero(s, 1e-2, 1e2) for k, s in PROBE_SHAPES.items()}
+    grads = {k: away_from_zero((PROBE_STEPS, *s), 1e-3, 1e2) for k, s in PROBE_SHAPES.items()}
+    streams = [{"params": params, "grads": {k: g * c for k, g in grads.items()}}
+               for c in PROBE_SCALES]
+    streams.append({"params": params, "grads": {k: -g for k, g in grads.items()}})
+    return streams
+
+
+def _raw_deltas(rule: UpdateRule, genome, streams) -> jax.Array:
+    out = []
+    for s in streams:
+        params = s["params"]
+        state = rule.init(genome, params)
+        ctx = Ctx(jnp.asarray(PROBE_CTX[0], jnp.int32), jnp.asarray(PROBE_CTX[1], jnp.int32),
+                  jnp.asarray(PROBE_CTX[2], jnp.float64))
+        for t in range(PROBE_STEPS):
+            grads = {k: g[t] for k, g in s["grads"].items()}
+            delta, state = rule.update(genome, grads, state, params, ctx._replace(
+                step=ctx.step + t))
+            out.extend(jnp.ravel(delta[k]) for k in PROBE_SHAPES)
+    return jnp.concatenate([jnp.asarray(x, jnp.float64) for x in out])
+
+
+def round_mantissa(x: np.ndarray, bits: int = MANTISSA_BITS) -> np.ndarray:
+    """Rounds to nearest at ``bits`` mantissa bits; canonical NaN and +0."""
+    x = np.asarray(x, np.float64)
+    finite = np.isfinite(x)
+    m, e = np.frexp(np.where(finite, x, 0.0))
+    r = np.ldexp(np.round(m * 2.0**bits) / 2.0**bits, e)
+    r = np.where(finite, r, x)
+    r = np.where(np.isnan(r), np.nan, r) + 0.0  # + 0.0 turns -0 into +0
+    return r
+
+
+def _normalize(raw: np.ndarray) -> np.ndarray:
+    finite = raw[np.isfinite(raw)]
+    rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
+    scale = rms if np.isfinite(rms) and rms > 0 else 1.0
+    return round_mantissa(raw / scale)
+
+
+def digest(fp: np.ndarray) -> str:
+    """blake2b-128 of the canonical bytes of a fingerprint (hex)."""
+    canon = np.where(np.isnan(fp), np.nan, fp).astype("<f8")
+    canon[np.isnan(canon)] = np.float64("nan")
+    h = hashlib.blake2b(FINGERPRINT_VERSION.encode(), digest_size=16)
+    h.update(canon.tobytes())
+    return h.hexdigest()
+
+
+def _cast64(genome):
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64)
+                        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
+                        genome)
+
+
+def fingerprint(rule: UpdateRule, genome=None, jit: bool = True) -> tuple[np.ndarray, str]:
+    """The functional fingerprint and hash of one genome of ``rule``.
+
+    Args:
+      rule: any UpdateRule.
+      genome: one genome (defaults to ``rule.genome``).
+      jit: run the probe under ``jax.jit`` (True) or eagerly; both give the same result.
+
+    Returns:
+      (fingerprint [n] float64, hash hex string of 32 characters).
+    """
+    genome = rule.genome if genome is None else genome
+    with jax.enable_x64(True):
+        streams = jax.tree.map(jnp.asarray, _probe_streams())
+        g = _cast64(genome)
+        fn = (lambda gg: _raw_deltas(rule, gg, streams))
+        raw = np.asarray(jax.jit(fn)(g) if jit else fn(g), np.float64)
+    fp = _normalize(raw)
+    return fp, digest(fp)
+
+
+def matches(a: np.ndarray, b: np.ndarray, tol: float = MATCH_TOL) -> bool:
+    """Equal within rounding: same shape, same NaN/Inf pattern, relative gap <= ``tol``."""
+    if a.shape != b.shape:
+        return False
+    na, nb = ~np.isfinite(a), ~np.isfinite(b)
+    if not np.array_equal(na, nb) or not np.array_equal(
+            np.nan_to_num(a[na], nan=0.0), np.nan_to_num(b[nb], nan=0.0)):
+        return False
+    fa, fb = a[~na], b[~nb]
+    return bool(np.all(np.abs(fa - fb) <= tol * np.maximum(np.maximum(np.abs(fa), np.abs(fb)),
+                                                             2.0**-20)))
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS gap between two fingerprints (non-finite entries count as a gap of 2)."""
+    if a.shape != b.shape:
+        return float("inf")
+    both = np.isfinite(a) & np.isfinite(b)
+    gap = np.where(both, np.nan_to_num(a - b), np.where(np.isnan(a) & np.isnan(b), 0.0, 2.0))
+    return float(np.sqrt(np.mean(gap**2)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    name: str
+    fingerprint: np.ndarray
+    hash: str
+
+
+_KNOWN_SOURCES: list[Callable[[], Iterable[tuple[str, UpdateRule]]]] = []
+
+
+def register_known(source: Callable[[], Iterable[tuple[str, UpdateRule]]]) -> None:
+    """Adds a source of named rules (e.g. seed programs) to the known-rule table."""
+    _KNOWN_SOURCES.append(source)
+    if "known_rules" in globals():
+        known_rules.cache_clear()
+
+
+def _baseline_rules():
+    from lab.rules.baselines import BASELINES, make_baseline
+    return [(name, make_baseline(name)) for name in BASELINES]
+
+
+register_known(_baseline_rules)
+
+
+@functools.lru_cache(maxsize=1)
+def known_rules() -> tuple[Known, ...]:
+    """Every known rule (each baseline at optax defaults, plus registered sources)."""
+    out = []
+    for source in _KNOWN_SOURCES:
+        for name, rule in source():
+            fp, h = fingerprint(rule)
+            out.append(Known(name, fp, h))
+    return tuple(out)
+
+
+def equals(fp: np.ndarray) -> list[str]:
+    """Names of the known rules whose fingerprint matches ``fp`` within rounding."""
+    return [k.name for k in known_rules() if matches(fp, k.fingerprint)]
+
+
+def closest(fp: np.ndarray) -> dict:
+    """The nearest known rule by fingerprint distance: ``{"name", "distance"}``."""
+    best = min(known_rules(), key=lambda k: distance(fp, k.fingerprint))
+    return {"name": best.name, "distance": distance(fp, best.fingerprint)}
+
+
+def describe_function(rule: UpdateRule, genome=None) -> dict:
+    """``{"hash", "equals", "closest", "fingerprint"}`` for one genome."""
+    fp, h = fingerprint(rule, genome)
+    return {"hash": h, "equals": equals(fp), "closest": closest(fp), "fingerprint": fp}

@@ -1,0 +1,197 @@
+"""optax optimizers as update rules whose genome is their log-hyperparameters.
+
+Nothing is re-implemented: every update is the optax transformation built from the decoded
+genome. Positive hyperparameters (learning rate, epsilons, weight decay) are stored as ``log(x)``;
+decay rates in (0, 1) as ``log(1 - x)``, so that every real genome is a valid optimizer and an ES
+step is a relative change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lab.rules.base import Ctx, UpdateRule
+
+LOG = "log"      # x > 0 stored as log(x)
+LOG1M = "log1m"  # 0 < x < 1 stored as log(1 - x)
+
+
+@dataclasses.dataclass(frozen=True)
+class BaselineSpec:
+    """How one optax optimizer becomes a rule.
+
+    Attributes:
+      factory: the optax alias (e.g. ``optax.adam``).
+      searchable: optax keyword -> (default value, encoding); the genome's keys.
+      fixed: static optax keyword arguments.
+    """
+
+    factory: Callable[..., optax.GradientTransformation]
+    searchable: Mapping[str, tuple[float, str]]
+    fixed: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+BASELINES: dict[str, BaselineSpec] = {
+    "sgd": BaselineSpec(optax.sgd, {"learning_rate": (1e-2, LOG)}),
+    "momentum": BaselineSpec(optax.sgd, {"learning_rate": (1e-2, LOG), "momentum": (0.9, LOG1M)}),
+    "nesterov": BaselineSpec(optax.sgd, {"learning_rate": (1e-2, LOG), "momentum": (0.9, LOG1M)},
+                             {"nesterov": True}),
+    "adam": BaselineSpec(optax.adam, {"learning_rate": (1e-3, LOG), "b1": (0.9, LOG1M),
+                                      "b2": (0.999, LOG1M), "eps": (1e-8, LOG)}),
+    "adamw": BaselineSpec(optax.adamw, {"learning_rate": (1e-3, LOG), "b1": (0.9, LOG1M),
+                                        "b2": (0.999, LOG1M), "eps": (1e-8, LOG),
+                                        "weight_decay": (1e-4, LOG)}),
+    "lion": BaselineSpec(optax.lion, {"learning_rate": (1e-4, LOG), "b1": (0.9, LOG1M),
+                                      "b2": (0.99, LOG1M), "weight_decay": (1e-3, LOG)}),
+    "rmsprop": BaselineSpec(optax.rmsprop, {"learning_rate": (1e-3, LOG), "decay": (0.9, LOG1M),
+                                            "eps": (1e-8, LOG)}),
+    "adafactor": BaselineSpec(optax.adafactor, {"learning_rate": (1e-2, LOG),
+                                                "decay_rate": (0.8, LOG),
+                                                "clipping_threshold": (1.0, LOG),
+                                                "eps": (1e-30, LOG)}),
+    "adan": BaselineSpec(optax.adan, {"learning_rate": (1e-3, LOG), "b1": (0.98, LOG1M),
+                                      "b2": (0.92, LOG1M), "b3": (0.99, LOG1M),
+                                      "eps": (1e-8, LOG), "eps_root": (1e-8, LOG)}),
+    "sign_sgd": BaselineSpec(optax.sign_sgd, {"learning_rate": (1e-3, LOG)}),
+}
+
+
+def _encode(value: float, how: str, key: str) -> float:
+    if how == LOG:
+        if not value > 0:
+            raise ValueError(f"hyperparameter {key}={value} must be > 0")
+        return math.log(value)
+    if not 0 < value < 1:
+        raise ValueError(f"hyperparameter {key}={value} must be in (0, 1)")
+    return math.log1p(-value)
+
+
+def _decode(x, how: str):
+    return jnp.exp(x) if how == LOG else -jnp.expm1(x)
+
+
+def decode(name: str, genome: Mapping[str, Any]) -> dict[str, Any]:
+    """Genome of baseline ``name`` -> optax keyword values (traceable)."""
+    spec = BASELINES[name]
+    return {k: _decode(genome[k], how) for k, (_, how) in spec.searchable.items()}
+
+
+def spec_for(name: str) -> BaselineSpec:
+    if name not in BASELINES:
+        close = difflib.get_close_matches(name, list(BASELINES), n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown baseline {name!r}{hint} (known: {', '.join(BASELINES)})")
+    return BASELINES[name]
+
+
+def optax_keywords(name: str) -> list[str]:
+    """Every keyword the optax factory of ``name`` accepts."""
+    return list(inspect.signature(spec_for(name).factory).parameters)
+
+
+def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None) -> UpdateRule:
+    """The rule for optax optimizer ``name``, its default genome set from ``hyperparameters``.
+
+    Searchable keywords go into the genome; any other optax keyword becomes a static argument.
+
+    Args:
+      name: a key of ``BASELINES``.
+      hyperparameters: optax keyword -> value, e.g. ``{"learning_rate": 0.01, "b1": 0.5}``.
+
+    Returns:
+      An ``UpdateRule`` with ``genome`` = {keyword: [] float32 log-hyperparameter}.
+    """
+    spec = spec_for(name)
+    hyperparameters = dict(hyperparameters or {})
+    valid = optax_keywords(name)
+    fixed = dict(spec.fixed)
+    genome = {}
+    for key, (default, how) in spec.searchable.items():
+        genome[key] = np.float32(_encode(float(hyperparameters.pop(key, default)), how, key))
+    for key, value in hyperparameters.items():
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.4)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(f"optax.{spec.factory.__name__} has no keyword {key!r}{hint}")
+        fixed[key] = value
+
+    def build(g, lr_scale):
+        h = decode(name, g)
+        h["learning_rate"] = h["learning_rate"] * lr_scale
+        return spec.factory(**h, **fixed)
+
+    def init(g, params):
+        return build(g, 1.0).init(params)
+
+    def update(g, grads, state, params, ctx: Ctx):
+        return build(g, ctx.lr).update(grads, state, params)
+
+    def describe(g) -> str:
+        h = {k: float(v) for k, v in decode(name, g).items()}
+        h.update(fixed)
+        args = ", ".join(f"{k}={_fmt(v)}" for k, v in h.items())
+        return f"baseline:{name}({args})"
+
+    return UpdateRule("baseline", name, init, update, genome, describe)
+
+
+def _fmt(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+
+
+_TARGET = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)
+
+
+def parse_literal(text: str, where: str = "") -> Any:
+    """A config-style scalar (number, bool, None, bare or quoted string); never evaluates code."""
+    t = text.strip()
+    low = t.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    if low in ("none", "null"):
+        return None
+    try:
+        return int(t)
+    except ValueError:
+        pass
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    if len(t) >= 2 and t[0] == t[-1] and t[0] in "'\"":
+        return t[1:-1]
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", t):
+        return t
+    raise ValueError(f"cannot read value {text!r}{where}")
+
+
+def parse_baseline(text: str) -> tuple[str, dict[str, Any]]:
+    """Parses ``NAME`` or ``NAME(key=value, ...)`` (the part after ``baseline:``)."""
+    m = _TARGET.match(text)
+    if not m:
+        raise ValueError(f"cannot read baseline {text!r}: expected NAME or NAME(key=value, ...)")
+    name, args = m.group(1), m.group(2)
+    spec_for(name)
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in (args or "").split(","))):
+        if "=" not in part:
+            raise ValueError(f"baseline:{text}: argument {part!r} is not key=value")
+        key, value = (s.strip() for s in part.split("=", 1))
+        kwargs[key] = parse_literal(value, f" for {key} in baseline:{text}")
+    return name, kwargs
+
+
+def baseline_from_target(text: str) -> UpdateRule:
+    """``adam(b1=0.5)`` -> the rule with that default genome."""
+    name, kwargs = parse_baseline(text)
+    return make_baseline(name, kwargs)
