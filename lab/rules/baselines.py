@@ -139,14 +139,17 @@ def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None) -
     def describe(g) -> str:
         h = {k: float(v) for k, v in decode(name, g).items()}
         h.update(fixed)
-        args = ", ".join(f"{k}={_fmt(v)}" for k, v in h.items())
+        args = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={_fmt(v)}"
+                         for k, v in h.items())
         return f"baseline:{name}({args})"
 
-    return UpdateRule("baseline", name, init, update, genome, describe)
+    extra = {k: v for k, v in fixed.items() if spec.fixed.get(k, object()) != v}
+    label = name if not extra else f"{name}({', '.join(f'{k}={_fmt(v)}' for k, v in extra.items())})"
+    return UpdateRule("baseline", label, init, update, genome, describe)
 
 
 def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else repr(v) if isinstance(v, str) else str(v)
+    return repr(v) if isinstance(v, (float, str)) else str(v)
 
 
 _TARGET = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\((.*)\))?\s*$", re.S)

@@ -1,0 +1,246 @@
+"""The ``lab`` command: launch | runs | inspect | replay | export | tasks | references | bench.
+
+Reading commands take ``--json``: exactly one strict JSON document on stdout; progress, warnings
+and logs go to stderr. Bad input exits 2 with one line naming what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from lab.artifacts import dumps
+
+
+class UsageError(ValueError):
+    """Bad input from the command line."""
+
+
+def _store(args):
+    from lab.store import Store
+    return Store(args.store)
+
+
+def _emit(args, doc, human) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.write(dumps(doc, indent=None) + "\n")
+    else:
+        human(doc)
+
+
+def cmd_launch(args) -> int:
+    from lab.config import load_config
+    from lab.launch import launch
+    cfg = load_config(args.config, args.set or ())
+    with _store(args) as store:
+        run_id = launch(cfg, store, name=args.name)
+        run = store.get_run(run_id)
+    print(f"run {run_id}  name {run['name']}  best {run['best']}  "
+          f"generations {run['generations']}  outputs {Path(store.run_dir(run_id))}")
+    return 0
+
+
+def cmd_runs(args) -> int:
+    with _store(args) as store:
+        rows = [{"id": r["id"], "name": r["name"], "kind": r["kind"], "status": r["status"],
+                 "best": r["best"], "generations": r["generations"], "created": r["created"],
+                 "suite": r["config"].get("suite")} for r in store.runs()]
+
+    def human(rows):
+        from lab.tables import runs_table
+        runs_table(rows)
+    _emit(args, rows, human)
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from lab.inspect import inspect_target
+    with _store(args) as store:
+        doc = inspect_target(args.target, store, top=args.top)
+
+    def human(doc):
+        from lab.tables import inspect_view
+        inspect_view(doc)
+    _emit(args, doc, human)
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from lab.evaluate import make_mesh
+    from lab.replay import replay
+    from lab.targets import resolve
+    if args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds}: must be at least 1")
+    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    from lab.rules.baselines import spec_for
+    for b in baselines:
+        spec_for(b)
+    import tasks
+    tasks.get_suite(args.suite)
+    with _store(args) as store:
+        target = resolve(args.target, store)
+        folder = (store.run_dir(target.run["id"]) if target.run is not None
+                  else store.path.parent / "replays")
+        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.label)[:60]
+        plot = Path(folder) / f"replay-{slug}-{args.suite}.png"
+        doc = replay(target, args.suite, args.seeds, baselines, store, make_mesh(args.devices),
+                     plot=plot)
+
+    def human(doc):
+        from lab.tables import replay_table
+        replay_table(doc)
+    _emit(args, doc, human)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from lab.export import export
+    with _store(args) as store:
+        folder = export(args.target, args.name, Path(args.out), store, seeds=args.seeds,
+                        suite=args.suite)
+    print(f"exported {args.target} to {folder}")
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    import tasks
+    rows = tasks.task_rows()
+    if args.suite:
+        tasks.get_suite(args.suite)
+        rows = [r for r in rows if args.suite in r["suites"]]
+
+    def human(rows):
+        from lab.tables import tasks_table
+        tasks_table(rows)
+    _emit(args, rows, human)
+    return 0
+
+
+def cmd_references(args) -> int:
+    import tasks
+    from lab.console import log
+    from lab.evaluate import make_mesh
+    from lab.references import OPTIMIZERS, build
+    suites = [s.strip() for s in args.suites.split(",") if s.strip()]
+    chosen = {}
+    for s in suites:
+        for t in tasks.get_suite(s):
+            chosen[t.name] = t
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    out = Path(args.out)
+
+    def progress(task, opt, n, r):
+        log(f"{task:28s} {opt:6s} seeds={n}  lr={r['lr']:.3g}  final loss={r['final_loss']:.4g}")
+    doc = build(list(chosen.values()), seeds, OPTIMIZERS, out, make_mesh(0), progress)
+    print(f"wrote {len(doc['entries'])} references to {out}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from benchmarks import run_benchmark
+    return run_benchmark(args.name, (["--json"] if args.json else []) + list(args.rest))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lab", description="A JAX lab that discovers training "
+                                "algorithms.")
+    p.add_argument("--store", default=None,
+                   help="SQLite store (default: $LAB_STORE or ./lab.db)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("--store", default=argparse.SUPPRESS, help="SQLite store path")
+        return sp
+
+    s = common(sub.add_parser("launch", help="run a population search from a config"))
+    s.add_argument("config")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    s.add_argument("--name", default=None, help="run name (default: the config's name)")
+    s.set_defaults(fn=cmd_launch)
+
+    s = common(sub.add_parser("runs", help="list runs in the store"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_runs)
+
+    s = common(sub.add_parser("inspect", help="show a run's best candidates or one candidate"))
+    s.add_argument("target", help="RUN, RUN:RANK, baseline:NAME(...), program:PATH, hash:HEX, "
+                   "or an artifact folder")
+    s.add_argument("--top", type=int, default=5, help="candidates shown for a run")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = common(sub.add_parser("replay", help="re-run a candidate on held-out tasks"))
+    s.add_argument("target")
+    s.add_argument("--suite", default="heldout")
+    s.add_argument("--seeds", type=int, default=2)
+    s.add_argument("--baselines", default="adam,adamw,lion")
+    s.add_argument("--devices", type=int, default=0, help="devices in the mesh (0 = all)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_replay)
+
+    s = common(sub.add_parser("export", help="write a candidate to discovered/NAME"))
+    s.add_argument("target", help="RUN or RUN:RANK (or any target form)")
+    s.add_argument("--name", required=True)
+    s.add_argument("--out", default="discovered")
+    s.add_argument("--suite", default="heldout", help="suite of the held-out scores")
+    s.add_argument("--seeds", type=int, default=2)
+    s.set_defaults(fn=cmd_export)
+
+    s = common(sub.add_parser("tasks", help="list tasks and suites"))
+    s.add_argument("--suite", default=None)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_tasks)
+
+    s = common(sub.add_parser("references", help="tuned baselines per task (build)"))
+    rs = s.add_subparsers(dest="action", required=True, metavar="ACTION")
+    b = rs.add_parser("build", help="regenerate tasks/references.json")
+    b.add_argument("--suites", default="smoke,train,heldout")
+    b.add_argument("--seeds", default="2", help="comma-separated seed counts")
+    b.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "tasks"
+                                        / "references.json"))
+    b.set_defaults(fn=cmd_references)
+
+    s = common(sub.add_parser("bench", help="run a benchmark (e.g. population)"))
+    s.add_argument("name")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("rest", nargs=argparse.REMAINDER)
+    s.set_defaults(fn=cmd_bench)
+    return p
+
+
+def _compile_cache() -> None:
+    """Persistent XLA compilation cache, so a second command reuses the first one's compiles.
+
+    ``LAB_JAX_CACHE`` sets the folder (default ``~/.cache/lab/jax``); set it empty to disable.
+    """
+    folder = os.environ.get("LAB_JAX_CACHE",
+                            os.path.join(os.path.expanduser("~"), ".cache", "lab", "jax"))
+    if folder:
+        import jax
+        jax.config.update("jax_compilation_cache_dir", folder)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _compile_cache()
+    if getattr(args, "store", None) is None:
+        args.store = os.environ.get("LAB_STORE") or None
+    try:
+        return args.fn(args)
+    except KeyboardInterrupt:
+        print("lab: interrupted", file=sys.stderr)
+        return 130
+    except ValueError as e:  # ConfigError, StoreError, bad targets: all ValueErrors
+        msg = str(e).strip() or type(e).__name__
+        print(f"lab {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"lab {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""Fitness: per-task log loss ratio against tuned Adam, clipped; a suite's is the mean over tasks.
+
+``clip(log((loss - floor + eps) / (ref - floor + eps)), -C, C)`` with ``ref`` the mean over seeds of
+tuned Adam's final loss at the same budget; a diverged candidate scores ``+C`` (finite, so means
+and ranks stay defined). Lower is better everywhere, as in evosax 0.3, which minimizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from lab.evaluate import EVALUATOR_VERSION, evaluate, make_train
+from lab.rules.base import UpdateRule, population_size
+from tasks.base import Task
+
+CLIP = 5.0
+EPS = 1e-8
+SEED_BASE = 0
+META_LOSS = "log_final_loss_ratio_vs_tuned_adam"
+
+
+def task_fitness(final_loss: np.ndarray, diverged: np.ndarray, ref: float,
+                 floor: float = 0.0) -> np.ndarray:
+    """[pop, seeds] final losses -> [pop] fitness (diverged on any seed -> +CLIP)."""
+    loss = np.mean(np.asarray(final_loss, np.float64), axis=-1)
+    bad = np.any(np.asarray(diverged), axis=-1) | ~np.isfinite(loss)
+    with np.errstate(all="ignore"):
+        f = np.log((np.maximum(loss - floor, 0.0) + EPS) / (max(ref - floor, 0.0) + EPS))
+    return np.where(bad, CLIP, np.clip(np.nan_to_num(f, nan=CLIP), -CLIP, CLIP))
+
+
+def task_keys(seeds: int, population: int, generation: int | None = None,
+              slots: np.ndarray | None = None) -> jax.Array:
+    """[population, seeds] PRNG keys.
+
+    ``generation=None`` gives the fixed evaluation seeds (shared by every candidate, references
+    and replay). During a search, generation g's keys are fresh, and members with the same slot
+    share them (common random numbers).
+    """
+    slots = np.zeros(population, np.int32) if slots is None else np.asarray(slots, np.int32)
+    gen = 0 if generation is None else generation + 1
+    base = jax.random.key(SEED_BASE)
+    per_seed = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(base, s), gen))(
+        jnp.arange(seeds))
+    return jax.vmap(lambda slot: jax.vmap(lambda k: jax.random.fold_in(k, slot))(per_seed))(
+        jnp.asarray(slots))
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalContext:
+    """Everything a score depends on besides the candidate: hashed into the cache key."""
+
+    suite: str
+    suite_version: str
+    budget: int
+    seeds: int
+    lr: float
+    lr_grid: tuple[float, ...]
+    meta_loss: str = META_LOSS
+    evaluator: str = EVALUATOR_VERSION
+    generation: int | None = None
+    slots: str = ""
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def key(self) -> str:
+        doc = json.dumps(self.to_json(), sort_keys=True)
+        return hashlib.sha256(doc.encode()).hexdigest()[:24]
+
+    def for_generation(self, generation: int, slots: np.ndarray) -> EvalContext:
+        slot_id = hashlib.sha256(np.asarray(slots, np.int32).tobytes()).hexdigest()[:8]
+        return dataclasses.replace(self, generation=generation, slots=slot_id)
+
+
+class SuiteScorer:
+    """Scores populations of one rule family on one suite: one compiled function per task.
+
+    Args:
+      suite: suite name (for the context).
+      tasks: the suite's tasks.
+      rule: the rule family (its genome is what varies).
+      budget: inner steps (0 = each task's default).
+      seeds: seeds per candidate.
+      refs: task name -> tuned Adam reference final loss at this budget and seed count.
+      lr: outer learning rate.
+      mesh, chunk, unroll: evaluator settings.
+    """
+
+    def __init__(self, suite: str, suite_version: str, tasks: list[Task], rule: UpdateRule,
+                 budget: int, seeds: int, refs: dict[str, float], lr: float = 1.0,
+                 mesh: Mesh | None = None, chunk: int = 0, unroll: int = 1,
+                 lr_grid: tuple[float, ...] = ()):
+        self.tasks, self.rule, self.seeds, self.refs = tasks, rule, seeds, refs
+        self.mesh, self.chunk = mesh, chunk
+        self.budget = budget
+        self.trains = {t.name: make_train(t, rule, budget or t.steps, lr, unroll) for t in tasks}
+        self.context = EvalContext(suite, suite_version, budget, seeds, lr, tuple(lr_grid))
+
+    def score(self, genomes: Any, generation: int | None = None,
+              slots: np.ndarray | None = None) -> dict[str, Any]:
+        """Evaluates a population on every task.
+
+        Returns:
+          ``{"fitness": [pop], "tasks": {name: {"fitness": [pop], "final_loss": [pop, seeds],
+          "eval_loss", "mean_loss", "curve": [pop, seeds, K], "diverged"}}, "seconds": float}``.
+        """
+        pop = population_size(genomes)
+        keys = task_keys(self.seeds, pop, generation, slots)
+        start, per_task = time.perf_counter(), {}
+        for task in self.tasks:
+            m = evaluate(self.trains[task.name], genomes, keys, self.mesh, self.chunk)
+            m["fitness"] = task_fitness(m["final_loss"], m["diverged"], self.refs[task.name],
+                                        task.floor)
+            per_task[task.name] = m
+        fitness = np.mean([m["fitness"] for m in per_task.values()], axis=0)
+        return {"fitness": fitness, "tasks": per_task, "seconds": time.perf_counter() - start}

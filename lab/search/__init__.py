@@ -1,0 +1,1 @@
+"""Search drivers: evosax strategies for continuous genomes (``es``)."""

@@ -1,0 +1,80 @@
+"""Human-readable views (rich tables on stdout) of what the reading commands return."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+import sys
+
+# Wide enough for the replay table when stdout is a pipe or a file (rich assumes 80 columns).
+_OUT = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+
+def _f(x, fmt: str = "{:.4f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def runs_table(rows: list[dict]) -> None:
+    t = Table(title="runs")
+    for c in ("id", "name", "kind", "suite", "status", "best", "generations"):
+        t.add_column(c, no_wrap=c == "id")
+    for r in rows:
+        t.add_row(r["id"], r["name"], r["kind"], str(r.get("suite")), r["status"],
+                  _f(r["best"]), str(r["generations"]))
+    _OUT.print(t)
+
+
+def tasks_table(rows: list[dict]) -> None:
+    t = Table(title="tasks")
+    for c in ("name", "family", "suites", "params", "steps"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], r["family"], ",".join(r["suites"]), str(r["params"]),
+                  str(r["steps"]))
+    _OUT.print(t)
+
+
+def _candidate(doc: dict) -> None:
+    eq = ", ".join(doc["equals"]) or "no known rule"
+    _OUT.print(f"[bold]{doc['label']}[/bold]  ({doc['kind']}:{doc['name']})")
+    _OUT.print(f"  {doc['readable']}", markup=False)
+    _OUT.print(f"  hash {doc['hash']}   = {eq}   closest {doc['closest']['name']} "
+               f"(distance {doc['closest']['distance']:.3g})")
+    if doc.get("fitness") is not None:
+        _OUT.print(f"  fitness {doc['fitness']:.4f}   outer lr {doc['lr']}")
+
+
+def inspect_view(doc: dict) -> None:
+    if "run" in doc and isinstance(doc["run"], dict):
+        r = doc["run"]
+        _OUT.print(f"[bold]run {r['id']}[/bold] {r['name']}  {r['kind']} on {doc['suite']}  "
+                   f"{r['status']}  best {_f(r['best'])}  {r['generations']} generations  "
+                   f"cache hit rate {_f(doc['cache']['hit_rate'], '{:.0%}')}")
+        for c in doc["best"]:
+            _OUT.print(f"#{c['rank']}", end=" ")
+            _candidate(c)
+        if doc.get("plot"):
+            _OUT.print(f"fitness plot: {doc['plot']}")
+    else:
+        _candidate(doc)
+        for s in doc.get("scores", []):
+            _OUT.print(f"  score {_f(s['fitness'])} in context {s['context']} "
+                       f"(run {s['run']}, generation {s['generation']}, {s['hits']} hits)")
+
+
+def replay_table(doc: dict) -> None:
+    t = Table(title=f"{doc['label']} on {doc['suite']} ({doc['seeds']} seeds): normalized score "
+                    "= log(loss / tuned Adam loss), lower is better")
+    for c in ("task", "rule", "score", "95% interval", "final loss", "eval loss", "lr"):
+        t.add_column(c)
+    for r in doc["rows"]:
+        lo, hi = r["ci95"]
+        t.add_row(r["task"], r["rule"], f"{r['score']:+.3f}",
+                  "-" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]",
+                  f"{r['final_loss']:.4g}", f"{r['eval_loss']:.4g}", _f(r["lr"], "{:.3g}"))
+    _OUT.print(t)
+    for rule, s in doc["summary"].items():
+        _OUT.print(f"mean score {rule}: {s:+.3f}")
+    if doc.get("plot"):
+        _OUT.print(f"loss curves: {doc['plot']}")

@@ -1,0 +1,40 @@
+"""Inner problems for the lab: task families, the task registry and the suites.
+
+Usage::
+
+    from tasks import get_task, get_suite, suite_version
+    task = get_task("digits_mlp")
+    params = task.init(key)
+    loss = task.loss(params, task.batch(key, step))
+
+Families: ``quadratic``, ``rosenbrock``, ``teacher_student``, ``digits``, ``mnist1d``,
+``charlm``. Supervised suites: ``smoke``, ``train``, ``heldout`` (see ``tasks.suites``).
+"""
+
+from .base import Task
+from .suites import (
+    SUITES,
+    TASKS,
+    TASKS_CODE_VERSION,
+    get_suite,
+    get_task,
+    suite_version,
+    suites_of,
+    task_rows,
+    task_version,
+    tasks_version,
+)
+
+__all__ = [
+    "SUITES",
+    "TASKS",
+    "TASKS_CODE_VERSION",
+    "Task",
+    "get_suite",
+    "get_task",
+    "suite_version",
+    "suites_of",
+    "task_rows",
+    "task_version",
+    "tasks_version",
+]

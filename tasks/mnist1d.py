@@ -1,0 +1,109 @@
+"""MNIST-1D classification (40-point 1-D signals, 10 classes) with an MLP or a small 1-D CNN.
+
+The data set is generated once, offline, by ``tasks/data/make_mnist1d.py`` with the ``mnist1d``
+package's generator (seed 42, 4000 train / 1000 test) and ships as ``tasks/data/mnist1d.npz``
+(float16 signals, uint8 labels), loaded with ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._common import digest, load_npz
+from .base import Task
+from .mlp import make_classification, make_mlp_classification
+
+DATA_FILE = "mnist1d.npz"
+
+
+@functools.cache
+def load_mnist1d() -> dict[str, np.ndarray]:
+    """The packaged splits: float32 inputs [n, 40], int32 labels (read-only arrays)."""
+    raw = load_npz(DATA_FILE)
+    out = {k: raw[k].astype(np.float32 if k.startswith("x") else np.int32)
+           for k in ("x_train", "y_train", "x_test", "y_test")}
+    for v in out.values():
+        v.setflags(write=False)
+    return out
+
+
+def _data_config() -> dict:
+    data = load_mnist1d()
+    return {"data": DATA_FILE, "n_train": int(len(data["y_train"])),
+            "n_test": int(len(data["y_test"])),
+            "data_digest": digest(*(data[k] for k in sorted(data)))}
+
+
+def make_mnist1d_mlp(name: str, hidden: Sequence[int] = (64,), steps: int = 200,
+                     batch_size: int = 128, activation: str = "relu") -> Task:
+    """An MLP on MNIST-1D (cross-entropy; ``eval_loss`` on the test split).
+
+    Args:
+      name: task name.
+      hidden: hidden-layer widths.
+      steps: default budget.
+      batch_size: signals per batch.
+      activation: hidden activation.
+
+    Returns:
+      the Task.
+    """
+    return make_mlp_classification(name, "mnist1d", load_mnist1d(), hidden, steps, batch_size,
+                                   activation, _data_config())
+
+
+def _cnn_init(key: jax.Array, channels: Sequence[int], kernel: int, length: int,
+              stride: int, n_out: int) -> dict:
+    keys = jax.random.split(key, len(channels) + 1)
+    params, c_in = {}, 1
+    for i, c in enumerate(channels):
+        w = jax.random.normal(keys[i], (kernel, c_in, c), jnp.float32) / np.sqrt(kernel * c_in)
+        params[f"conv_{i}"] = {"w": w, "b": jnp.zeros((c,), jnp.float32)}
+        c_in, length = c, -(-length // stride)
+    flat = length * c_in
+    w = jax.random.normal(keys[-1], (flat, n_out), jnp.float32) / np.sqrt(flat)
+    params["dense"] = {"w": w, "b": jnp.zeros((n_out,), jnp.float32)}
+    return params
+
+
+def _cnn_apply(params: dict, x: jax.Array, n_conv: int, stride: int) -> jax.Array:
+    h = x[..., None]  # [batch, length, 1] (NWC)
+    for i in range(n_conv):
+        layer = params[f"conv_{i}"]
+        h = jax.lax.conv_general_dilated(h, layer["w"], (stride,), "SAME",
+                                         dimension_numbers=("NWC", "WIO", "NWC"))
+        h = jax.nn.relu(h + layer["b"])
+    h = h.reshape(h.shape[0], -1)
+    return h @ params["dense"]["w"] + params["dense"]["b"]
+
+
+def make_mnist1d_cnn(name: str, channels: Sequence[int] = (16, 16), kernel: int = 5,
+                     stride: int = 2, steps: int = 200, batch_size: int = 128) -> Task:
+    """A small strided 1-D CNN (ReLU convolutions, then one dense layer) on MNIST-1D.
+
+    Args:
+      name: task name.
+      channels: output channels of each convolution.
+      kernel: convolution width.
+      stride: stride of every convolution ("SAME" padding).
+      steps: default budget.
+      batch_size: signals per batch.
+
+    Returns:
+      the Task.
+    """
+    data = load_mnist1d()
+    length, n_out = int(data["x_train"].shape[1]), 10
+    channels = list(channels)
+    config = {**_data_config(), "model": "cnn", "channels": channels, "kernel": kernel,
+              "stride": stride}
+    return make_classification(
+        name, "mnist1d", data,
+        init=lambda key: _cnn_init(key, channels, kernel, length, stride, n_out),
+        apply=lambda p, x: _cnn_apply(p, x, len(channels), stride), batch_size=batch_size,
+        steps=steps, config=config)

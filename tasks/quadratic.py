@@ -1,0 +1,81 @@
+"""Quadratic tasks: ill-conditioned and noisy-gradient quadratics with a closed-form minimum.
+
+The loss is ``0.5 (x - c)^T A (x - c)`` with ``A = Q diag(eigs) Q^T``, eigenvalues log-spaced
+from 1 down to ``1 / cond`` and ``Q`` a fixed random rotation. For the noiseless task ``c`` is the
+optimum ``x*`` and the batch is unused. For the noisy task (the "noisy quadratic model") each
+batch draws ``c = x* + noise * Q diag(eigs ** -0.5) eps`` with ``eps ~ N(0, I)``, so the gradient
+noise has covariance ``noise**2 * A``; the batch loss stays non-negative (floor 0) and its
+expectation is the exact loss plus the constant ``0.5 * noise**2 * dim``. ``eval_loss`` of the
+noisy task is the exact, noise-free loss.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .base import Task
+
+
+def quadratic_parts(dim: int, cond: float, seed: int) -> dict[str, np.ndarray]:
+    """The fixed pieces of a quadratic task, built in float64 with numpy from ``seed``.
+
+    Args:
+      dim: number of parameters.
+      cond: condition number of ``A`` (largest over smallest eigenvalue).
+      seed: numpy seed of the rotation and the optimum.
+
+    Returns:
+      ``{"a": A, "optimum": x*, "rotation": Q, "eigs": eigenvalues}``.
+    """
+    rng = np.random.default_rng(seed)
+    rot, r = np.linalg.qr(rng.standard_normal((dim, dim)))
+    rot = rot * np.sign(np.diag(r))  # a uniformly random rotation, independent of LAPACK's signs
+    eigs = np.logspace(0.0, -np.log10(cond), dim)
+    a = (rot * eigs) @ rot.T
+    optimum = rng.standard_normal(dim)
+    return {"a": 0.5 * (a + a.T), "optimum": optimum, "rotation": rot, "eigs": eigs}
+
+
+def make_quadratic(name: str, dim: int = 16, cond: float = 1e3, noise: float = 0.0,
+                   steps: int = 150, seed: int = 0, init_scale: float = 1.0) -> Task:
+    """An ill-conditioned quadratic, optionally with gradient noise in the batch.
+
+    Args:
+      name: task name.
+      dim: number of parameters (one vector ``"x"``).
+      cond: condition number.
+      noise: scale of the gradient noise (0 for the deterministic task).
+      steps: default budget.
+      seed: seed of the fixed rotation and optimum.
+      init_scale: standard deviation of the initial ``x`` around 0.
+
+    Returns:
+      the Task; its floor is 0.
+    """
+    parts = quadratic_parts(dim, cond, seed)
+    a = parts["a"].astype(np.float32)
+    optimum = parts["optimum"].astype(np.float32)
+    noise_map = (parts["rotation"] * (noise / np.sqrt(parts["eigs"]))).astype(np.float32)
+
+    def init(key: jax.Array):
+        return {"x": init_scale * jax.random.normal(key, (dim,), jnp.float32)}
+
+    def loss(params, batch: jax.Array) -> jax.Array:
+        d = params["x"] - (jnp.asarray(optimum) + batch)
+        return 0.5 * jnp.dot(d, jnp.asarray(a) @ d)
+
+    def batch(key: jax.Array, step: jax.Array) -> jax.Array:
+        del step
+        if noise == 0.0:
+            return jnp.zeros((dim,), jnp.float32)
+        return jnp.asarray(noise_map) @ jax.random.normal(key, (dim,), jnp.float32)
+
+    def eval_loss(params) -> jax.Array:
+        return loss(params, jnp.zeros((dim,), jnp.float32))
+
+    config = {"dim": dim, "cond": float(cond), "noise": float(noise), "seed": seed,
+              "init_scale": float(init_scale)}
+    return Task(name=name, family="quadratic", init=init, loss=loss, batch=batch, steps=steps,
+                eval_loss=eval_loss if noise > 0 else None, floor=0.0, config=config)

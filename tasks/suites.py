@@ -1,0 +1,148 @@
+"""The task registry and the suites: names, factories, versions and rows for ``lab tasks``.
+
+Every task is built by a factory on first use and cached, so a suite's tasks keep their identity
+(and jit caches) for the whole process. A suite's version is a short hash of its tasks' names,
+families, budgets, floors and configs, so editing a task changes the version of every suite that
+holds it, and with it every cache key built from that version.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from .base import Task
+from .charlm import make_charlm_mlp, make_charlm_transformer
+from .digits import make_digits
+from .mnist1d import make_mnist1d_cnn, make_mnist1d_mlp
+from .quadratic import make_quadratic
+from .rosenbrock import make_rosenbrock
+from .teacher_student import make_teacher_student
+
+# Bump when task code changes behaviour in a way that the configs do not show.
+TASKS_CODE_VERSION = "1"
+
+_p = functools.partial
+
+TASKS: dict[str, Callable[[], Task]] = {
+    # smoke: seconds for a whole population
+    "quadratic_ill_8": _p(make_quadratic, "quadratic_ill_8", dim=8, cond=1e2, steps=40),
+    "teacher_student_tiny": _p(make_teacher_student, "teacher_student_tiny", in_dim=4,
+                               out_dim=2, teacher_hidden=(8,), hidden=(8,), batch_size=32,
+                               steps=40),
+    "digits_mlp_tiny": _p(make_digits, "digits_mlp_tiny", hidden=(16,), steps=50,
+                          batch_size=64),
+    # train
+    "quadratic_ill_16": _p(make_quadratic, "quadratic_ill_16", dim=16, cond=1e3, steps=150),
+    "quadratic_noisy_16": _p(make_quadratic, "quadratic_noisy_16", dim=16, cond=1e3,
+                             noise=0.1, seed=1, steps=150),
+    "rosenbrock_2d": _p(make_rosenbrock, "rosenbrock_2d", dim=2, steps=200),
+    "teacher_student_mlp": _p(make_teacher_student, "teacher_student_mlp", steps=200),
+    "digits_mlp": _p(make_digits, "digits_mlp", hidden=(64,), steps=200),
+    "mnist1d_mlp": _p(make_mnist1d_mlp, "mnist1d_mlp", hidden=(64,), steps=200),
+    # heldout
+    "digits_mlp_long": _p(make_digits, "digits_mlp_long", hidden=(64,), steps=800),
+    "mnist1d_mlp_deep": _p(make_mnist1d_mlp, "mnist1d_mlp_deep", hidden=(128, 128, 128),
+                           steps=200),
+    "mnist1d_cnn": _p(make_mnist1d_cnn, "mnist1d_cnn", steps=200),
+    "rosenbrock_chain_8": _p(make_rosenbrock, "rosenbrock_chain_8", dim=8, steps=300),
+    "quadratic_ill_64": _p(make_quadratic, "quadratic_ill_64", dim=64, cond=1e4, seed=2,
+                           steps=200),
+    "charlm_mlp": _p(make_charlm_mlp, "charlm_mlp", steps=300),
+    "charlm_transformer": _p(make_charlm_transformer, "charlm_transformer", steps=300),
+}
+
+SUITES: dict[str, tuple[str, ...]] = {
+    "smoke": ("quadratic_ill_8", "teacher_student_tiny", "digits_mlp_tiny"),
+    "train": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d", "teacher_student_mlp",
+              "digits_mlp", "mnist1d_mlp"),
+    "heldout": ("digits_mlp_long", "mnist1d_mlp_deep", "mnist1d_cnn", "rosenbrock_chain_8",
+                "quadratic_ill_64", "charlm_mlp", "charlm_transformer"),
+}
+
+_CACHE: dict[str, Task] = {}
+
+
+def _unknown(kind: str, name: str, known: Iterable[str]) -> ValueError:
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(map(repr, close))}?" if close else \
+        f"known {kind}s: {', '.join(known)}"
+    return ValueError(f"unknown {kind} {name!r}; {hint}")
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``, built on first use and cached.
+
+    Raises:
+      ValueError: for an unknown name, naming the closest valid names.
+    """
+    if name not in TASKS:
+        raise _unknown("task", name, TASKS)
+    if name not in _CACHE:
+        task = TASKS[name]()
+        if task.name != name:
+            raise RuntimeError(f"factory for {name!r} built a task named {task.name!r}")
+        _CACHE[name] = task
+    return _CACHE[name]
+
+
+def get_suite(name: str) -> list[Task]:
+    """The tasks of suite ``name``, in order.
+
+    Raises:
+      ValueError: for an unknown suite, naming the closest valid names.
+    """
+    if name not in SUITES:
+        raise _unknown("suite", name, SUITES)
+    return [get_task(t) for t in SUITES[name]]
+
+
+def _plain(x):
+    if isinstance(x, np.generic | np.ndarray):
+        return x.tolist()
+    raise TypeError(f"task config values must be JSON numbers, strings or lists, got {type(x)}")
+
+
+def task_record(task: Task) -> dict:
+    """What defines a task for versioning: name, family, budget, floor, config, eval split."""
+    return {"name": task.name, "family": task.family, "steps": int(task.steps),
+            "floor": float(task.floor), "config": task.config,
+            "eval": task.eval_loss is not None}
+
+
+def tasks_version(tasks: Iterable[Task]) -> str:
+    """A 12-hex-digit hash of ``task_record`` of each task (in order) and the code version."""
+    doc = {"code": TASKS_CODE_VERSION, "tasks": [task_record(t) for t in tasks]}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=_plain)
+    return hashlib.blake2b(text.encode(), digest_size=6).hexdigest()
+
+
+def task_version(task: Task) -> str:
+    """The version hash of one task (``tasks_version([task])``)."""
+    return tasks_version([task])
+
+
+def suite_version(name: str) -> str:
+    """The version hash of suite ``name``; it changes whenever one of its tasks changes."""
+    return tasks_version(get_suite(name))
+
+
+def suites_of(name: str) -> list[str]:
+    """The suites that hold task ``name``."""
+    return [s for s, names in SUITES.items() if name in names]
+
+
+def task_rows() -> list[dict]:
+    """One row per registered task: name, family, suites, parameter count and budget."""
+    rows = []
+    for name in TASKS:
+        task = get_task(name)
+        rows.append({"name": name, "family": task.family, "suites": suites_of(name),
+                     "params": task.param_count(), "steps": int(task.steps)})
+    return rows
