@@ -33,9 +33,11 @@ def _emit(args, doc, human) -> None:
 def cmd_launch(args) -> int:
     from lab.config import load_config
     from lab.launch import launch
-    cfg = load_config(args.config, args.set or ())
+    if args.resume is None and args.config is None:
+        raise UsageError("give a CONFIG file, or --resume RUN")
+    cfg = load_config(args.config, args.set or ()) if args.resume is None else None
     with _store(args) as store:
-        run_id = launch(cfg, store, name=args.name)
+        run_id = launch(cfg, store, name=args.name, resume=args.resume)
         run = store.get_run(run_id)
     print(f"run {run_id}  name {run['name']}  best {run['best']}  "
           f"generations {run['generations']}  outputs {Path(store.run_dir(run_id))}")
@@ -155,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     s = common(sub.add_parser("launch", help="run a population search from a config"))
-    s.add_argument("config")
+    s.add_argument("config", nargs="?", help="a YAML config (see configs/)")
+    s.add_argument("--resume", metavar="RUN", default=None,
+                   help="continue RUN from its latest checkpoint (output.checkpoint_every)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     s.add_argument("--name", default=None, help="run name (default: the config's name)")
     s.set_defaults(fn=cmd_launch)

@@ -18,7 +18,8 @@ import numpy as np
 
 import tasks as task_registry
 from lab import __version__, treeio
-from lab.config import Config, config_hash, config_to_dict, dump_yaml
+from lab.checkpoints import Checkpoints
+from lab.config import Config, config_hash, config_to_dict, dump_yaml, load_config
 from lab.console import log
 from lab.evaluate import chunk_for_memory, make_mesh
 from lab.fitness import SuiteScorer, task_keys
@@ -65,17 +66,27 @@ def build_setup(cfg: Config, store: Store, rule: UpdateRule | None = None) -> Se
     return Setup(rule, scorer, mesh)
 
 
-def launch(cfg: Config, store: Store, name: str | None = None) -> str:
-    """Runs the search a config describes; returns the run id."""
+def launch(cfg: Config, store: Store, name: str | None = None, resume: str | None = None) -> str:
+    """Runs the search a config describes; returns the run id.
+
+    With ``resume`` (a run id or name), continues that run from its latest checkpoint that the
+    store also recorded, with the run's own stored config (``cfg`` is then ignored).
+    """
+    if resume is not None:
+        run = store.get_run(resume)
+        cfg = load_config(str(store.run_dir(run["id"]) / "config.yaml"))
+        run_id, name = run["id"], run["name"]
     if cfg.kind != "baseline":
         raise ValueError(f"kind {cfg.kind!r} is not searchable yet")
     setup = build_setup(cfg, store)
-    name = name or cfg.name
-    run_id = store.create_run(name, cfg.kind, config_to_dict(cfg), config_hash(cfg),
-                              __version__, setup.scorer.context.key(),
-                              setup.scorer.context.to_json())
-    out = store.run_dir(run_id)
-    (out / "config.yaml").write_text(dump_yaml(cfg))
+    if resume is None:
+        name = name or cfg.name
+        run_id = store.create_run(name, cfg.kind, config_to_dict(cfg), config_hash(cfg),
+                                  __version__, setup.scorer.context.key(),
+                                  setup.scorer.context.to_json())
+        (store.run_dir(run_id) / "config.yaml").write_text(dump_yaml(cfg))
+    else:
+        store.finish_run(run_id, "running")
     log(f"run {run_id} ({name}): {cfg.kind}:{setup.rule.name} on suite {cfg.suite}, "
         f"{cfg.search.strategy} population {cfg.search.population} x "
         f"{cfg.search.generations} generations, {len(jax.devices())} device(s) "
@@ -102,6 +113,16 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
                      cfg.search.elite_ratio)
     key = jax.random.key(cfg.search.seed)
     state = es.init(spec, jax.random.fold_in(key, 0), flat.flat)
+    ckpt = (Checkpoints(store.run_dir(run_id) / "checkpoints")
+            if cfg.output.checkpoint_every > 0 else None)
+    first = 0
+    if ckpt is not None:
+        done = [g["idx"] for g in store.generations(run_id) if g["checkpoint"]]
+        step = ckpt.latest(at_most=max(done)) if done else None
+        if step is not None:
+            state = ckpt.restore(step, state)
+            first = step + 1
+            log(f"resuming run {run_id} after generation {step + 1} from {ckpt.folder}")
     slots = np.asarray(es.task_key_index(spec))
     if cfg.evaluator.memory_mb > 0:
         probe = flat.population(np.repeat(np.asarray(flat.flat)[None], 1, 0))
@@ -111,7 +132,7 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
     metrics_path = store.run_dir(run_id) / "metrics.jsonl"
     best_overall = float("inf")
     with GenerationProgress(cfg.search.generations) as progress, open(metrics_path, "a") as mf:
-        for g in range(cfg.search.generations):
+        for g in range(first, cfg.search.generations):
             start = time.perf_counter()
             k_ask, k_tell = jax.random.split(jax.random.fold_in(key, g + 1))
             flat_pop, state = es.ask(spec, k_ask, state)
@@ -148,6 +169,9 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
                      "hit_rate": len(hits) / len(hashes), "evaluated": len(misses),
                      "seconds": seconds, "candidates_per_s": len(hashes) / max(seconds, 1e-9),
                      "checkpoint": None}
+            every = cfg.output.checkpoint_every
+            if ckpt is not None and ((g + 1) % every == 0 or g + 1 == cfg.search.generations):
+                stats["checkpoint"] = ckpt.save(g, state)
             candidates = [{"hash": h, "kind": rule.kind, "name": rule.name,
                            "genome": treeio.tree_to_npz(host[i]),
                            "readable": rule.describe(host[i]),
@@ -157,7 +181,7 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
                        for i, h in enumerate(hashes)]
             store.record_generation(run_id, g, candidates, evaluations, members, stats, hits,
                                     context=ctx_key)
-            best_overall = min(best_overall, stats["best"])
+            best_overall = min(best_overall, stats["best"], store.get_run(run_id)["best"] or np.inf)
             mf.write(json.dumps({"generation": g, **stats, "best_so_far": best_overall}) + "\n")
             mf.flush()
             progress.update(g, stats, best_overall)

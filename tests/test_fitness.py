@@ -1,0 +1,173 @@
+"""Tests of lab/fitness.py: the per-task fitness, task keys, the context key, SuiteScorer."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from lab.fitness import CLIP, EPS, EvalContext, SuiteScorer, task_fitness, task_keys
+from lab.rules.base import stack_genomes
+from lab.rules.baselines import make_baseline
+
+
+def keys_equal(a: jax.Array, b: jax.Array) -> bool:
+    return bool(np.array_equal(jax.random.key_data(a), jax.random.key_data(b)))
+
+
+# ---------------------------------------------------------------------------------------------
+# task_fitness: clip(log((loss - floor + eps) / (ref - floor + eps)), -C, C); diverged -> +C.
+
+
+def test_fitness_is_the_log_ratio_of_the_seed_mean():
+    final = np.array([[0.5, 1.5], [2.0, 2.0], [0.1, 0.1]])
+    f = task_fitness(final, np.zeros_like(final, bool), ref=1.0)
+    assert f.shape == (3,)
+    np.testing.assert_allclose(f, [math.log((1.0 + EPS) / (1.0 + EPS)),
+                                   math.log((2.0 + EPS) / (1.0 + EPS)),
+                                   math.log((0.1 + EPS) / (1.0 + EPS))], rtol=1e-12)
+    assert f[0] == pytest.approx(0.0, abs=1e-12)
+    assert f[1] > 0 > f[2]  # lower is better
+
+
+def test_fitness_with_a_floor():
+    final = np.array([[1.5], [3.0], [0.5]])
+    f = task_fitness(final, np.zeros_like(final, bool), ref=2.0, floor=1.0)
+    np.testing.assert_allclose(f[:2], [math.log((0.5 + EPS) / (1.0 + EPS)),
+                                       math.log((2.0 + EPS) / (1.0 + EPS))], rtol=1e-12)
+    # below the floor counts as at the floor: log(eps / (ref - floor + eps)) -> clipped
+    assert f[2] == -CLIP
+
+
+def test_reference_at_or_below_floor_stays_finite():
+    final = np.array([[1.0], [0.0]])
+    f = task_fitness(final, np.zeros_like(final, bool), ref=0.0)
+    assert f[0] == CLIP
+    assert f[1] == pytest.approx(0.0)
+    f = task_fitness(final, np.zeros_like(final, bool), ref=-1.0)
+    assert np.all(np.isfinite(f))
+
+
+def test_fitness_is_clipped():
+    final = np.array([[1e9], [1e-12]])
+    f = task_fitness(final, np.zeros_like(final, bool), ref=1.0)
+    np.testing.assert_array_equal(f, [CLIP, -CLIP])
+
+
+def test_diverged_on_any_seed_scores_plus_clip():
+    final = np.array([[1e-3, 1e-3], [1e-3, 1e-3], [np.nan, 0.5], [np.inf, np.inf]])
+    diverged = np.array([[False, False], [False, True], [False, False], [False, False]])
+    f = task_fitness(final, diverged, ref=1.0)
+    assert f[0] < 0
+    np.testing.assert_array_equal(f[1:], [CLIP, CLIP, CLIP])
+    assert f.dtype == np.float64 and np.all(np.isfinite(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# task_keys
+
+
+def test_task_keys_shape():
+    keys = task_keys(3, 5)
+    assert keys.shape == (5, 3)
+    assert jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key)
+
+
+def test_evaluation_keys_are_shared_by_every_member():
+    keys = task_keys(3, 5, generation=None)
+    for i in range(1, 5):
+        assert keys_equal(keys[i], keys[0])
+    assert not keys_equal(keys[0, 0], keys[0, 1])  # seeds differ
+    assert keys_equal(task_keys(3, 2)[0], keys[0])  # the same for any population size
+
+
+def test_slots_share_keys_within_a_generation():
+    slots = np.array([0, 1, 2, 0, 1, 2])
+    keys = task_keys(2, 6, generation=4, slots=slots)
+    assert keys.shape == (6, 2)
+    for i in range(3):
+        assert keys_equal(keys[i], keys[i + 3])
+    assert not keys_equal(keys[0], keys[1])
+    assert not keys_equal(keys[1], keys[2])
+
+
+def test_generations_differ_from_each_other_and_from_evaluation():
+    slots = np.zeros(4, np.int32)
+    k0 = task_keys(2, 4, generation=0, slots=slots)
+    k1 = task_keys(2, 4, generation=1, slots=slots)
+    fixed = task_keys(2, 4, generation=None)
+    assert not keys_equal(k0[0], k1[0])
+    assert not keys_equal(k0[0], fixed[0])
+    assert keys_equal(task_keys(2, 4, generation=1, slots=slots), k1)  # reproducible
+
+
+# ---------------------------------------------------------------------------------------------
+# EvalContext
+
+
+BASE_CONTEXT = EvalContext("smoke", "v1", 100, 3, 1.0, (1e-3, 1e-2))
+
+
+def _changed(value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, tuple):
+        return (*value, 0.5)
+    if value is None:
+        return 3
+    return f"{value}-x"
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(EvalContext)])
+def test_context_key_changes_with_every_field(field):
+    other = dataclasses.replace(BASE_CONTEXT, **{field: _changed(getattr(BASE_CONTEXT, field))})
+    assert other.key() != BASE_CONTEXT.key()
+
+
+def test_context_key_is_stable():
+    same = EvalContext("smoke", "v1", 100, 3, 1.0, (1e-3, 1e-2))
+    assert same.key() == BASE_CONTEXT.key()
+    assert len(BASE_CONTEXT.key()) == 24
+
+
+def test_context_for_generation():
+    slots = np.array([0, 1, 0, 1])
+    g3 = BASE_CONTEXT.for_generation(3, slots)
+    assert g3.generation == 3
+    assert g3.key() == BASE_CONTEXT.for_generation(3, slots.copy()).key()
+    assert g3.key() != BASE_CONTEXT.for_generation(4, slots).key()
+    assert g3.key() != BASE_CONTEXT.for_generation(3, np.zeros(4, np.int32)).key()
+    assert g3.key() != BASE_CONTEXT.key()
+
+
+# ---------------------------------------------------------------------------------------------
+# SuiteScorer on the tiny task
+
+
+def test_suite_scorer_prefers_a_good_learning_rate(tiny_task, one_device_mesh):
+    rule = make_baseline("sgd")
+    scorer = SuiteScorer("tiny", "v0", [tiny_task], rule, budget=0, seeds=2,
+                         refs={tiny_task.name: 0.05}, mesh=one_device_mesh)
+    lrs = (0.5, 1e-6, 1e30)  # good, barely moves, diverges
+    genomes = stack_genomes([make_baseline("sgd", {"learning_rate": lr}).genome for lr in lrs])
+    out = scorer.score(genomes)
+    f = out["fitness"]
+    assert f.shape == (3,) and np.all(np.isfinite(f))
+    assert f[0] < f[1] <= CLIP
+    assert f[2] == CLIP
+    task = out["tasks"][tiny_task.name]
+    np.testing.assert_array_equal(task["fitness"], f)  # one task: the suite mean is the task's
+    assert task["final_loss"].shape == (3, 2)
+    assert task["diverged"][2].all() and not task["diverged"][:2].any()
+    assert out["seconds"] > 0
+    assert scorer.context.budget == 0 and scorer.context.seeds == 2
+    # generation keys: the same population scores differently on fresh data, reproducibly
+    g0 = scorer.score(genomes, generation=0, slots=np.zeros(3, np.int32))["fitness"]
+    np.testing.assert_array_equal(
+        g0, scorer.score(genomes, generation=0, slots=np.zeros(3, np.int32))["fitness"])
+    assert not np.array_equal(g0[0], f[0])
