@@ -116,6 +116,12 @@ def test_odd_population_allowed_otherwise():
     ESSpec("SNES", 15, DIMS, SIGMA, LR)
 
 
+@pytest.mark.parametrize("name", ["CMA_ES", "SimpleGA"])
+def test_elite_ratio_reaches_the_strategy(name):
+    strategy, _ = es.strategy_for(ESSpec(name, POP, DIMS, SIGMA, LR, elite_ratio=0.25))
+    assert strategy.num_elites == POP // 4
+
+
 def test_flattener_round_trip():
     genome = {"a": np.float32(1.5), "b": np.arange(3, dtype=np.float32)}
     flat = Flattener.of(genome)

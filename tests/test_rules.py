@@ -11,7 +11,6 @@ Later rule kinds (programs, learned MLPs) add themselves by appending ``RuleCase
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
 import functools
 import math
@@ -24,6 +23,7 @@ import numpy as np
 import optax
 import pytest
 
+from lab.rules import baselines
 from lab.rules.base import UpdateRule, make_ctx, stack_genomes, to_optax
 from lab.rules.baselines import (
     BASELINES,
@@ -61,7 +61,7 @@ class RuleCase:
 
 # Learning rates that take each optax optimizer down the test parabola in CONVERGE_STEPS.
 CONVERGE_LR = {"sgd": 0.5, "momentum": 0.1, "nesterov": 0.1, "adam": 0.05, "adamw": 0.05,
-               "lion": 0.01, "rmsprop": 0.01, "adafactor": 0.05, "adan": 0.05, "sign_sgd": 0.01}
+               "lion": 0.02, "rmsprop": 0.01, "adafactor": 0.05, "adan": 0.05, "sign_sgd": 0.01}
 
 
 def optax_reference(name: str) -> Callable[[Genome, float], optax.GradientTransformation]:
@@ -99,10 +99,10 @@ def rule_cases():
 
 CONVERGE_STEPS = 300
 _rng = np.random.default_rng(0)
-TARGET = {"w": jnp.asarray(_rng.standard_normal((4, 3)), jnp.float32),
-          "b": jnp.asarray(_rng.standard_normal(3), jnp.float32)}
-CURV = {"w": jnp.asarray(np.linspace(0.2, 1.0, 12).reshape(4, 3), jnp.float32),
-        "b": jnp.asarray([0.3, 0.6, 1.0], jnp.float32)}
+TARGET = {"w": _rng.standard_normal((4, 3)).astype(np.float32),
+          "b": _rng.standard_normal(3).astype(np.float32)}
+CURV = {"w": np.linspace(0.2, 1.0, 12, dtype=np.float32).reshape(4, 3),
+        "b": np.array([0.3, 0.6, 1.0], np.float32)}
 
 
 def parabola(params):
@@ -239,8 +239,8 @@ def test_vmap_population_equals_loop(case: RuleCase):
     population = stack_genomes(list(case.population))
     batched = jax.jit(jax.vmap(lambda g: run_steps(case.rule, g, params, grads)))(population)
     for i, genome in enumerate(case.population):
-        # float32: a last-bit difference in a decoded b2 moves Adam's bias correction 1 - b2**t
-        # by up to ~1e-5 relative, and XLA's vectorized exp/expm1 may differ by a bit.
+        # float32: XLA's vectorized pow may differ from the scalar one in the last bit, and
+        # Adam's bias correction 1 - b2**t magnifies a last-bit change of b2**t ~500x at t = 2.
         assert_tree_close(jax.tree.map(lambda x, i=i: x[i], batched), compiled_run(case)(genome),
                           rtol=5e-5, atol=1e-12)
     deltas = batched[0]
@@ -286,7 +286,7 @@ def test_export_keeps_bfloat16(case: RuleCase):
     tx = to_optax(case.rule, case.rule.genome)
     params = init_params(jnp.bfloat16)
     grads = jax.tree.map(lambda x: x[:2].astype(jnp.bfloat16), probe_grads())
-    assert_keeps_layout(_optax_steps(tx, params, grads), params)
+    assert_keeps_layout(jax.jit(lambda p, g: _optax_steps(tx, p, g))(params, grads), params)
 
 
 @pytest.mark.parametrize("case", rule_cases())
@@ -335,11 +335,12 @@ def test_every_baseline_has_a_case():
 
 @pytest.fixture
 def no_eval(monkeypatch):
+    """Any eval/exec/compile called from lab.rules.baselines fails the test (the module's globals
+    shadow the builtins; patching builtins themselves would break pytest)."""
     def refuse(*args, **kwargs):
         raise AssertionError("a baseline target must never be evaluated as code")
-    monkeypatch.setattr(builtins, "eval", refuse)
-    monkeypatch.setattr(builtins, "exec", refuse)
-    monkeypatch.setattr(builtins, "compile", refuse)
+    for name in ("eval", "exec", "compile"):
+        monkeypatch.setattr(baselines, name, refuse, raising=False)
 
 
 def test_parse_plain_name(no_eval):
@@ -392,21 +393,31 @@ def test_out_of_range_hyperparameter_is_refused(no_eval):
         baseline_from_target("sgd(learning_rate=0)")
 
 
-def test_static_keyword_is_accepted_and_reaches_optax(no_eval, key):
+def test_static_keyword_is_accepted_and_reaches_optax(no_eval):
     rule = baseline_from_target("adan(weight_decay=0.01)")
     assert "weight_decay" in rule.name and "weight_decay" not in rule.genome
     hyper = {k: float(v) for k, v in decode("adan", rule.genome).items()}
-    ref = optax.adan(**hyper, weight_decay=0.01)
-    plain = optax.adan(**hyper)
-    ours = to_optax(rule, rule.genome)
+    txs = [to_optax(rule, rule.genome), optax.adan(**hyper, weight_decay=0.01),
+           optax.adan(**hyper)]
     params = init_params()
-    g = unstack(grad_stream(key, 1))[0]
-    u_ours, _ = ours.update(g, ours.init(params), params)
-    u_ref, _ = ref.update(g, ref.init(params), params)
-    u_plain, _ = plain.update(g, plain.init(params), params)
-    assert_tree_close(u_ours, u_ref, rtol=2e-6)
-    assert not np.allclose(u_ours["w"], u_plain["w"])
+    g = unstack(probe_grads())[0]
+    ours, ref, plain = jax.jit(lambda p, g: [tx.update(g, tx.init(p), p)[0] for tx in txs])(
+        params, g)
+    assert_tree_close(ours, ref, rtol=2e-6)
+    assert not np.allclose(ours["w"], plain["w"])
     assert baseline_from_target("nesterov").name == "nesterov"  # its own fixed keyword
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "lab/rules/baselines.py make_baseline: static optax keywords are passed through unchecked, "
+    "so parse_literal's bare-word strings reach optax: adam(nesterov=no) silently turns "
+    "Nesterov on ('no' is truthy) and adam(eps_root='1e-8') fails later with a TypeError "
+    "inside optax instead of a ValueError naming the keyword"))
+@pytest.mark.parametrize("text, keyword", [("adam(nesterov=no)", "nesterov"),
+                                           ("adam(eps_root='1e-8')", "eps_root")])
+def test_static_keyword_of_the_wrong_type_is_refused(text, keyword, no_eval):
+    with pytest.raises(ValueError, match=keyword):
+        baseline_from_target(text)
 
 
 @pytest.mark.parametrize("text", [
