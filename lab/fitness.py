@@ -42,9 +42,9 @@ def task_keys(seeds: int, population: int, generation: int | None = None,
               slots: np.ndarray | None = None) -> jax.Array:
     """[population, seeds] PRNG keys.
 
-    ``generation=None`` gives the fixed evaluation seeds (shared by every candidate, references
-    and replay). During a search, generation g's keys are fresh, and members with the same slot
-    share them (common random numbers).
+    ``generation=None`` with no ``slots`` gives the fixed evaluation seeds (shared by every
+    candidate, references and replay). During a search, generation g's keys are fresh, and
+    members with the same slot share them (common random numbers).
     """
     slots = np.zeros(population, np.int32) if slots is None else np.asarray(slots, np.int32)
     gen = 0 if generation is None else generation + 1

@@ -93,6 +93,14 @@ def digest(fp: np.ndarray) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
+def _probe_jitted(init, update):
+    """One jitted probe per rule family (keyed by its functions), reused for every genome."""
+    rule = UpdateRule("", "", init, update, None, str)
+    streams = _probe_streams()
+    return jax.jit(lambda g: _raw_deltas(rule, g, jax.tree.map(jnp.asarray, streams)))
+
+
 def _cast64(genome):
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64)
                         if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
@@ -112,10 +120,12 @@ def fingerprint(rule: UpdateRule, genome=None, jit: bool = True) -> tuple[np.nda
     """
     genome = rule.genome if genome is None else genome
     with jax.enable_x64(True):
-        streams = jax.tree.map(jnp.asarray, _probe_streams())
         g = _cast64(genome)
-        fn = (lambda gg: _raw_deltas(rule, gg, streams))
-        raw = np.asarray(jax.jit(fn)(g) if jit else fn(g), np.float64)
+        if jit:
+            raw = _probe_jitted(rule.init, rule.update)(g)
+        else:
+            raw = _raw_deltas(rule, g, jax.tree.map(jnp.asarray, _probe_streams()))
+        raw = np.asarray(raw, np.float64)
     fp = _normalize(raw)
     return fp, digest(fp)
 

@@ -72,7 +72,8 @@ class CharTransformer(nn.Module):
     @nn.compact
     def __call__(self, tokens: jax.Array) -> jax.Array:
         """Logits [batch, context, vocab] of each next character."""
-        pos = self.param("pos", nn.initializers.normal(0.02), (self.context, self.width))
+        pos = self.param("pos", nn.initializers.normal(0.02), (self.context, self.width),
+                         jnp.float32)
         h = nn.Embed(self.vocab, self.width)(tokens) + pos[: tokens.shape[-1]]
         mask = nn.make_causal_mask(tokens)
         h = h + nn.MultiHeadDotProductAttention(num_heads=self.heads)(

@@ -117,10 +117,6 @@ def test_same_function_written_differently_has_the_same_hash(known):
     assert "adam" in equals(fp)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lab/hashing.py fingerprint: jax.jit is applied to a fresh lambda on every call, so every "
-    "fingerprint recompiles the probe (about 1 s for adam on CPU), even for another genome of "
-    "the same rule; program search fingerprints every mutation"))
 def test_second_genome_of_a_rule_does_not_recompile():
     traces = []
     rule = make_baseline("sgd")

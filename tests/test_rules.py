@@ -276,11 +276,6 @@ def test_export_keeps_float64_under_x64(case: RuleCase):
         assert_keeps_layout(run, params)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lab/rules/baselines.py make_baseline: the decoded hyperparameters (jnp.exp of a float32 "
-    "genome) and Ctx.lr are strongly typed float32 arrays, so bfloat16 updates and optimizer "
-    "state are promoted to float32 (optax itself, with Python-float hyperparameters, keeps "
-    "bfloat16)"))
 @pytest.mark.parametrize("case", [c for c in rule_cases() if c.id == "baseline:adam"])
 def test_export_keeps_bfloat16(case: RuleCase):
     tx = to_optax(case.rule, case.rule.genome)
@@ -408,11 +403,6 @@ def test_static_keyword_is_accepted_and_reaches_optax(no_eval):
     assert baseline_from_target("nesterov").name == "nesterov"  # its own fixed keyword
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "lab/rules/baselines.py make_baseline: static optax keywords are passed through unchecked, "
-    "so parse_literal's bare-word strings reach optax: adam(nesterov=no) silently turns "
-    "Nesterov on ('no' is truthy) and adam(eps_root='1e-8') fails later with a TypeError "
-    "inside optax instead of a ValueError naming the keyword"))
 @pytest.mark.parametrize("text, keyword", [("adam(nesterov=no)", "nesterov"),
                                            ("adam(eps_root='1e-8')", "eps_root")])
 def test_static_keyword_of_the_wrong_type_is_refused(text, keyword, no_eval):

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -123,7 +125,19 @@ def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None) -
             close = difflib.get_close_matches(key, valid, n=3, cutoff=0.4)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ValueError(f"optax.{spec.factory.__name__} has no keyword {key!r}{hint}")
-        fixed[key] = value
+        fixed[key] = _check_static(spec, key, value)
+
+    init, update, describe = _functions(name, tuple(sorted(fixed.items())))
+    extra = {k: v for k, v in fixed.items() if spec.fixed.get(k, object()) != v}
+    label = name if not extra else f"{name}({', '.join(f'{k}={_fmt(v)}' for k, v in extra.items())})"
+    return UpdateRule("baseline", label, init, update, genome, describe)
+
+
+@functools.lru_cache(maxsize=None)
+def _functions(name: str, fixed_items: tuple) -> tuple:
+    """(init, update, describe) of one baseline family, built once so that every rule of the
+    family shares them (and with them the compiled evaluators and fingerprint probes)."""
+    spec, fixed = BASELINES[name], dict(fixed_items)
 
     def build(g, lr_scale):
         h = decode(name, g)
@@ -134,7 +148,11 @@ def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None) -
         return build(g, 1.0).init(params)
 
     def update(g, grads, state, params, ctx: Ctx):
-        return build(g, ctx.lr).update(grads, state, params)
+        delta, new = build(g, ctx.lr).update(grads, state, params)
+        # the genome and ctx are float32: keep the params' and state's own dtypes (bfloat16)
+        delta = jax.tree.map(lambda d, p: d.astype(p.dtype), delta, params)
+        new = jax.tree.map(lambda n, o: n.astype(jnp.asarray(o).dtype), new, state)
+        return delta, new
 
     def describe(g) -> str:
         h = {k: float(v) for k, v in decode(name, g).items()}
@@ -143,9 +161,22 @@ def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None) -
                          for k, v in h.items())
         return f"baseline:{name}({args})"
 
-    extra = {k: v for k, v in fixed.items() if spec.fixed.get(k, object()) != v}
-    label = name if not extra else f"{name}({', '.join(f'{k}={_fmt(v)}' for k, v in extra.items())})"
-    return UpdateRule("baseline", label, init, update, genome, describe)
+    return init, update, describe
+
+
+def _check_static(spec: BaselineSpec, key: str, value: Any) -> Any:
+    """A static optax keyword must have the type of its default (bool for bool, a number...)."""
+    default = inspect.signature(spec.factory).parameters[key].default
+    where = f"optax.{spec.factory.__name__} keyword {key!r}"
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, int | float) or default is None:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{where} must be a number, got {value!r}")
+    else:
+        raise ValueError(f"{where} cannot be set from a target or config")
+    return value
 
 
 def _fmt(v) -> str:
