@@ -128,8 +128,9 @@ def run(populations: Sequence[int] = DEFAULT_POPULATIONS, task=None, seeds: int 
         if compile_seconds is None:
             compile_seconds = first_eval
         if loop_compile_seconds is None:  # one jitted function, one shape: compiles once
-            loop_compile_seconds, _ = _timed(lambda: jax.block_until_ready(
-                loop_fn(cand_genomes[0], cand_keys[0])))
+            g0, k0 = cand_genomes[0], cand_keys[0]
+            loop_compile_seconds, _ = _timed(
+                lambda g0=g0, k0=k0: jax.block_until_ready(loop_fn(g0, k0)))
         first_loop, loop_out = _timed(run_loop)  # warm: already compiled
 
         ev_times, loop_times = [], []
@@ -214,7 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exits 0 when both sides agree, 1 when their final losses differ (the document is still
     printed).
     """
-    parser = argparse.ArgumentParser(prog="lab bench population", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="lab bench population",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--json", action="store_true",
                         help="print one strict JSON document on stdout")
     parser.add_argument("--populations", type=_populations, default=DEFAULT_POPULATIONS,

@@ -147,8 +147,9 @@ def load_artifact(path: Path) -> Target:
 
 def _genome_from_json(values: Any, template: Any, file: Path) -> Any:
     if not isinstance(values, dict) or set(values) != set(template):
-        raise ValueError(f"{file}: key 'genome' must have exactly the keys "
-                         f"{sorted(template)}, got {sorted(values) if isinstance(values, dict) else values!r}")
+        got = sorted(values) if isinstance(values, dict) else repr(values)
+        raise ValueError(f"{file}: key 'genome' must have exactly the keys {sorted(template)}, "
+                         f"got {got}")
     out = {}
     for k, v in values.items():
         if not isinstance(v, int | float) or isinstance(v, bool):

@@ -67,8 +67,8 @@ def make_train(task: Task, rule: UpdateRule, steps: int | None = None, lr: float
             delta, state = rule.update(genome, grads, state, params, ctx)
             return (optax.apply_updates(params, delta), state), loss
 
-        (params, _), losses = jax.lax.scan(step, (params, state), jnp.arange(steps, dtype=jnp.int32),
-                                           unroll=unroll)
+        (params, _), losses = jax.lax.scan(step, (params, state),
+                                           jnp.arange(steps, dtype=jnp.int32), unroll=unroll)
         final = jnp.mean(losses[-tail:])
         ev = task.eval_loss(params) if task.eval_loss is not None else final
         curve = jnp.mean(losses[: seg * CURVE_POINTS].reshape(CURVE_POINTS, seg), axis=1) \
@@ -140,8 +140,8 @@ def evaluate(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh | None = None,
     fn = _compiled(train, mesh)
     parts = []
     for start in range(0, padded, size):
-        sl = slice(start, start + size)
-        parts.append(fn(jax.tree.map(lambda x: x[sl], genomes), keys[sl]))
+        part = jax.tree.map(lambda x, s=start: x[s:s + size], genomes)
+        parts.append(fn(part, keys[start:start + size]))
     out = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[:pop], *parts)
     return out
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
-
-import sys
 
 # Wide enough for the replay table when stdout is a pipe or a file (rich assumes 80 columns).
 _OUT = Console(highlight=False, width=None if sys.stdout.isatty() else 160)

@@ -1,12 +1,14 @@
 """Quadratic tasks: ill-conditioned and noisy-gradient quadratics with a closed-form minimum.
 
-The loss is ``0.5 (x - c)^T A (x - c)`` with ``A = Q diag(eigs) Q^T``, eigenvalues log-spaced
-from 1 down to ``1 / cond`` and ``Q`` a fixed random rotation. For the noiseless task ``c`` is the
-optimum ``x*`` and the batch is unused. For the noisy task (the "noisy quadratic model") each
-batch draws ``c = x* + noise * Q diag(eigs ** -0.5) eps`` with ``eps ~ N(0, I)``, so the gradient
-noise has covariance ``noise**2 * A``; the batch loss stays non-negative (floor 0) and its
-expectation is the exact loss plus the constant ``0.5 * noise**2 * dim``. ``eval_loss`` of the
-noisy task is the exact, noise-free loss.
+The loss is ``f(x) = 0.5 (x - x*)^T A (x - x*)`` with ``A = Q diag(eigs) Q^T``, eigenvalues
+log-spaced from 1 down to ``1 / cond``, ``Q`` a fixed random rotation and ``x*`` a fixed random
+optimum (both from a numpy seed), so the minimum is ``f(x*) = 0``.
+
+The noisy task is a stochastic gradient oracle for the same ``f``: each batch is a noise vector
+``n = noise * Q diag(sqrt(eigs)) eps`` with ``eps ~ N(0, I)`` (covariance ``noise**2 * A``, as in
+the noisy quadratic model), and the batch loss is ``f(x) + n . (x - stop_gradient(x))``: its value
+is exactly ``f(x)`` (so training losses, the floor 0 and the fitness stay exact) while its
+gradient is ``grad f(x) + n``. The deterministic task's batch is a zero vector.
 """
 
 from __future__ import annotations
@@ -46,25 +48,28 @@ def make_quadratic(name: str, dim: int = 16, cond: float = 1e3, noise: float = 0
       name: task name.
       dim: number of parameters (one vector ``"x"``).
       cond: condition number.
-      noise: scale of the gradient noise (0 for the deterministic task).
+      noise: scale of the gradient noise, whose covariance is ``noise**2 * A`` (0 for the
+        deterministic task).
       steps: default budget.
       seed: seed of the fixed rotation and optimum.
       init_scale: standard deviation of the initial ``x`` around 0.
 
     Returns:
-      the Task; its floor is 0.
+      the Task; its floor is 0. The noisy task's ``eval_loss`` is ``f`` at the final
+      parameters (the training loss averages ``f`` over the last steps).
     """
     parts = quadratic_parts(dim, cond, seed)
     a = parts["a"].astype(np.float32)
     optimum = parts["optimum"].astype(np.float32)
-    noise_map = (parts["rotation"] * (noise / np.sqrt(parts["eigs"]))).astype(np.float32)
+    noise_map = (parts["rotation"] * (noise * np.sqrt(parts["eigs"]))).astype(np.float32)
 
     def init(key: jax.Array):
         return {"x": init_scale * jax.random.normal(key, (dim,), jnp.float32)}
 
     def loss(params, batch: jax.Array) -> jax.Array:
-        d = params["x"] - (jnp.asarray(optimum) + batch)
-        return 0.5 * jnp.dot(d, jnp.asarray(a) @ d)
+        x = params["x"]
+        d = x - jnp.asarray(optimum)
+        return 0.5 * jnp.dot(d, jnp.asarray(a) @ d) + jnp.dot(batch, x - jax.lax.stop_gradient(x))
 
     def batch(key: jax.Array, step: jax.Array) -> jax.Array:
         del step
@@ -75,7 +80,8 @@ def make_quadratic(name: str, dim: int = 16, cond: float = 1e3, noise: float = 0
     def eval_loss(params) -> jax.Array:
         return loss(params, jnp.zeros((dim,), jnp.float32))
 
-    config = {"dim": dim, "cond": float(cond), "noise": float(noise), "seed": seed,
+    config = {"dim": dim, "cond": float(cond), "noise": float(noise), "noise_model": "gradient",
+              "seed": seed,
               "init_scale": float(init_scale)}
     return Task(name=name, family="quadratic", init=init, loss=loss, batch=batch, steps=steps,
                 eval_loss=eval_loss if noise > 0 else None, floor=0.0, config=config)

@@ -40,7 +40,7 @@ TASKS: dict[str, Callable[[], Task]] = {
     # train
     "quadratic_ill_16": _p(make_quadratic, "quadratic_ill_16", dim=16, cond=1e3, steps=150),
     "quadratic_noisy_16": _p(make_quadratic, "quadratic_noisy_16", dim=16, cond=1e3,
-                             noise=0.1, seed=1, steps=150),
+                             noise=0.3, seed=1, steps=150),
     "rosenbrock_2d": _p(make_rosenbrock, "rosenbrock_2d", dim=2, steps=200),
     "teacher_student_mlp": _p(make_teacher_student, "teacher_student_mlp", steps=200),
     "digits_mlp": _p(make_digits, "digits_mlp", hidden=(64,), steps=200),

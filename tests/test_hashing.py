@@ -88,7 +88,7 @@ def test_closest_names_the_nearest_known_rule(known):
     assert near["name"] == "adam"
     distances = {name: distance(fp, k.fingerprint) for name, k in known.items()}
     assert near["distance"] == pytest.approx(min(distances.values()))
-    assert 0 < near["distance"]
+    assert near["distance"] > 0
 
 
 def test_closest_of_a_known_rule_is_itself_at_distance_zero(known):

@@ -42,7 +42,8 @@ class Ctx(NamedTuple):
 
 def make_ctx(step, horizon, lr, dtype=jnp.float32) -> Ctx:
     """Builds a Ctx from Python or array scalars."""
-    return Ctx(jnp.asarray(step, jnp.int32), jnp.asarray(horizon, jnp.int32), jnp.asarray(lr, dtype))
+    return Ctx(jnp.asarray(step, jnp.int32), jnp.asarray(horizon, jnp.int32),
+               jnp.asarray(lr, dtype))
 
 
 class UpdateRule(NamedTuple):

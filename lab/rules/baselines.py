@@ -129,11 +129,12 @@ def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None) -
 
     init, update, describe = _functions(name, tuple(sorted(fixed.items())))
     extra = {k: v for k, v in fixed.items() if spec.fixed.get(k, object()) != v}
-    label = name if not extra else f"{name}({', '.join(f'{k}={_fmt(v)}' for k, v in extra.items())})"
+    args = ", ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
+    label = f"{name}({args})" if extra else name
     return UpdateRule("baseline", label, init, update, genome, describe)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _functions(name: str, fixed_items: tuple) -> tuple:
     """(init, update, describe) of one baseline family, built once so that every rule of the
     family shares them (and with them the compiled evaluators and fingerprint probes)."""
