@@ -21,13 +21,20 @@ SPLIT_SEED = 0
 
 
 @functools.cache
-def load_digits_splits() -> dict[str, np.ndarray]:
-    """The standardized train/test splits (float32 inputs [n, 64], int32 labels)."""
+def _raw() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(pixels uint8 [1797, 64] in 0..16, labels uint8, split permutation) as loaded."""
     from sklearn.datasets import load_digits  # heavy import, only when a digits task is built
 
     x, y = load_digits(return_X_y=True)
     perm = np.random.default_rng(SPLIT_SEED).permutation(len(y))
-    x, y = np.asarray(x, np.float64)[perm] / 16.0, np.asarray(y, np.int32)[perm]
+    return np.asarray(x, np.uint8), np.asarray(y, np.uint8), perm
+
+
+@functools.cache
+def load_digits_splits() -> dict[str, np.ndarray]:
+    """The standardized train/test splits (float32 inputs [n, 64], int32 labels)."""
+    x, y, perm = _raw()
+    x, y = x[perm].astype(np.float64) / 16.0, y[perm].astype(np.int32)
     x_train, x_test = x[N_TEST:], x[:N_TEST]
     mean, std = x_train.mean(0), x_train.std(0)
     std = np.where(std > 1e-6, std, 1.0)
@@ -37,6 +44,11 @@ def load_digits_splits() -> dict[str, np.ndarray]:
     for v in out.values():
         v.setflags(write=False)
     return out
+
+
+def data_digest() -> str:
+    """Digest of the raw integer data and the split (exact, so equal on every machine)."""
+    return digest(*_raw())
 
 
 def make_digits(name: str, hidden: Sequence[int] = (64,), steps: int = 200,
@@ -56,6 +68,6 @@ def make_digits(name: str, hidden: Sequence[int] = (64,), steps: int = 200,
     data = load_digits_splits()
     config = {"data": "sklearn.load_digits", "n_train": int(len(data["y_train"])),
               "n_test": int(len(data["y_test"])), "split_seed": SPLIT_SEED,
-              "data_digest": digest(*(data[k] for k in sorted(data)))}
+              "data_digest": data_digest()}
     return make_mlp_classification(name, "digits", data, hidden, steps, batch_size, activation,
                                    config)

@@ -22,10 +22,14 @@ DATA_FILE = "mnist1d.npz"
 
 
 @functools.cache
+def _raw() -> dict[str, np.ndarray]:
+    return load_npz(DATA_FILE)
+
+
+@functools.cache
 def load_mnist1d() -> dict[str, np.ndarray]:
     """The packaged splits: float32 inputs [n, 40], int32 labels (read-only arrays)."""
-    raw = load_npz(DATA_FILE)
-    out = {k: raw[k].astype(np.float32 if k.startswith("x") else np.int32)
+    out = {k: _raw()[k].astype(np.float32 if k.startswith("x") else np.int32)
            for k in ("x_train", "y_train", "x_test", "y_test")}
     for v in out.values():
         v.setflags(write=False)
@@ -33,10 +37,10 @@ def load_mnist1d() -> dict[str, np.ndarray]:
 
 
 def _data_config() -> dict:
-    data = load_mnist1d()
-    return {"data": DATA_FILE, "n_train": int(len(data["y_train"])),
-            "n_test": int(len(data["y_test"])),
-            "data_digest": digest(*(data[k] for k in sorted(data)))}
+    raw = _raw()
+    return {"data": DATA_FILE, "n_train": int(len(raw["y_train"])),
+            "n_test": int(len(raw["y_test"])),
+            "data_digest": digest(*(raw[k] for k in sorted(raw)))}
 
 
 def make_mnist1d_mlp(name: str, hidden: Sequence[int] = (64,), steps: int = 200,
