@@ -130,7 +130,10 @@ def cmd_references(args) -> int:
     for s in suites:
         for t in tasks.get_suite(s):
             chosen[t.name] = t
-    seeds = tuple(int(s) for s in args.seeds.split(","))
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(","))
+    except ValueError:
+        raise UsageError(f"--seeds {args.seeds!r}: expected counts like 2,5") from None
     out = Path(args.out)
 
     def progress(task, opt, n, r):
@@ -178,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = common(sub.add_parser("replay", help="re-run a candidate on held-out tasks"))
     s.add_argument("target")
     s.add_argument("--suite", default="heldout")
-    s.add_argument("--seeds", type=int, default=2)
+    s.add_argument("--seeds", type=int, default=5)
     s.add_argument("--baselines", default="adam,adamw,lion")
     s.add_argument("--devices", type=int, default=0, help="devices in the mesh (0 = all)")
     s.add_argument("--json", action="store_true")
@@ -189,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", required=True)
     s.add_argument("--out", default="discovered")
     s.add_argument("--suite", default="heldout", help="suite of the held-out scores")
-    s.add_argument("--seeds", type=int, default=2)
+    s.add_argument("--seeds", type=int, default=5)
     s.set_defaults(fn=cmd_export)
 
     s = common(sub.add_parser("tasks", help="list tasks and suites"))
@@ -201,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = rs.add_parser("build", help="regenerate tasks/references.json")
     b.add_argument("--suites", default="smoke,train,heldout")
-    b.add_argument("--seeds", default="2", help="comma-separated seed counts")
+    b.add_argument("--seeds", default="2,5", help="comma-separated seed counts")
     b.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "tasks"
                                         / "references.json"))
     b.set_defaults(fn=cmd_references)

@@ -13,7 +13,7 @@ from lab.store import Store
 from lab.targets import resolve
 
 
-def export(text: str, name: str, out: Path, store: Store, seeds: int = 2,
+def export(text: str, name: str, out: Path, store: Store, seeds: int = 5,
            suite: str = "heldout") -> Path:
     """Resolves ``text``, replays it on ``suite`` against tuned baselines, writes the folder."""
     target = resolve(text, store)

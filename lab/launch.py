@@ -125,7 +125,7 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
             log(f"resuming run {run_id} after generation {step + 1} from {ckpt.folder}")
     slots = np.asarray(es.task_key_index(spec))
     if cfg.evaluator.memory_mb > 0:
-        probe = flat.population(np.repeat(np.asarray(flat.flat)[None], 1, 0))
+        probe = flat.population(np.asarray(flat.flat)[None])
         scorer.chunk = min(chunk_for_memory(t, probe, task_keys(cfg.seeds, 1), setup.mesh,
                                             cfg.evaluator.memory_mb)
                            for t in scorer.trains.values())
@@ -148,9 +148,9 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
             evaluations = []
             if misses:
                 result = scorer.score(genomes, generation=g, slots=slots)
-                first = {h: i for i, h in reversed(list(enumerate(hashes)))}
+                index = {h: i for i, h in reversed(list(enumerate(hashes)))}
                 for h in misses:
-                    i = first[h]
+                    i = index[h]
                     evaluations.append({"hash": h, "context": ctx_key,
                                         "fitness": float(result["fitness"][i]),
                                         "diverged": bool(any(m["diverged"][i].any()
@@ -181,7 +181,8 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
                        for i, h in enumerate(hashes)]
             store.record_generation(run_id, g, candidates, evaluations, members, stats, hits,
                                     context=ctx_key)
-            best_overall = min(best_overall, stats["best"], store.get_run(run_id)["best"] or np.inf)
+            stored = store.get_run(run_id)["best"]  # includes generations before a resume
+            best_overall = min(best_overall, stats["best"], np.inf if stored is None else stored)
             mf.write(json.dumps({"generation": g, **stats, "best_so_far": best_overall}) + "\n")
             mf.flush()
             progress.update(g, stats, best_overall)

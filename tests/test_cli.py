@@ -158,3 +158,12 @@ def test_bad_input_exits_2(env, args, expect):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and expect in proc.stderr
     assert len(proc.stderr.strip().splitlines()) <= 3
+
+
+@pytest.mark.slow
+def test_sharded_launch_matches_one_device(run, env, tmp_path):
+    """The same search on 4 fake devices (a fresh store, so nothing comes from the cache)."""
+    e = {**env, "JAX_NUM_CPU_DEVICES": "4", "LAB_STORE": str(tmp_path / "lab.db")}
+    lab(["launch", "configs/smoke.yaml", "--name", "e2e-sharded"], e)
+    (row,) = strict_json(lab(["runs", "--json"], e).stdout)
+    assert row["best"] == pytest.approx(run["best"], rel=1e-5)
