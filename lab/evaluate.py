@@ -138,10 +138,13 @@ def evaluate(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh | None = None,
     size, padded = padded_size(pop, mesh, chunk)
     genomes, keys = _pad(genomes, padded), _pad(keys, padded)
     fn = _compiled(train, mesh)
+    shard = NamedSharding(mesh, P(AXIS))
     parts = []
     for start in range(0, padded, size):
-        part = jax.tree.map(lambda x, s=start: x[s:s + size], genomes)
-        parts.append(fn(part, keys[start:start + size]))
+        # committed to the population sharding whatever they came as (numpy, another jit's
+        # output), so every call hits the same cache entry
+        part = jax.device_put(jax.tree.map(lambda x, s=start: x[s:s + size], genomes), shard)
+        parts.append(fn(part, jax.device_put(keys[start:start + size], shard)))
     out = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[:pop], *parts)
     return out
 
