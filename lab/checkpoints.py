@@ -20,9 +20,18 @@ class Checkpoints:
 
     def save(self, generation: int, state: Any) -> str:
         """Writes the state after ``generation``; returns the step folder's path."""
-        self.manager.save(generation, args=self._ocp.args.StandardSave(state))
+        saved = self.manager.save(generation, args=self._ocp.args.StandardSave(state),
+                                  force=True)
         self.manager.wait_until_finished()
+        if not saved:
+            raise RuntimeError(f"{self.folder}: checkpoint of generation {generation} not written")
         return str(self.folder / str(generation))
+
+    def drop_after(self, generation: int) -> None:
+        """Deletes checkpoints newer than ``generation`` (saved, but never named by the store)."""
+        for step in self.manager.all_steps():
+            if step > generation:
+                self.manager.delete(step)
 
     def latest(self, at_most: int | None = None) -> int | None:
         steps = sorted(s for s in self.manager.all_steps() if at_most is None or s <= at_most)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -59,8 +60,13 @@ def cmd_runs(args) -> int:
 
 def cmd_inspect(args) -> int:
     from lab.inspect import inspect_target
-    with _store(args) as store:
-        doc = inspect_target(args.target, store, top=args.top)
+    from lab.store import default_store_path
+    path = Path(args.store) if args.store else default_store_path()
+    if args.target.startswith(("baseline:", "program:")) and not path.exists():
+        doc = inspect_target(args.target, None, top=args.top)  # needs no store: create none
+    else:
+        with _store(args) as store:
+            doc = inspect_target(args.target, store, top=args.top)
 
     def human(doc):
         from lab.tables import inspect_view
@@ -99,6 +105,8 @@ def cmd_replay(args) -> int:
 
 def cmd_export(args) -> int:
     from lab.export import export
+    if args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds}: must be at least 1")
     with _store(args) as store:
         folder = export(args.target, args.name, Path(args.out), store, seeds=args.seeds,
                         suite=args.suite)
@@ -134,6 +142,11 @@ def cmd_references(args) -> int:
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
         raise UsageError(f"--seeds {args.seeds!r}: expected counts like 2,5") from None
+    if args.out is None:
+        if not (Path("tasks") / "suites.py").exists():
+            raise UsageError("run from the lab's checkout to update tasks/references.json, or "
+                             "give --out PATH")
+        args.out = "tasks/references.json"
     out = Path(args.out)
 
     def progress(task, opt, n, r):
@@ -205,8 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = rs.add_parser("build", help="regenerate tasks/references.json")
     b.add_argument("--suites", default="smoke,train,heldout")
     b.add_argument("--seeds", default="2,5", help="comma-separated seed counts")
-    b.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "tasks"
-                                        / "references.json"))
+    b.add_argument("--out", default=None,
+                   help="default: tasks/references.json of the checkout you are in")
     b.set_defaults(fn=cmd_references)
 
     s = common(sub.add_parser("bench", help="run a benchmark (e.g. population)"))
@@ -245,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip() or type(e).__name__
         print(f"lab {args.command}: error: {msg}", file=sys.stderr)
         return 2
-    except FileNotFoundError as e:
+    except (OSError, sqlite3.Error) as e:  # unreadable paths, a locked or broken store
         print(f"lab {args.command}: error: {e}", file=sys.stderr)
         return 2
 

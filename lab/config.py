@@ -56,8 +56,18 @@ def _baselines() -> dict[str, Any]:
 
 
 def _optimizers() -> Collection[str]:
+    """optax optimizer aliases: public callables whose first parameter is ``learning_rate``."""
+    import inspect
     optax = importlib.import_module("optax")
-    return {n for n in dir(optax) if not n.startswith("_") and callable(getattr(optax, n))}
+    out = set()
+    for n in dir(optax):
+        f = getattr(optax, n)
+        if n.startswith("_") or not inspect.isfunction(f):
+            continue
+        params = list(inspect.signature(f).parameters)
+        if params and params[0] == "learning_rate":
+            out.add(n)
+    return out
 
 
 def _field(default: Any, *, ge: float | None = None, gt: float | None = None,
@@ -113,7 +123,14 @@ class SearchConfig:
     lr: float = _field(0.05, gt=0)  # learning rate of the optimizer that moves the ES mean
     optimizer: str = _field("adam", choices=lambda: _optimizers(), what="optax optimizer")
     elite_ratio: float = _field(0.5, gt=0, le=1)
-    seed: int = 0  # the search's own randomness
+    seed: int = 0  # the search's own randomness (ES samples and per-generation task keys)
+
+    def problems(self) -> list[tuple[str, str]]:
+        info = _strategies().get(self.strategy) if isinstance(_strategies(), dict) else None
+        if getattr(info, "antithetic", False) and self.population % 2:
+            return [("population", f"{self.strategy} samples mirrored pairs: the population "
+                                   f"must be even, got {self.population}")]
+        return []
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,15 +142,22 @@ class EvaluatorConfig:
     devices: int = _field(0, ge=0)  # devices in the mesh; 0: all
     unroll: int = _field(1, ge=1)  # lax.scan unroll of the inner loop
 
+    def problems(self) -> list[tuple[str, str]]:
+        if self.devices > 1:
+            import jax
+            have = jax.device_count()
+            if self.devices > have:
+                return [("devices", f"{self.devices} devices asked for, JAX sees {have}")]
+        return []
+
 
 @dataclasses.dataclass(frozen=True)
 class OutputConfig:
     """The ``output`` section: where and what a run writes."""
 
-    dir: str = ""  # empty: <store folder>/runs/<run id>/
     checkpoint_every: int = _field(0, ge=0)  # generations between checkpoints; 0: never
-    plots: bool = True
-    top_k: int = _field(5, ge=1)  # best candidates reported
+    plots: bool = True  # fitness over generations as runs/<id>/fitness.png
+    top_k: int = _field(5, ge=1)  # finalists re-scored on the fixed evaluation seeds
 
 
 @dataclasses.dataclass(frozen=True)

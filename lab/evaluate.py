@@ -22,7 +22,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lab.rules.base import Ctx, UpdateRule, population_size
+from lab.rules.base import UpdateRule, make_ctx, population_size
 from tasks.base import Task
 
 # Bump when the inner loop or the metrics change: it is part of every cache key.
@@ -63,7 +63,7 @@ def make_train(task: Task, rule: UpdateRule, steps: int | None = None, lr: float
             params, state = carry
             batch = task.batch(jax.random.fold_in(k_data, t), t)
             loss, grads = jax.value_and_grad(task.loss)(params, batch)
-            ctx = Ctx(t, jnp.asarray(steps, jnp.int32), jnp.asarray(lr, loss.dtype))
+            ctx = make_ctx(t, steps, lr, loss.dtype)
             delta, state = rule.update(genome, grads, state, params, ctx)
             return (optax.apply_updates(params, delta), state), loss
 

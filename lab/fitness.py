@@ -28,27 +28,39 @@ SEED_BASE = 0
 META_LOSS = "log_final_loss_ratio_vs_tuned_adam"
 
 
-def task_fitness(final_loss: np.ndarray, diverged: np.ndarray, ref: float,
-                 floor: float = 0.0) -> np.ndarray:
-    """[pop, seeds] final losses -> [pop] fitness (diverged on any seed -> +CLIP)."""
-    loss = np.mean(np.asarray(final_loss, np.float64), axis=-1)
-    bad = np.any(np.asarray(diverged), axis=-1) | ~np.isfinite(loss)
+def normalized_score(loss: np.ndarray, diverged: np.ndarray, ref: float,
+                     floor: float = 0.0) -> np.ndarray:
+    """``clip(log((loss - floor + eps) / (ref - floor + eps)), -C, C)``; diverged or non-finite
+    losses score +C. Elementwise over any shape."""
+    loss = np.asarray(loss, np.float64)
+    bad = np.asarray(diverged, bool) | ~np.isfinite(loss)
     with np.errstate(all="ignore"):
         f = np.log((np.maximum(loss - floor, 0.0) + EPS) / (max(ref - floor, 0.0) + EPS))
     return np.where(bad, CLIP, np.clip(np.nan_to_num(f, nan=CLIP), -CLIP, CLIP))
 
 
+def task_fitness(final_loss: np.ndarray, diverged: np.ndarray, ref: float,
+                 floor: float = 0.0) -> np.ndarray:
+    """[pop, seeds] final losses -> [pop] fitness of the mean over seeds (diverged on any seed
+    -> +CLIP)."""
+    loss = np.mean(np.asarray(final_loss, np.float64), axis=-1)
+    return normalized_score(loss, np.any(np.asarray(diverged), axis=-1), ref, floor)
+
+
 def task_keys(seeds: int, population: int, generation: int | None = None,
-              slots: np.ndarray | None = None) -> jax.Array:
+              slots: np.ndarray | None = None, stream: int = 0) -> jax.Array:
     """[population, seeds] PRNG keys.
 
     ``generation=None`` with no ``slots`` gives the fixed evaluation seeds (shared by every
     candidate, references and replay). During a search, generation g's keys are fresh, and
-    members with the same slot share them (common random numbers).
+    members with the same slot share them (common random numbers); ``stream`` (the search's
+    seed) picks an independent sequence of generation keys.
     """
     slots = np.zeros(population, np.int32) if slots is None else np.asarray(slots, np.int32)
     gen = 0 if generation is None else generation + 1
     base = jax.random.key(SEED_BASE)
+    if generation is not None:
+        base = jax.random.fold_in(base, stream)
     per_seed = jax.vmap(lambda s: jax.random.fold_in(jax.random.fold_in(base, s), gen))(
         jnp.arange(seeds))
     return jax.vmap(lambda slot: jax.vmap(lambda k: jax.random.fold_in(k, slot))(per_seed))(
@@ -67,8 +79,10 @@ class EvalContext:
     lr_grid: tuple[float, ...]
     meta_loss: str = META_LOSS
     evaluator: str = EVALUATOR_VERSION
+    refs: str = ""            # digest of the reference losses the fitness divides by
     generation: int | None = None
     slots: str = ""
+    stream: int = 0
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -77,9 +91,9 @@ class EvalContext:
         doc = json.dumps(self.to_json(), sort_keys=True)
         return hashlib.sha256(doc.encode()).hexdigest()[:24]
 
-    def for_generation(self, generation: int, slots: np.ndarray) -> EvalContext:
+    def for_generation(self, generation: int, slots: np.ndarray, stream: int = 0) -> EvalContext:
         slot_id = hashlib.sha256(np.asarray(slots, np.int32).tobytes()).hexdigest()[:8]
-        return dataclasses.replace(self, generation=generation, slots=slot_id)
+        return dataclasses.replace(self, generation=generation, slots=slot_id, stream=stream)
 
 
 class SuiteScorer:
@@ -104,10 +118,12 @@ class SuiteScorer:
         self.mesh, self.chunk = mesh, chunk
         self.budget = budget
         self.trains = {t.name: make_train(t, rule, budget or t.steps, lr, unroll) for t in tasks}
-        self.context = EvalContext(suite, suite_version, budget, seeds, lr, tuple(lr_grid))
+        refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
+        self.context = EvalContext(suite, suite_version, budget, seeds, lr, tuple(lr_grid),
+                                   refs=refs_digest)
 
     def score(self, genomes: Any, generation: int | None = None,
-              slots: np.ndarray | None = None) -> dict[str, Any]:
+              slots: np.ndarray | None = None, stream: int = 0) -> dict[str, Any]:
         """Evaluates a population on every task.
 
         Returns:
@@ -115,7 +131,7 @@ class SuiteScorer:
           "eval_loss", "mean_loss", "curve": [pop, seeds, K], "diverged"}}, "seconds": float}``.
         """
         pop = population_size(genomes)
-        keys = task_keys(self.seeds, pop, generation, slots)
+        keys = task_keys(self.seeds, pop, generation, slots, stream)
         start, per_task = time.perf_counter(), {}
         for task in self.tasks:
             m = evaluate(self.trains[task.name], genomes, keys, self.mesh, self.chunk)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab.rules.base import Ctx, UpdateRule
+from lab.rules.base import UpdateRule, make_ctx
 
 FINGERPRINT_VERSION = "fp1"
 MANTISSA_BITS = 12
@@ -56,12 +56,10 @@ def _raw_deltas(rule: UpdateRule, genome, streams) -> jax.Array:
     for s in streams:
         params = s["params"]
         state = rule.init(genome, params)
-        ctx = Ctx(jnp.asarray(PROBE_CTX[0], jnp.int32), jnp.asarray(PROBE_CTX[1], jnp.int32),
-                  jnp.asarray(PROBE_CTX[2], jnp.float64))
+        ctx = make_ctx(*PROBE_CTX, dtype=jnp.float64)  # fixed for every step of every stream
         for t in range(PROBE_STEPS):
             grads = {k: g[t] for k, g in s["grads"].items()}
-            delta, state = rule.update(genome, grads, state, params, ctx._replace(
-                step=ctx.step + t))
+            delta, state = rule.update(genome, grads, state, params, ctx)
             out.extend(jnp.ravel(delta[k]) for k in PROBE_SHAPES)
     return jnp.concatenate([jnp.asarray(x, jnp.float64) for x in out])
 
@@ -119,7 +117,8 @@ def fingerprint(rule: UpdateRule, genome=None, jit: bool = True) -> tuple[np.nda
       (fingerprint [n] float64, hash hex string of 32 characters).
     """
     genome = rule.genome if genome is None else genome
-    with jax.enable_x64(True):
+    # float64 on the CPU whatever the default device: exp, log and pow must agree everywhere
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
         g = _cast64(genome)
         if jit:
             raw = _probe_jitted(rule.init, rule.update)(g)

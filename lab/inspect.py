@@ -73,10 +73,10 @@ def run_doc(run: dict, store: Store, top: int) -> dict:
             "plot": plot}
 
 
-def inspect_target(text: str, store: Store, top: int = 5) -> dict:
+def inspect_target(text: str, store: Store | None, top: int = 5) -> dict:
     """The document ``lab inspect TARGET --json`` prints."""
     plain = not re.match(r"^[a-z]+:", text) and not re.search(r":\d+$", text)
-    if plain:
+    if plain and store is not None:
         try:
             run = store.get_run(text)
         except StoreError:

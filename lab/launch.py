@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.flatten_util import ravel_pytree
 
 import tasks as task_registry
 from lab import __version__, treeio
@@ -39,9 +40,14 @@ def rule_from_config(cfg: Config) -> UpdateRule:
 
 
 def genome_hash(rule: UpdateRule, genome: Any) -> str:
-    """Cheap identity of a continuous genome (ES members almost never collide functionally)."""
+    """Identity of a continuous genome: its float32 values in canonical (sorted-key) order.
+
+    ES members almost never collide functionally, so they are not fingerprinted here (DESIGN.md);
+    what is reported, exported or checked is.
+    """
+    flat, _ = ravel_pytree(jax.tree.map(lambda x: np.asarray(x, np.float32), genome))
     h = hashlib.blake2b(f"{rule.kind}:{rule.name}:".encode(), digest_size=16)
-    h.update(treeio.tree_to_npz(genome))
+    h.update(np.asarray(flat, np.float32).tobytes())
     return h.hexdigest()
 
 
@@ -52,6 +58,7 @@ class Setup:
     rule: UpdateRule
     scorer: SuiteScorer
     mesh: Any
+    checkpoints: Checkpoints | None = None
 
 
 def build_setup(cfg: Config, store: Store, rule: UpdateRule | None = None) -> Setup:
@@ -106,6 +113,7 @@ def launch(cfg: Config, store: Store, name: str | None = None, resume: str | Non
 
 
 def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
+    """The generation loop of an evosax search; returns the best final score."""
     rule, scorer = setup.rule, setup.scorer
     flat = es.Flattener.of(rule.genome)
     spec = es.ESSpec(cfg.search.strategy, cfg.search.population, int(flat.flat.size),
@@ -113,16 +121,7 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
                      cfg.search.elite_ratio)
     key = jax.random.key(cfg.search.seed)
     state = es.init(spec, jax.random.fold_in(key, 0), flat.flat)
-    ckpt = (Checkpoints(store.run_dir(run_id) / "checkpoints")
-            if cfg.output.checkpoint_every > 0 else None)
-    first = 0
-    if ckpt is not None:
-        done = [g["idx"] for g in store.generations(run_id) if g["checkpoint"]]
-        step = ckpt.latest(at_most=max(done)) if done else None
-        if step is not None:
-            state = ckpt.restore(step, state)
-            first = step + 1
-            log(f"resuming run {run_id} after generation {step + 1} from {ckpt.folder}")
+    state, first = _resume(cfg, store, run_id, setup, state)
     slots = np.asarray(es.task_key_index(spec))
     if cfg.evaluator.memory_mb > 0:
         probe = flat.population(np.asarray(flat.flat)[None])
@@ -130,7 +129,8 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
                                             cfg.evaluator.memory_mb)
                            for t in scorer.trains.values())
     metrics_path = store.run_dir(run_id) / "metrics.jsonl"
-    best_overall = float("inf")
+    _truncate_metrics(metrics_path, first)
+    best_so_far = float("inf")
     with GenerationProgress(cfg.search.generations) as progress, open(metrics_path, "a") as mf:
         for g in range(first, cfg.search.generations):
             start = time.perf_counter()
@@ -139,89 +139,115 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
             genomes = flat.population(flat_pop)
             on_host = jax.tree.map(np.asarray, genomes)
             host = [genome_at(on_host, i) for i in range(spec.population)]
-            hashes = [genome_hash(rule, g_i) for g_i in host]
-            context = scorer.context.for_generation(g, slots)
-            ctx_key = context.key()
+            hashes = [genome_hash(rule, x) for x in host]
+            ctx_key = scorer.context.for_generation(g, slots, cfg.search.seed).key()
             cached = store.lookup(sorted(set(hashes)), ctx_key)
             misses = [h for h in dict.fromkeys(hashes) if h not in cached]
-            fitness = np.empty(spec.population)
             evaluations = []
             if misses:
-                result = scorer.score(genomes, generation=g, slots=slots)
+                result = scorer.score(genomes, generation=g, slots=slots, stream=cfg.search.seed)
                 index = {h: i for i, h in reversed(list(enumerate(hashes)))}
-                for h in misses:
-                    i = index[h]
-                    evaluations.append({"hash": h, "context": ctx_key,
-                                        "fitness": float(result["fitness"][i]),
-                                        "diverged": bool(any(m["diverged"][i].any()
-                                                             for m in result["tasks"].values())),
-                                        "metrics": _row_metrics(result, i)})
-                fresh = {e["hash"]: e["fitness"] for e in evaluations}
-            else:
-                fresh = {}
-            for i, h in enumerate(hashes):
-                fitness[i] = fresh[h] if h in fresh else cached[h]["fitness"]
+                evaluations = [_evaluation(h, ctx_key, result, index[h]) for h in misses]
+            fresh = {e["hash"]: e["fitness"] for e in evaluations}
+            fitness = np.array([fresh[h] if h in fresh else cached[h]["fitness"] for h in hashes])
             state, _ = es.tell(spec, k_tell, flat_pop, np.asarray(fitness, np.float32), state)
-            seconds = time.perf_counter() - start
             hits = [h for h in hashes if h in cached]
+            unique = {h: i for i, h in enumerate(hashes)}
+            candidates = [_candidate(rule, h, host[i]) for h, i in unique.items()]
+            members = [{"hash": h, "fitness": float(fitness[i]), "generation": g}
+                       for i, h in enumerate(hashes)]
+            seconds = time.perf_counter() - start
             stats = {"best": float(np.min(fitness)), "mean": float(np.mean(fitness)),
                      "hits": len(hits), "misses": len(misses),
                      "hit_rate": len(hits) / len(hashes), "evaluated": len(misses),
                      "seconds": seconds, "candidates_per_s": len(hashes) / max(seconds, 1e-9),
                      "checkpoint": None}
-            every = cfg.output.checkpoint_every
-            if ckpt is not None and ((g + 1) % every == 0 or g + 1 == cfg.search.generations):
-                stats["checkpoint"] = ckpt.save(g, state)
-            candidates = [{"hash": h, "kind": rule.kind, "name": rule.name,
-                           "genome": treeio.tree_to_npz(host[i]),
-                           "readable": rule.describe(host[i]),
-                           "fingerprint": None, "parent": None}
-                          for h, i in {h: i for i, h in enumerate(hashes)}.items()]
-            members = [{"hash": h, "fitness": float(fitness[i]), "generation": g}
-                       for i, h in enumerate(hashes)]
-            if g + 1 == cfg.search.generations:
-                final = _score_mean(rule, scorer, flat.unravel(es.mean_of(spec, state)),
-                                    spec.population, store, g)
-                candidates.append(final["candidate"])
-                members.append(final["member"])
-                if final["evaluation"] is not None:
-                    evaluations.append(final["evaluation"])
-                what = ("best member" if es.STRATEGIES[spec.strategy].population_based
-                        else "ES mean")
-                log(f"final {what} on the fixed evaluation seeds: "
-                    f"fitness {final['member']['fitness']:.4f}")
+            if setup.checkpoints is not None and (
+                    (g + 1) % cfg.output.checkpoint_every == 0 or g + 1 == cfg.search.generations):
+                stats["checkpoint"] = setup.checkpoints.save(g, state)
             store.record_generation(run_id, g, candidates, evaluations, members, stats, hits,
                                     context=ctx_key)
-            stored = store.get_run(run_id)["best"]  # includes generations before a resume
-            best_overall = min(best_overall, stats["best"], np.inf if stored is None else stored)
-            mf.write(json.dumps({"generation": g, **stats, "best_so_far": best_overall}) + "\n")
+            best_so_far = min(best_so_far, stats["best"])
+            mf.write(json.dumps({"generation": g, **stats, "best_so_far": best_so_far}) + "\n")
             mf.flush()
-            progress.update(g, stats, best_overall)
-    return best_overall
+            progress.update(g, stats, best_so_far)
+    final = _finalists(cfg, store, run_id, setup, flat.unravel(es.mean_of(spec, state)),
+                       spec.population)
+    if cfg.output.plots:
+        from lab.plots import fitness_over_generations
+        fitness_over_generations(store.generations(run_id),
+                                 store.run_dir(run_id) / "fitness.png", f"{cfg.name} ({run_id})")
+    return final
 
 
-def _score_mean(rule: UpdateRule, scorer: SuiteScorer, genome: Any, population: int,
-                store: Store, generation: int) -> dict:
-    """Scores the search's final answer on the fixed evaluation seeds (the context references,
-    replay and every other run share), reusing the compiled population shape."""
-    host = jax.tree.map(np.asarray, genome)
-    h = genome_hash(rule, host)
+def _resume(cfg: Config, store: Store, run_id: str, setup: Setup,
+            state: Any) -> tuple[Any, int]:
+    """(state, first generation): restored from the newest checkpoint the store also recorded."""
+    if not cfg.output.checkpoint_every:
+        return state, 0
+    setup.checkpoints = ckpt = Checkpoints(store.run_dir(run_id) / "checkpoints")
+    done = [g["idx"] for g in store.generations(run_id) if g["checkpoint"]]
+    step = ckpt.latest(at_most=max(done)) if done else None
+    ckpt.drop_after(-1 if step is None else step)  # written but never committed to the store
+    if step is None:
+        return state, 0
+    log(f"resuming run {run_id} after generation {step + 1} from {ckpt.folder}")
+    return ckpt.restore(step, state), step + 1
+
+
+def _truncate_metrics(path, first: int) -> None:
+    """Drops the lines of generations that a resumed run is about to redo."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["generation"] < first]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def _candidate(rule: UpdateRule, h: str, genome: Any) -> dict:
+    return {"hash": h, "kind": rule.kind, "name": rule.name, "genome": treeio.tree_to_npz(genome),
+            "readable": rule.describe(genome), "fingerprint": None, "parent": None}
+
+
+def _evaluation(h: str, context: str, result: dict, i: int) -> dict:
+    metrics = _row_metrics(result, i)
+    return {"hash": h, "context": context, "fitness": float(result["fitness"][i]),
+            "diverged": any(m["diverged"] for m in metrics.values()), "metrics": metrics}
+
+
+def _finalists(cfg: Config, store: Store, run_id: str, setup: Setup, mean: Any,
+               population: int) -> float:
+    """Re-scores the search's answer (the ES mean) and its ``top_k`` best members on the fixed
+    evaluation seeds, the context that references, replay and every other run share: a run's
+    best and its ranks come from these scores, not from one lucky generation's keys."""
+    rule, scorer = setup.rule, setup.scorer
+    mean = jax.tree.map(np.asarray, mean)
+    genomes = {genome_hash(rule, mean): mean}
+    for row in store.best_members(run_id, k=cfg.output.top_k):
+        genomes.setdefault(row["hash"], treeio.tree_from_npz(row["genome"]))
     ctx_key = scorer.context.key()
-    cached = store.lookup([h], ctx_key)
-    if h in cached:
-        fitness, metrics = cached[h]["fitness"], None
-    else:
-        tiled = jax.tree.map(lambda x: np.repeat(x[None], population, axis=0), host)
-        result = scorer.score(tiled)
-        fitness, metrics = float(result["fitness"][0]), _row_metrics(result, 0)
-    evaluation = None if metrics is None else {
-        "hash": h, "context": ctx_key, "fitness": fitness,
-        "diverged": any(m["diverged"] for m in metrics.values()), "metrics": metrics}
-    return {"candidate": {"hash": h, "kind": rule.kind, "name": rule.name,
-                          "genome": treeio.tree_to_npz(host), "readable": rule.describe(host),
-                          "fingerprint": None, "parent": None},
-            "evaluation": evaluation,
-            "member": {"hash": h, "fitness": fitness, "generation": generation}}
+    cached = store.lookup(list(genomes), ctx_key)
+    todo = [h for h in genomes if h not in cached]
+    evaluations = []
+    for start in range(0, len(todo), population):  # in the run's compiled population shape
+        part = todo[start:start + population]
+        padded = part + [part[-1]] * (population - len(part))
+        batch = jax.tree.map(lambda *xs: np.stack(xs), *[genomes[h] for h in padded])
+        result = scorer.score(batch)
+        evaluations += [_evaluation(h, ctx_key, result, i) for i, h in enumerate(part)]
+    scores = {**{h: c["fitness"] for h, c in cached.items()},
+              **{e["hash"]: e["fitness"] for e in evaluations}}
+    last = cfg.search.generations - 1
+    members = [{"hash": h, "final": scores[h], "generation": last} for h in genomes]
+    stats = store.generations(run_id)[-1]
+    stats = {k: stats[k] for k in ("best", "mean", "hits", "misses", "hit_rate", "evaluated",
+                                   "seconds", "candidates_per_s", "checkpoint")}
+    store.record_generation(run_id, last, [_candidate(rule, h, g) for h, g in genomes.items()],
+                            evaluations, members, stats, [h for h in genomes if h in cached],
+                            context=ctx_key)
+    mean_score = scores[next(iter(genomes))]
+    log(f"final scores on the fixed evaluation seeds: ES mean {mean_score:.4f}, best "
+        f"{min(scores.values()):.4f} of {len(genomes)} finalists")
+    return float(min(scores.values()))
 
 
 def _row_metrics(result: dict, i: int) -> dict:

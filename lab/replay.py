@@ -17,21 +17,11 @@ from jax.sharding import Mesh
 import tasks as task_registry
 from lab.console import log
 from lab.evaluate import evaluate, make_train
-from lab.fitness import CLIP, EPS, task_keys
+from lab.fitness import normalized_score, task_keys
 from lab.references import References
 from lab.rules.base import stack_genomes
 from lab.rules.baselines import make_baseline
 from lab.targets import Target
-
-
-def seed_scores(final_loss: np.ndarray, diverged: np.ndarray, ref: float,
-                floor: float) -> np.ndarray:
-    """[seeds] normalized scores (diverged seeds score +C)."""
-    with np.errstate(all="ignore"):
-        s = np.log((np.maximum(final_loss.astype(np.float64) - floor, 0) + EPS)
-                   / (max(ref - floor, 0) + EPS))
-    s = np.clip(np.nan_to_num(s, nan=CLIP, posinf=CLIP, neginf=-CLIP), -CLIP, CLIP)
-    return np.where(diverged, CLIP, s)
 
 
 def interval(x: np.ndarray) -> tuple[float | None, float | None]:
@@ -45,7 +35,7 @@ def interval(x: np.ndarray) -> tuple[float | None, float | None]:
 
 
 def _row(task, rule_label: str, m: dict, ref: float, lr: float | None) -> dict:
-    scores = seed_scores(m["final_loss"][0], m["diverged"][0], ref, task.floor)
+    scores = normalized_score(m["final_loss"][0], m["diverged"][0], ref, task.floor)
     lo, hi = interval(scores)
     return {"task": task.name, "family": task.family, "rule": rule_label,
             "score": float(np.mean(scores)), "ci95": [lo, hi],

@@ -38,7 +38,7 @@ CREATE TABLE candidates (
 CREATE INDEX candidates_parent ON candidates(parent);
 CREATE TABLE members (
   run_id TEXT NOT NULL REFERENCES runs(id), hash TEXT NOT NULL REFERENCES candidates(hash),
-  generation INTEGER NOT NULL, fitness REAL, PRIMARY KEY (run_id, hash));
+  generation INTEGER NOT NULL, fitness REAL, final REAL, PRIMARY KEY (run_id, hash));
 CREATE INDEX members_fitness ON members(run_id, fitness);
 CREATE INDEX members_hash ON members(hash);
 CREATE TABLE evaluations (
@@ -355,15 +355,19 @@ class Store:
                     "UPDATE evaluations SET hits = hits + 1 WHERE hash = ? AND context = ?",
                     [(h, ctx) for h in hit_hashes],
                 )
-                rows = [(run_id, d["hash"], int(d.get("generation", idx)), _real(d["fitness"]))
-                        for d in members]  # fmt: skip
+                rows = [(run_id, d["hash"], int(d.get("generation", idx)),
+                         _real(d["fitness"] if "final" not in d else d.get("fitness")),
+                         _real(d.get("final"))) for d in members]  # fitness or final required
                 c.executemany(
-                    "INSERT INTO members VALUES (?, ?, ?, ?) ON CONFLICT (run_id, hash) DO UPDATE "
+                    "INSERT INTO members (run_id, hash, generation, fitness, final) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, hash) DO UPDATE "
                     "SET generation = MIN(generation, excluded.generation), fitness = CASE WHEN "
                     "fitness IS NULL OR excluded.fitness < fitness THEN excluded.fitness "
-                    "ELSE fitness END",
+                    "ELSE fitness END, final = COALESCE(excluded.final, final)",
                     rows,
                 )
+                finals = [(f, h) for _, h, _, _, f in rows if f is not None]
+                rows = [(r[0], r[1], r[2], r[3]) for r in rows if r[3] is not None]
                 values = [conv(stats.get(k)) for k, conv in _GEN_STATS.items()]
                 c.execute(
                     f"INSERT OR REPLACE INTO generations VALUES ({', '.join('?' * 12)})",
@@ -379,6 +383,10 @@ class Store:
                     ":best < best OR best IS NULL THEN :best ELSE best END WHERE id = :id",
                     {"id": run_id, "best": best[0], "hash": best[1]},
                 )
+                if finals:  # scores on the fixed evaluation seeds replace the search's
+                    f, h = min(finals)
+                    c.execute("UPDATE runs SET best = ?, best_hash = ? WHERE id = ?",
+                              (f, h, run_id))
         except (sqlite3.IntegrityError, KeyError) as e:
             msg = f"{self.path}: generation {idx} of run {run_id} not recorded: {e!r}"
             raise StoreError(msg) from e
@@ -389,17 +397,20 @@ class Store:
         return [dict(r) for r in self.conn.execute(sql, (run_id,))]
 
     def best_members(self, run_id: str, k: int = 10) -> list[dict]:
-        """A run's ``k`` best candidates, lowest fitness first (NULL, i.e. NaN, last).
+        """A run's ``k`` best candidates: finalists (scored on the fixed evaluation seeds) by that
+        score first, then the others by their search fitness (NULL, i.e. NaN, last).
 
         Returns:
           Dicts with hash, kind, name, readable, genome (bytes), fingerprint (bytes or None),
-          parent, fitness and generation (the first in which the run met it).
+          parent, fitness (the final score where there is one), search_fitness, final and
+          generation (the first in which the run met it).
         """
         rows = self.conn.execute(
             "SELECT c.hash, c.kind, c.name, c.readable, c.genome, c.fingerprint, c.parent, "
-            "m.fitness, m.generation FROM members m JOIN candidates c ON c.hash = m.hash "
-            "WHERE m.run_id = ? ORDER BY m.fitness IS NULL, m.fitness, m.generation, c.hash "
-            "LIMIT ?",
+            "COALESCE(m.final, m.fitness) AS fitness, m.fitness AS search_fitness, m.final, "
+            "m.generation FROM members m JOIN candidates c ON c.hash = m.hash "
+            "WHERE m.run_id = ? ORDER BY m.final IS NULL, m.final, m.fitness IS NULL, "
+            "m.fitness, m.generation, c.hash LIMIT ?",
             (run_id, int(k)),
         )
         return [dict(r) for r in rows]

@@ -58,7 +58,7 @@ search:
   elite_ratio: 1
   seed: 7
 evaluator: {chunk: 4, memory_mb: 512, devices: 1, unroll: 2}
-output: {dir: out, checkpoint_every: 1, plots: false, top_k: 3}
+output: {checkpoint_every: 1, plots: false, top_k: 3}
 """
 
 
@@ -81,7 +81,7 @@ def test_full_file(tmp_path):
     assert isinstance(cfg.rule.lr, float) and isinstance(cfg.search.elite_ratio, float)
     assert cfg.search == C.SearchConfig("PGPE", 8, 3, 0.2, 0.01, "sgd", 1.0, 7)
     assert cfg.evaluator == C.EvaluatorConfig(4, 512.0, 1, 2)
-    assert cfg.output == C.OutputConfig("out", 1, False, 3)
+    assert cfg.output == C.OutputConfig(1, False, 3)
 
 
 def test_round_trip(tmp_path):
