@@ -74,7 +74,10 @@ def write_artifact(out_dir: Path, name: str, target: Target, function: dict, met
     source = getattr(rule, "source", None)
     if callable(source):
         doc["source"] = source(target.genome)
-    (folder / "rule.json").write_text(dumps(doc) + "\n")
+    # one line for the long fingerprint, so the rest of the file stays readable
+    text = dumps({**doc, "fingerprint": "@FP@"}).replace(
+        '"@FP@"', dumps(doc["fingerprint"], indent=None))
+    (folder / "rule.json").write_text(text + "\n")
     (folder / "metrics.json").write_text(dumps(metrics) + "\n")
     (folder / "README.md").write_text(readme(name, doc, metrics, readme_extra))
     return folder
