@@ -7,7 +7,6 @@ and everything else on stderr. Modules are imported lazily, so listing benchmark
 
 from __future__ import annotations
 
-import difflib
 import importlib
 
 # name -> module path; the module defines ``main(argv: list[str]) -> int``.
@@ -23,9 +22,8 @@ def run_benchmark(name: str, argv: list[str]) -> int:
       ValueError: for an unknown name, naming the closest and the known benchmarks.
     """
     if name not in BENCHMARKS:
-        known = sorted(BENCHMARKS)
-        close = difflib.get_close_matches(name, known, n=3, cutoff=0.4)
-        hint = f"did you mean {', '.join(map(repr, close))}? " if close else ""
-        raise ValueError(f"unknown benchmark {name!r}; {hint}known benchmarks: {', '.join(known)}")
+        from lab.names import hint
+        raise ValueError(f"unknown benchmark {name!r}{hint(name, BENCHMARKS)} "
+                         f"(known benchmarks: {', '.join(sorted(BENCHMARKS))})")
     module = importlib.import_module(BENCHMARKS[name])
     return int(module.main(list(argv)) or 0)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
 import hashlib
 import importlib
 import inspect
@@ -28,6 +27,8 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import yaml
+
+from lab.names import hint
 
 Scalar = bool | int | float | str | None
 Path = tuple[str, ...]
@@ -97,7 +98,7 @@ class BaselineRuleConfig:
             how = searchable.get(key, (None, None))[1]
             if key not in searchable:
                 out.append((f"init.{key}", f"baseline {self.name!r} does not search {key!r}"
-                            + _hint(key, searchable)))
+                            + hint(key, searchable)))
             elif (how == "log" and not value > 0) or (how == "log1m" and not 0 < value < 1):
                 bound = "> 0" if how == "log" else "in (0, 1)"
                 out.append((f"init.{key}", f"must be {bound}, got {value}"))
@@ -105,7 +106,7 @@ class BaselineRuleConfig:
         valid = list(inspect.signature(factory).parameters) if factory else []
         for key in [k for k in self.fixed if k not in valid] if factory else ():
             out.append((f"fixed.{key}", f"optax.{factory.__name__} has no keyword {key!r}"
-                        + _hint(key, valid)))
+                        + hint(key, valid)))
         return out
 
 
@@ -175,29 +176,6 @@ class Config:
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
 
-def _close(word: Any, choices: Collection[Any]) -> list[str]:
-    """Up to three closest names, best first.
-
-    A case slip (``Open_Es`` -> ``Open_ES``) ranks first, then a shared 3-letter prefix
-    (``popsize`` -> ``population``), then difflib's nearest.
-    """
-    names = [str(c) for c in choices]
-    lower = {n.lower(): n for n in names}
-    word = str(word).lower()
-    same = [n for n in names if n.lower() == word]
-    prefix = [n for n in names if len(word) >= 3 and n.lower().startswith(word[:3])]
-    near = difflib.get_close_matches(word, list(lower), n=3, cutoff=0.5)
-    return list(dict.fromkeys(same + prefix + [lower[n] for n in near]))[:3]
-
-
-def _hint(word: Any, choices: Collection[Any]) -> str:
-    close = _close(word, choices)
-    if close:
-        return f"; did you mean {' or '.join(close)}?"
-    names = sorted(str(c) for c in choices)
-    return f" (valid: {', '.join(names)})" if len(names) <= 16 else ""
-
-
 def _describe(value: Any) -> str:
     kind = {type(None): "null", bool: "boolean", dict: "a mapping", list: "a list", int: "integer",
             float: "number", str: "string"}
@@ -257,7 +235,7 @@ class _Checker:
         hints = typing.get_type_hints(cls)
         for key in raw:
             if key not in fields:
-                self.add("unknown", (*path, str(key)), "unknown key" + _hint(key, fields))
+                self.add("unknown", (*path, str(key)), "unknown key" + hint(key, fields))
         kwargs = {}
         for name, f in fields.items():
             tp, value, p = hints[name], raw.get(name), (*path, name)
@@ -315,7 +293,7 @@ def _value_problems(value: Any, meta: dict) -> list[str]:
         if meta.get(key) is not None and not holds(value, meta[key]):  # NaN fails every bound
             return [f"must be {text} {meta[key]}, got {value}"]
     if meta.get("choices") is not None and value not in (choices := meta["choices"]()):
-        return [f"unknown {meta['what']} {value!r}" + _hint(value, choices)]
+        return [f"unknown {meta['what']} {value!r}" + hint(value, choices)]
     return []
 
 
@@ -403,7 +381,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
     if isinstance(kind, str) and kind in RULE_CONFIGS:
         checker.kind = kind
     else:  # without a kind the rule section cannot be checked, so this counts as an unknown name
-        checker.add("unknown", ("kind",), f"unknown kind {kind!r}" + _hint(kind, RULE_CONFIGS))
+        checker.add("unknown", ("kind",), f"unknown kind {kind!r}" + hint(kind, RULE_CONFIGS))
     config = checker.build(Config, raw, ())
     checker.check()
     return config

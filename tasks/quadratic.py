@@ -41,7 +41,8 @@ def quadratic_parts(dim: int, cond: float, seed: int) -> dict[str, np.ndarray]:
 
 
 def make_quadratic(name: str, dim: int = 16, cond: float = 1e3, noise: float = 0.0,
-                   steps: int = 150, seed: int = 0, init_scale: float = 1.0) -> Task:
+                   steps: int = 150, seed: int = 0, init_scale: float = 1.0,
+                   scale: float = 1.0) -> Task:
     """An ill-conditioned quadratic, optionally with gradient noise in the batch.
 
     Args:
@@ -52,19 +53,22 @@ def make_quadratic(name: str, dim: int = 16, cond: float = 1e3, noise: float = 0
         deterministic task).
       steps: default budget.
       seed: seed of the fixed rotation and optimum.
-      init_scale: standard deviation of the initial ``x`` around 0.
+      init_scale: standard deviation of the initial ``x`` around 0 (before ``scale``).
+      scale: length scale of the problem: the optimum and the initial point are multiplied by
+        it and ``A`` divided by its square, so losses are unchanged while the step size an
+        optimizer needs scales with it (keeps tuned learning rates inside the lab's grid).
 
     Returns:
       the Task; its floor is 0. The noisy task's ``eval_loss`` is ``f`` at the final
       parameters (the training loss averages ``f`` over the last steps).
     """
     parts = quadratic_parts(dim, cond, seed)
-    a = parts["a"].astype(np.float32)
-    optimum = parts["optimum"].astype(np.float32)
-    noise_map = (parts["rotation"] * (noise * np.sqrt(parts["eigs"]))).astype(np.float32)
+    a = (parts["a"] / scale**2).astype(np.float32)
+    optimum = (parts["optimum"] * scale).astype(np.float32)
+    noise_map = (parts["rotation"] * (noise * np.sqrt(parts["eigs"])) / scale).astype(np.float32)
 
     def init(key: jax.Array):
-        return {"x": init_scale * jax.random.normal(key, (dim,), jnp.float32)}
+        return {"x": (init_scale * scale) * jax.random.normal(key, (dim,), jnp.float32)}
 
     def loss(params, batch: jax.Array) -> jax.Array:
         x = params["x"]
@@ -82,6 +86,6 @@ def make_quadratic(name: str, dim: int = 16, cond: float = 1e3, noise: float = 0
 
     config = {"dim": dim, "cond": float(cond), "noise": float(noise), "noise_model": "gradient",
               "seed": seed,
-              "init_scale": float(init_scale)}
+              "init_scale": float(init_scale), "scale": float(scale)}
     return Task(name=name, family="quadratic", init=init, loss=loss, batch=batch, steps=steps,
                 eval_loss=eval_loss if noise > 0 else None, floor=0.0, config=config)

@@ -136,7 +136,7 @@ def test_quadratic_closed_form_minimum(name: str):
     eigs = np.linalg.eigvalsh(parts["a"])
     assert eigs.min() > 0 and eigs.max() / eigs.min() == pytest.approx(cfg["cond"], rel=1e-6)
     x_star = np.linalg.solve(parts["a"], parts["a"] @ parts["optimum"])  # A x = b, b = A x*
-    opt = {"x": jnp.asarray(x_star, jnp.float32)}
+    opt = {"x": jnp.asarray(x_star * cfg.get("scale", 1.0), jnp.float32)}
     zero = jnp.zeros((cfg["dim"],), jnp.float32)
     assert float(task.loss(opt, zero)) == pytest.approx(0.0, abs=1e-9)
     grad = jax.grad(task.loss)(opt, zero)["x"]
@@ -150,7 +150,7 @@ def test_quadratic_closed_form_minimum(name: str):
         losses, grads = jax.vmap(jax.value_and_grad(task.loss), in_axes=(None, 0))(opt, batches)
         # The batch loss is exact (0 at x*); its gradient carries noise of covariance noise^2 A.
         assert float(jnp.max(jnp.abs(losses))) < 1e-9
-        g = np.asarray(grads["x"], np.float64)
+        g = np.asarray(grads["x"], np.float64) * cfg.get("scale", 1.0)  # back to unit scale
         assert np.abs(g.mean(0)).max() < 0.05 * cfg["noise"]
         np.testing.assert_allclose(np.cov(g.T), cfg["noise"] ** 2 * parts["a"],
                                    atol=0.1 * cfg["noise"] ** 2)
@@ -241,9 +241,9 @@ def test_suite_version_tracks_task_changes(monkeypatch):
     changed = dataclasses.replace(task, config={**task.config, "cond": 1e4})
     assert tasks.task_version(changed) != base
     assert tasks.task_version(dataclasses.replace(task, steps=task.steps + 1)) != base
-    rebuilt = make_quadratic("quadratic_ill_16", dim=16, cond=1e3, steps=150)
+    rebuilt = make_quadratic("quadratic_ill_16", dim=16, cond=1e3, scale=0.05, steps=150)
     assert tasks.task_version(rebuilt) == base
-    assert tasks.task_version(make_quadratic("quadratic_ill_16", dim=16, cond=1e4,
+    assert tasks.task_version(make_quadratic("quadratic_ill_16", dim=16, cond=1e4, scale=0.05,
                                              steps=150)) != base
 
     monkeypatch.setitem(suites_mod._CACHE, "quadratic_ill_16", changed)

@@ -9,7 +9,6 @@ step is a relative change.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import inspect
 import math
@@ -22,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from lab.names import hint
 from lab.rules.base import Ctx, UpdateRule
 
 LOG = "log"      # x > 0 stored as log(x)
@@ -90,9 +90,8 @@ def decode(name: str, genome: Mapping[str, Any]) -> dict[str, Any]:
 
 def spec_for(name: str) -> BaselineSpec:
     if name not in BASELINES:
-        close = difflib.get_close_matches(name, list(BASELINES), n=3, cutoff=0.4)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"unknown baseline {name!r}{hint} (known: {', '.join(BASELINES)})")
+        raise ValueError(f"unknown baseline {name!r}{hint(name, BASELINES)} "
+                         f"(known: {', '.join(BASELINES)})")
     return BASELINES[name]
 
 
@@ -122,9 +121,8 @@ def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None) -
         genome[key] = np.float32(_encode(float(hyperparameters.pop(key, default)), how, key))
     for key, value in hyperparameters.items():
         if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=3, cutoff=0.4)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"optax.{spec.factory.__name__} has no keyword {key!r}{hint}")
+            raise ValueError(f"optax.{spec.factory.__name__} has no keyword {key!r}"
+                             f"{hint(key, valid)}")
         fixed[key] = _check_static(spec, key, value)
 
     init, update, describe = _functions(name, tuple(sorted(fixed.items())))

@@ -67,9 +67,8 @@ class ESSpec:
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
-            import difflib
-            close = difflib.get_close_matches(self.strategy, list(STRATEGIES), n=3, cutoff=0.3)
-            raise ValueError(f"unknown strategy {self.strategy!r}; closest: {', '.join(close)}")
+            from lab.names import hint
+            raise ValueError(f"unknown strategy {self.strategy!r}{hint(self.strategy, STRATEGIES)}")
         if STRATEGIES[self.strategy].antithetic and self.population % 2:
             raise ValueError(f"{self.strategy} needs an even population, got {self.population}")
 
