@@ -14,33 +14,12 @@ import jax
 import numpy as np
 
 from lab import __version__, treeio
+from lab.jsonio import dumps
 from lab.rules import rule_from_name
 from lab.targets import Target
 
 FORMAT = 1
 REQUIRED = ("format", "kind", "name", "hash", "fingerprint", "lr")
-
-
-def _finite(x: Any) -> Any:
-    """JSON-able with NaN/Inf as None."""
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _finite(x.tolist())
-    if isinstance(x, float | np.floating):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    return x
-
-
-def dumps(doc: Any, indent: int | None = 1) -> str:
-    """Strict JSON (NaN and Inf written as null)."""
-    return json.dumps(_finite(doc), indent=indent, allow_nan=False)
 
 
 def _genome_is_scalars(genome: Any) -> bool:

@@ -12,7 +12,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from lab.artifacts import dumps
+from lab.jsonio import dumps
 
 
 class UsageError(ValueError):

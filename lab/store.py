@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lab.jsonio import dumps
+
 SCHEMA_VERSION = 1
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
 _MAX_VARS = 500  # "?" per statement; old SQLite builds allow 999
@@ -82,23 +84,8 @@ _GEN_STATS = {"best": _real, "mean": _real, "hits": _int, "misses": _int, "hit_r
               "checkpoint": lambda x: None if x is None else str(x)}  # fmt: skip
 
 
-def _plain(obj: Any) -> Any:
-    """JSON-ready values from NumPy/JAX ones; NaN and Inf become None."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, bool | int | str):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays, JAX arrays
-        return _plain(obj.tolist())
-    raise TypeError(f"cannot store a {type(obj).__name__} as JSON")
-
-
 def _json(obj: Any) -> str:
-    return json.dumps(_plain(obj), allow_nan=False)
+    return dumps(obj, indent=None)
 
 
 def _loads(text: str | None, empty: Any = None) -> Any:
