@@ -68,6 +68,7 @@ def run_doc(run: dict, store: Store, top: int) -> dict:
             "hash": best[0]["hash"] if best else None,
             "best": best, "suite": run["config"].get("suite"),
             "cache": {"hits": hits, "lookups": total, "hit_rate": hits / total if total else None},
+            "cache_hit_rate": hits / total if total else 0.0,
             "generations": [{k: g[k] for k in ("idx", "best", "mean", "hit_rate", "seconds",
                                                "candidates_per_s")} for g in gens],
             "plot": plot}

@@ -66,7 +66,7 @@ def test_inspect_run_and_rank(run, env):
     doc = strict_json(lab(["inspect", run["id"], "--json"], env).stdout)
     assert len(doc["hash"]) == 32 and doc["run"]["id"] == run["id"]
     assert doc["best"][0]["fitness"] == pytest.approx(run["best"])
-    assert Path(doc["plot"]).exists()
+    assert Path(doc["plot"]).exists() and doc["cache_hit_rate"] == 0.0
     second = strict_json(lab(["inspect", f"{run['id']}:1", "--json"], env).stdout)
     assert second["rank"] == 1 and second["fitness"] >= doc["best"][0]["fitness"]
     by_hash = strict_json(lab(["inspect", f"hash:{doc['hash'][:10]}", "--json"], env).stdout)
