@@ -425,6 +425,17 @@ class Store:
             d["diverged"], d["metrics"] = bool(d["diverged"]), _loads(d["metrics"], {})
         return out
 
+    def fingerprinted(self) -> list[tuple[str, bytes]]:
+        """(hash, fingerprint bytes) of every candidate that has been fingerprinted."""
+        return [(r[0], r[1]) for r in self.conn.execute(
+            "SELECT hash, fingerprint FROM candidates WHERE fingerprint IS NOT NULL")]
+
+    def first_run(self, hash: str) -> str | None:
+        """The run that first evaluated candidate ``hash``, if any."""
+        row = self.conn.execute("SELECT first_run FROM evaluations WHERE hash = ? AND "
+                                "first_run IS NOT NULL LIMIT 1", (hash,)).fetchone()
+        return row[0] if row else None
+
     def set_fingerprint(self, hash: str, fingerprint: bytes) -> None:
         """Stores a candidate's fingerprint (treeio bytes of a [n] float64 array)."""
         with self._transaction() as c:

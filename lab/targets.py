@@ -86,9 +86,8 @@ def _hash(rest: str, store: Store | None) -> Target:
 
 
 def _by_function_hash(store: Store, prefix: str) -> dict:
-    rows = store.conn.execute(
-        "select hash, fingerprint from candidates where fingerprint is not null").fetchall()
-    found = [h for h, fp in rows if digest(treeio.tree_from_npz(fp)).startswith(prefix)]
+    found = [h for h, fp in store.fingerprinted()
+             if digest(treeio.tree_from_npz(fp)).startswith(prefix)]
     if len(found) != 1:
         what = "no stored candidate" if not found else f"{len(found)} stored candidates"
         raise ValueError(f"hash:{prefix}: {what} with that hash in {store.path}")
@@ -110,11 +109,9 @@ def _from_candidate(store: Store, row: dict, text: str, run: dict | None = None,
     genome = treeio.tree_from_npz(row["genome"], source=f"candidate {row['hash']}")
     lr = 1.0
     if run is None:
-        evals = store.conn.execute(
-            "select first_run from evaluations where hash = ? and first_run is not null limit 1",
-            (row["hash"],)).fetchone()
-        if evals:
-            run = store.get_run(evals[0])
+        first = store.first_run(row["hash"])
+        if first is not None:
+            run = store.get_run(first)
     if run is not None:
         lr = float(run["config"].get("rule", {}).get("lr", 1.0))
     label = f"{run['name']}:{rank}" if run is not None and rank is not None else text
