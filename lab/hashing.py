@@ -4,7 +4,7 @@ The procedure (the same for every rule kind):
   * probes: fixed, seeded streams of parameters and gradients, gradient magnitudes log-uniform in
     [1e-3, 1e2] with random signs (never near zero), at several scales and with a sign flip;
   * open loop: the rule runs from a fresh state for a few steps; its deltas are recorded but the
-    probe parameters are not moved; ``ctx`` is fixed;
+    probe parameters are not moved; ``ctx`` is fixed (lr, horizon, and the step counting from 0);
   * float64 on the CPU, so jit and eager agree and a scale cancels exactly;
   * the whole delta stream is divided by one positive scalar (its RMS), so the learning rate and
     any constant step factor drop out while the sign is kept;
@@ -25,13 +25,14 @@ import numpy as np
 
 from lab.rules.base import UpdateRule, make_ctx
 
-FINGERPRINT_VERSION = "fp1"
+FINGERPRINT_VERSION = "fp2"
 MANTISSA_BITS = 12
 PROBE_SEED = 20230213
 PROBE_STEPS = 6
 PROBE_SHAPES = {"matrix": (3, 5), "vector": (5,)}
 PROBE_SCALES = (1.0, 1e-2, 30.0)  # gradient scales of the separate streams
-PROBE_CTX = (100, 1000, 0.01)     # (step, horizon, lr) passed to every update
+PROBE_CTX = (1000, 0.01)  # (horizon, lr) of every update; the step counts 0, 1, ... from the fresh
+# state, as optax's own step counters do, so bias corrections agree across representations
 MATCH_TOL = 2.0 ** (1 - MANTISSA_BITS)
 
 
@@ -56,8 +57,8 @@ def _raw_deltas(rule: UpdateRule, genome, streams) -> jax.Array:
     for s in streams:
         params = s["params"]
         state = rule.init(genome, params)
-        ctx = make_ctx(*PROBE_CTX, dtype=jnp.float64)  # fixed for every step of every stream
         for t in range(PROBE_STEPS):
+            ctx = make_ctx(t, *PROBE_CTX, dtype=jnp.float64)  # the same in every stream
             grads = {k: g[t] for k, g in s["grads"].items()}
             delta, state = rule.update(genome, grads, state, params, ctx)
             out.extend(jnp.ravel(delta[k]) for k in PROBE_SHAPES)
