@@ -15,7 +15,7 @@ import numpy as np
 
 from lab import __version__, treeio
 from lab.jsonio import dumps
-from lab.rules import rule_from_name
+from lab.rules import genome_from_source, rule_from_name, source_of
 from lab.targets import Target
 
 FORMAT = 1
@@ -50,9 +50,9 @@ def write_artifact(out_dir: Path, name: str, target: Target, function: dict, met
     else:
         treeio.save_npz(folder / "weights.npz", genome)
         doc["weights"] = "weights.npz"
-    source = getattr(rule, "source", None)
-    if callable(source):
-        doc["source"] = source(target.genome)
+    source = source_of(rule, target.genome)
+    if source is not None:
+        doc["source"] = source
     # one line for the long fingerprint, so the rest of the file stays readable
     text = dumps({**doc, "fingerprint": "@FP@"}).replace(
         '"@FP@"', dumps(doc["fingerprint"], indent=None))
@@ -112,8 +112,13 @@ def load_artifact(path: Path) -> Target:
         rule = rule_from_name(doc["kind"], doc["name"])
     except ValueError as e:
         raise ValueError(f"{file}: key 'name'/'kind': {e}") from None
-    if "source" in doc and hasattr(rule, "from_source"):
-        genome = rule.from_source(doc["source"])
+    if "source" in doc:
+        if not isinstance(doc["source"], str):
+            raise ValueError(f"{file}: key 'source' must be program text")
+        try:
+            genome = genome_from_source(doc["kind"], doc["source"])
+        except ValueError as e:
+            raise ValueError(f"{file}: key 'source': {e}") from None
     elif "genome" in doc:
         genome = _genome_from_json(doc["genome"], rule.genome, file)
     elif "weights" in doc:

@@ -64,13 +64,15 @@ def _baseline(rest: str, store: Store | None) -> Target:
     return Target(f"baseline:{rest}", rule, rule.genome, 1.0, f"baseline:{rest}")
 
 
-def _program_unavailable(rest: str, store: Store | None) -> Target:
-    raise ValueError(f"program:{rest}: program targets need the symbolic program kind, which is "
-                     "not installed in this version of the lab")
+def _program(rest: str, store: Store | None) -> Target:
+    from lab.rules.program import MAX_LEN, genome_of, program_rule, read_program
+    p = read_program(rest.strip())
+    return Target(f"program:{rest}", program_rule(), genome_of(p, max(len(p), MAX_LEN)), 1.0,
+                  f"program:{p.name}")
 
 
 register_prefix("baseline", _baseline)
-PREFIXES.setdefault("program", _program_unavailable)
+register_prefix("program", _program)
 
 
 def _hash(rest: str, store: Store | None) -> Target:

@@ -8,7 +8,7 @@ so each statement is kept cheap:
   bound the genome's ``n`` (under vmap: the batch's longest program);
 * the power-like ops (``sqrt_abs``, ``rsqrt``, ``recip``, ``spow_k``, ``pow_t``) and ``exp``
   share one ``log|x|`` and one ``exp`` per statement, as ``sign * exp(a * log|x| + b)``;
-* per-tensor reductions through one segment sum of ``[x, x*x, y*y, x*y]``.
+* per-tensor reductions as static slices of the flat vector (four sums per statement).
 
 The genome (``Program.to_arrays``): ``op, a, b: [L] int32``, ``k: [L] float32``, ``out: [3]
 int32``, ``n: [] int32`` and ``lr: []`` float32, a multiplier on ``ctx.lr`` (the per-candidate
@@ -18,15 +18,13 @@ learning-rate grid of a search; 1 elsewhere). The state is ``[2, n_params]`` in 
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lab.rules.base import Ctx
-from lab.rules.program.ops import EXP_CLIP, OP_INDEX, OPS, guard, tiny_log
+from lab.rules.program.ops import EXP_CLIP, OP_INDEX, OPS, arctan, guard, tiny_log
 from lab.rules.program.program import LR, N_IN, S0, S1, G, T, W
 
 _O = OP_INDEX
@@ -49,19 +47,46 @@ def compute_dtype(dtype) -> jnp.dtype:
     return jnp.dtype(jnp.float64) if jnp.dtype(dtype) == jnp.float64 else jnp.dtype(jnp.float32)
 
 
-@functools.lru_cache(maxsize=64)
-def _segments(sizes: tuple[int, ...]) -> np.ndarray:
-    return np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+class Layout:
+    """The parameters as one flat vector: the static size of each tensor (a segment)."""
+
+    def __init__(self, sizes: tuple[int, ...]):
+        self.sizes = sizes
+        self.starts = tuple(int(s) for s in np.cumsum((0,) + sizes[:-1]))
+
+    def sum(self, v: jax.Array) -> jax.Array:
+        """Per-segment sums of ``v`` ([n]), broadcast back to ``[n]`` (static slices: XLA's
+        segment_sum is several times slower on the CPU)."""
+        if len(self.sizes) == 1:
+            return jnp.broadcast_to(jnp.sum(v), v.shape)
+        return jnp.concatenate([jnp.broadcast_to(jnp.sum(v[s:s + n]), (n,))
+                                for s, n in zip(self.starts, self.sizes, strict=True)])
+
+    def counts(self, dtype) -> jax.Array:
+        return jnp.asarray(np.repeat(np.asarray(self.sizes, np.float64), self.sizes), dtype)
 
 
-def _layout(params) -> tuple[np.ndarray, int, jnp.dtype]:
+def _layout(params) -> tuple[Layout, jnp.dtype]:
     leaves = jax.tree.leaves(params)
-    sizes = tuple(int(np.prod(np.shape(x))) for x in leaves)
+    sizes = tuple(max(1, int(np.prod(np.shape(x)))) for x in leaves)
     dt = jnp.result_type(*[jnp.asarray(x).dtype for x in leaves]) if leaves else jnp.float32
-    return _segments(sizes), len(sizes), compute_dtype(dt)
+    return Layout(sizes), compute_dtype(dt)
 
 
-def statement(op, x, y, k, t, log_k, seg, n_seg, counts):
+@jax.custom_batching.custom_vmap
+def loop_bound(n: jax.Array) -> jax.Array:
+    """The number of statements to run: ``n`` itself, and under ``vmap`` over programs the
+    batch's longest (unbatched, so the statement loop's counter stays unbatched and each
+    register write is an in-place update rather than a scatter)."""
+    return n
+
+
+@loop_bound.def_vmap
+def _loop_bound_vmap(axis_size, in_batched, n):
+    return (jnp.max(n) if in_batched[0] else n), False
+
+
+def statement(op, x, y, k, t, log_k, layout: Layout, counts):
     """One statement's value for every op, the wanted one selected (``op`` may be traced)."""
     dt = x.dtype
     nz = x != 0
@@ -74,9 +99,7 @@ def statement(op, x, y, k, t, log_k, seg, n_seg, counts):
     unsigned = jnp.where(nz, e, 0)
     ny = y != 0
     div = jnp.where(ny, x / jnp.where(ny, y, 1), 0)
-    sums = jax.ops.segment_sum(jnp.stack([x, x * x, y * y, x * y], axis=-1), seg, n_seg,
-                               indices_are_sorted=True)[seg]
-    sx, sxx, syy, sxy = (sums[..., i] for i in range(4))
+    sx, sxx, syy, sxy = (layout.sum(v) for v in (x, x * x, y * y, x * y))
     den = jnp.sqrt(sxx * syy)
     nd = den != 0
     ay = jnp.abs(y)
@@ -86,7 +109,7 @@ def statement(op, x, y, k, t, log_k, seg, n_seg, counts):
         "max": jnp.maximum(x, y), "min": jnp.minimum(x, y), "neg": -x, "abs": jnp.abs(x),
         "sign": jnp.sign(x), "square": x * x, "sqrt_abs": unsigned, "rsqrt": unsigned,
         "exp": e, "log_abs": jnp.where(nz, lg, tiny_log(dt)), "tanh": jnp.tanh(x),
-        "arctan": jnp.arctan(x), "recip": signed, "interp": (1 - k) * x + k * y,
+        "arctan": arctan(x), "recip": signed, "interp": (1 - k) * x + k * y,
         "scale_k": x * k, "add_k": x + k, "const_k": jnp.full_like(x, k),
         "clip_k": jnp.clip(x, -ak, ak), "clip_by": jnp.clip(x, -ay, ay), "spow_k": signed,
         "pow_t": jnp.broadcast_to(e, x.shape), "mean": sx / counts,
@@ -96,11 +119,11 @@ def statement(op, x, y, k, t, log_k, seg, n_seg, counts):
     return guard(jax.lax.select_n(op, *[values[o.name] for o in OPS]))
 
 
-def run(genome, g, w, lr, t, s0, s1, seg, n_seg):
+def run(genome, g, w, lr, t, s0, s1, layout: Layout):
     """Runs one program on flat vectors; returns (update, new s0, new s1), each ``[n]``."""
     dt = g.dtype
     length = genome["op"].shape[0]
-    counts = jnp.asarray(np.bincount(seg, minlength=n_seg), dt)[seg]
+    counts = layout.counts(dt)
     regs = jnp.zeros((N_IN + length, g.shape[0]), dt)
     inputs = {G: g, W: w, LR: jnp.full_like(g, lr), T: jnp.full_like(g, t), S0: s0, S1: s1}
     for r, v in inputs.items():
@@ -112,10 +135,10 @@ def run(genome, g, w, lr, t, s0, s1, seg, n_seg):
     def body(i, regs):
         x = jax.lax.dynamic_index_in_dim(regs, genome["a"][i], keepdims=False)
         y = jax.lax.dynamic_index_in_dim(regs, genome["b"][i], keepdims=False)
-        value = statement(genome["op"][i], x, y, ks[i], t, log_ks[i], seg, n_seg, counts)
+        value = statement(genome["op"][i], x, y, ks[i], t, log_ks[i], layout, counts)
         return jax.lax.dynamic_update_index_in_dim(regs, value, N_IN + i, 0)
 
-    regs = jax.lax.fori_loop(0, genome["n"], body, regs)
+    regs = jax.lax.fori_loop(0, loop_bound(genome["n"]), body, regs)
     pick = lambda j: jax.lax.dynamic_index_in_dim(regs, genome["out"][j], keepdims=False)  # noqa: E731
     return pick(0), pick(1), pick(2)
 
@@ -128,13 +151,13 @@ def init(genome, params):
 
 def update(genome, grads, state, params, ctx: Ctx):
     """``delta = -update`` of the program on every parameter; the new ``[2, n]`` state."""
-    seg, n_seg, dt = _layout(params)
+    layout, dt = _layout(params)
     g, unravel = ravel_pytree(grads)
     w, _ = ravel_pytree(params)
     lr = jnp.asarray(ctx.lr, dt) * jnp.asarray(genome.get("lr", 1.0), dt)
     t = jnp.asarray(ctx.step, dt) + 1
     upd, s0, s1 = run(genome, g.astype(dt), w.astype(dt), lr, t, state[0].astype(dt),
-                      state[1].astype(dt), seg, n_seg)
+                      state[1].astype(dt), layout)
     delta = unravel(-upd)
     delta = jax.tree.map(lambda d, p: d.astype(jnp.asarray(p).dtype), delta, params)
     return delta, jnp.stack([s0, s1]).astype(state.dtype)
