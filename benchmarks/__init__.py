@@ -12,6 +12,7 @@ import importlib
 # name -> module path; the module defines ``main(argv: list[str]) -> int``.
 BENCHMARKS: dict[str, str] = {
     "population": "benchmarks.population",
+    "programs": "benchmarks.programs",
 }
 
 

@@ -72,10 +72,13 @@ def _optimizers() -> Collection[str]:
 
 
 def _field(default: Any, *, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, choices: Callable[[], Collection[str]] | None = None,
-           what: str = "name") -> Any:
-    """A dataclass field carrying its checks: bounds and a registry of valid names."""
-    meta = {"ge": ge, "gt": gt, "le": le, "choices": choices, "what": what}
+           le: float | None = None, lt: float | None = None,
+           choices: Callable[[], Collection[str]] | None = None, what: str = "name",
+           nonempty: bool = False) -> Any:
+    """A dataclass field carrying its checks: bounds and a registry of valid names (for a tuple,
+    checked on each item)."""
+    meta = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "what": what,
+            "nonempty": nonempty}
     if isinstance(default, dict):  # dicts stay out of __hash__, so configs remain hashable
         return dataclasses.field(default_factory=dict, hash=False, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -110,7 +113,34 @@ class BaselineRuleConfig:
         return out
 
 
-RULE_CONFIGS: dict[str, type] = {"baseline": BaselineRuleConfig}
+def _seed_programs() -> Collection[str]:
+    return importlib.import_module("lab.rules.program").seed_names()
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramRuleConfig:
+    """The ``rule`` section for ``kind: program``: where the search starts and how long
+    programs may grow."""
+
+    seed: str = _field("adamw", choices=lambda: _seed_programs(), what="seed program")
+    file: str = ""  # a .prog file to start from instead of ``seed`` (relative to the cwd)
+    max_len: int = _field(20, ge=2, le=64)  # statements a program may have
+    lr: float = _field(1.0, gt=0)  # outer learning rate (Ctx.lr)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.file:
+            from lab.rules.program import ProgramError, read_program
+            try:
+                p = read_program(self.file)
+            except ProgramError as e:
+                return [("file", str(e))]
+            if len(p) > self.max_len:
+                return [("file", f"{self.file} has {len(p)} statements, more than "
+                                 f"max_len {self.max_len}")]
+        return []
+
+
+RULE_CONFIGS: dict[str, type] = {"baseline": BaselineRuleConfig, "program": ProgramRuleConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +162,57 @@ class SearchConfig:
             return [("population", f"{self.strategy} samples mirrored pairs: the population "
                                    f"must be even, got {self.population}")]
         return []
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantsESConfig:
+    """``search.es``: evosax on the constants of the best structures (0 structures: off)."""
+
+    top: int = _field(0, ge=0)  # structures tuned
+    strategy: str = _field("Open_ES", choices=lambda: _strategies(), what="strategy")
+    population: int = _field(8, ge=2)
+    generations: int = _field(5, ge=1)
+    sigma: float = _field(0.1, gt=0)  # perturbation of log|k|
+    lr: float = _field(0.05, gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionConfig:
+    """The ``search`` section for ``kind: program``: batched regularized evolution.
+
+    References: Real et al. 2019 (arXiv 1802.01548); Chen et al. 2023 (arXiv 2302.06675).
+    """
+
+    strategy: str = _field("regularized_evolution", choices=lambda: ("regularized_evolution",),
+                           what="program search strategy")
+    population: int = _field(64, ge=2)  # the evolving population (1000 on an accelerator)
+    children: int = _field(16, ge=1)  # children per generation (B, a fixed batch)
+    generations: int = _field(10, ge=1)
+    tournament: int = _field(2, ge=1)
+    seed: int = 0
+    lr_grid: tuple[float, ...] = _field((0.3, 1.0, 3.0), gt=0, nonempty=True)  # x ctx.lr
+    retries: int = _field(3, ge=0)  # re-mutations while a child behaves like its parent
+    evaluations: int = _field(1, ge=1)  # evaluations averaged per function (noisy fitness)
+    forget: float = _field(0.0, ge=0, le=1)  # chance a full cache hit is evaluated again
+    hurdle: float = _field(0.0, ge=0, lt=1)  # fraction cut after a short run (0: no hurdle)
+    hurdle_budget: int = _field(0, ge=0)  # inner steps of the short run; 0: budget / 5
+    hurdle_window: int = _field(256, ge=1)  # recent short-run fitnesses the quantile is over
+    plateau: int = _field(0, ge=0)  # generations without improvement before a restart; 0: off
+    es: ConstantsESConfig = dataclasses.field(default_factory=ConstantsESConfig)
+    funnel: int = _field(0, ge=0)  # finalists re-scored at funnel_scale x budget
+    funnel_scale: int = _field(10, ge=2)
+    meta_validate_every: int = _field(0, ge=0)  # best-so-far at funnel_scale x budget
+    simplify: bool = True  # knock-out ablation of the best program after the search
+    simplify_tolerance: float = _field(0.02, ge=0)  # fitness a dropped statement may cost
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.children > self.population:
+            return [("children", f"{self.children} children per generation, more than the "
+                                 f"population {self.population}")]
+        return []
+
+
+SEARCH_CONFIGS: dict[str, type] = {"baseline": SearchConfig, "program": EvolutionConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +252,7 @@ class Config:
     budget: int = _field(0, ge=0)  # inner steps per task; 0: each task's default
     seeds: int = _field(2, ge=1)
     rule: Any = dataclasses.field(default_factory=BaselineRuleConfig)  # kind-specific
-    search: SearchConfig = dataclasses.field(default_factory=SearchConfig)
+    search: Any = dataclasses.field(default_factory=SearchConfig)  # kind-specific
     evaluator: EvaluatorConfig = dataclasses.field(default_factory=EvaluatorConfig)
     output: OutputConfig = dataclasses.field(default_factory=OutputConfig)
 
@@ -239,8 +320,8 @@ class _Checker:
         kwargs = {}
         for name, f in fields.items():
             tp, value, p = hints[name], raw.get(name), (*path, name)
-            if cls is Config and name == "rule":  # always built: its default depends on kind
-                tp = RULE_CONFIGS.get(self.kind)
+            if cls is Config and name in ("rule", "search"):  # built by kind, always
+                tp = (RULE_CONFIGS if name == "rule" else SEARCH_CONFIGS).get(self.kind)
                 if tp is None:
                     continue
             elif name not in raw:
@@ -254,6 +335,13 @@ class _Checker:
                 else:
                     kwargs[name] = self.entries(value, typing.get_args(tp)[1], p)
                 continue
+            if typing.get_origin(tp) is tuple:
+                items = self.items(value, typing.get_args(tp)[0], p)
+                if items is not None:
+                    kwargs[name] = items
+                    for message in _value_problems(items, f.metadata):
+                        self.add("value", p, message)
+                continue
             try:
                 kwargs[name] = value = _convert(value, tp)
             except TypeError as e:
@@ -265,6 +353,18 @@ class _Checker:
         for key, message in getattr(obj, "problems", list)():
             self.add("value", (*path, *key.split(".")), message)
         return obj
+
+    def items(self, raw: Any, tp: Any, path: Path) -> tuple | None:
+        """A YAML list as a tuple of ``tp`` (a lone scalar is a list of one)."""
+        values = raw if isinstance(raw, list) else [raw]
+        out = []
+        for i, value in enumerate(values):
+            try:
+                out.append(_convert(value, tp))
+            except TypeError as e:
+                self.add("type", (*path, str(i)), str(e))
+                return None
+        return tuple(out)
 
     def entries(self, raw: dict, tp: Any, path: Path) -> dict:
         out = {}
@@ -288,8 +388,12 @@ class _Checker:
 
 
 def _value_problems(value: Any, meta: dict) -> list[str]:
+    if isinstance(value, tuple):
+        if meta.get("nonempty") and not value:
+            return ["must list at least one value"]
+        return [f"[{i}]: {m}" for i, v in enumerate(value) for m in _value_problems(v, meta)]
     for key, holds, text in (("ge", operator.ge, ">="), ("gt", operator.gt, ">"),
-                             ("le", operator.le, "<=")):
+                             ("le", operator.le, "<="), ("lt", operator.lt, "<")):
         if meta.get(key) is not None and not holds(value, meta[key]):  # NaN fails every bound
             return [f"must be {text} {meta[key]}, got {value}"]
     if meta.get("choices") is not None and value not in (choices := meta["choices"]()):

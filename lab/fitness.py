@@ -43,7 +43,8 @@ def task_fitness(final_loss: np.ndarray, diverged: np.ndarray, ref: float,
                  floor: float = 0.0) -> np.ndarray:
     """[pop, seeds] final losses -> [pop] fitness of the mean over seeds (diverged on any seed
     -> +CLIP)."""
-    loss = np.mean(np.asarray(final_loss, np.float64), axis=-1)
+    with np.errstate(all="ignore"):  # diverged seeds (inf, nan) score +C below
+        loss = np.mean(np.asarray(final_loss, np.float64), axis=-1)
     return normalized_score(loss, np.any(np.asarray(diverged), axis=-1), ref, floor)
 
 
@@ -83,9 +84,17 @@ class EvalContext:
     generation: int | None = None
     slots: str = ""
     stream: int = 0
+    lr_multipliers: tuple[float, ...] = ()  # per-candidate grid on lr, the best counts
+    repeat: int = 0  # the j-th evaluation of a candidate (fresh data for each j)
+    scale: int = 1  # budget multiplier (the funnel's larger runs)
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        doc = dataclasses.asdict(self)
+        # absent when unused, so that earlier context keys (and their cached scores) hold
+        for key, unused in (("lr_multipliers", ()), ("repeat", 0), ("scale", 1)):
+            if doc[key] == unused:
+                del doc[key]
+        return doc
 
     def key(self) -> str:
         doc = json.dumps(self.to_json(), sort_keys=True)
@@ -113,14 +122,18 @@ class SuiteScorer:
     def __init__(self, suite: str, suite_version: str, tasks: list[Task], rule: UpdateRule,
                  budget: int, seeds: int, refs: dict[str, float], lr: float = 1.0,
                  mesh: Mesh | None = None, chunk: int = 0, unroll: int = 1,
-                 lr_grid: tuple[float, ...] = ()):
+                 lr_grid: tuple[float, ...] = (), scale: int = 1):
         self.tasks, self.rule, self.seeds, self.refs = tasks, rule, seeds, refs
         self.mesh, self.chunk = mesh, chunk
-        self.budget = budget
-        self.trains = {t.name: make_train(t, rule, budget or t.steps, lr, unroll) for t in tasks}
+        self.budget, self.scale = budget, scale
+        self.trains = {t.name: make_train(t, rule, self.steps(t), lr, unroll) for t in tasks}
         refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
         self.context = EvalContext(suite, suite_version, budget, seeds, lr, tuple(lr_grid),
-                                   refs=refs_digest)
+                                   refs=refs_digest, scale=scale)
+
+    def steps(self, task: Task) -> int:
+        """Inner steps on ``task``: the budget (0: the task's default) times ``scale``."""
+        return (self.budget or task.steps) * self.scale
 
     def score(self, genomes: Any, generation: int | None = None,
               slots: np.ndarray | None = None, stream: int = 0) -> dict[str, Any]:
@@ -140,3 +153,16 @@ class SuiteScorer:
             per_task[task.name] = m
         fitness = np.mean([m["fitness"] for m in per_task.values()], axis=0)
         return {"fitness": fitness, "tasks": per_task, "seconds": time.perf_counter() - start}
+
+
+def row_metrics(result: dict, i: int) -> dict:
+    """Per-task metrics of candidate i, JSON-able (means over seeds, curves kept)."""
+    out = {}
+    for name, m in result["tasks"].items():
+        with np.errstate(all="ignore"):  # a diverged seed's curve holds inf or nan
+            curve = np.asarray(m["curve"][i]).mean(axis=0).tolist()
+        out[name] = {"fitness": float(m["fitness"][i]),
+                     "final_loss": [float(x) for x in m["final_loss"][i]],
+                     "eval_loss": [float(x) for x in m["eval_loss"][i]],
+                     "curve": curve, "diverged": bool(m["diverged"][i].any())}
+    return out

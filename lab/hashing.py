@@ -130,6 +130,61 @@ def fingerprint(rule: UpdateRule, genome=None, jit: bool = True) -> tuple[np.nda
     return fp, digest(fp)
 
 
+SCALE_STEPS_PER_OCTAVE = 16
+PROBE_BATCH = 64  # genomes per compiled call of the batched probe (padded)
+
+
+def scale_bucket(raw: np.ndarray) -> int | None:
+    """The RMS of the raw delta stream in 1/16 octaves (None if zero or non-finite)."""
+    finite = raw[np.isfinite(raw)]
+    rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
+    if not (np.isfinite(rms) and rms > 0):
+        return None
+    return int(np.round(SCALE_STEPS_PER_OCTAVE * np.log2(rms)))
+
+
+def evaluation_key(hash_: str, bucket: int | None) -> str:
+    """The cache key of a candidate's *evaluations*: its functional hash plus the scale of its
+    steps, 4 more hex digits (the fingerprint divides the scale out, but a score depends on it:
+    Adam at two learning rates is one function, two evaluations). Programs and baselines with
+    the same behaviour at the same scale share it, whatever their form."""
+    return f"{hash_}{(0xFFFF if bucket is None else (bucket + 0x8000) & 0xFFFF):04x}"
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_batched(init, update):
+    rule = UpdateRule("", "", init, update, None, str)
+    streams = _probe_streams()
+    return jax.jit(jax.vmap(lambda g: _raw_deltas(rule, g, jax.tree.map(jnp.asarray, streams))))
+
+
+def fingerprints(rule: UpdateRule, genomes: list) -> list[tuple[np.ndarray, str, str]]:
+    """``(fingerprint, hash, evaluation key)`` of many genomes of one rule family, batched: one
+    compiled probe (``PROBE_BATCH`` genomes per call, padded) for any number of genomes of the
+    same shapes. Equal to ``fingerprint`` genome by genome."""
+    out = []
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        probe = _probe_batched(rule.init, rule.update)
+        for start in range(0, len(genomes), PROBE_BATCH):
+            part = genomes[start:start + PROBE_BATCH]
+            padded = part + [part[-1]] * (PROBE_BATCH - len(part))
+            batch = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *padded)
+            raw = np.asarray(probe(_cast64(batch)), np.float64)
+            for i in range(len(part)):
+                fp = _normalize(raw[i])
+                h = digest(fp)
+                out.append((fp, h, evaluation_key(h, scale_bucket(raw[i]))))
+    return out
+
+
+def function_key(rule: UpdateRule, genome=None) -> str:
+    """The evaluation cache key of one genome (see ``evaluation_key``)."""
+    genome = rule.genome if genome is None else genome
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        raw = np.asarray(_probe_jitted(rule.init, rule.update)(_cast64(genome)), np.float64)
+    return evaluation_key(digest(_normalize(raw)), scale_bucket(raw))
+
+
 def matches(a: np.ndarray, b: np.ndarray, tol: float = MATCH_TOL) -> bool:
     """Equal within rounding: same shape, same NaN/Inf pattern, relative gap <= ``tol``."""
     if a.shape != b.shape:

@@ -3,10 +3,12 @@ closest, scores, lineage; for a run also a PNG of fitness over generations."""
 
 from __future__ import annotations
 
+import json
 import re
 
 from lab import treeio
 from lab.hashing import describe_function
+from lab.rules import source_of
 from lab.store import Store, StoreError
 from lab.targets import Target, resolve
 
@@ -47,7 +49,21 @@ def candidate_doc(target: Target, store: Store | None) -> dict:
         doc["lineage"] = _lineage(store, target.store_hash)
     if target.artifact is not None:
         doc["artifact"] = str(target.artifact)
+    doc.update(_text_forms(target))
     return doc
+
+
+def _text_forms(target: Target) -> dict:
+    """``source`` (parses back to the same program) and ``simplified`` (dead code out,
+    constants folded) for kinds with a text form."""
+    source = source_of(target.rule, target.genome)
+    if source is None:
+        return {}
+    from lab.rules.program import program_of, simplify, to_source
+    p = program_of(target.genome)
+    q = simplify(p)
+    return {"source": source, "simplified": to_source(q), "statements": len(p),
+            "live_statements": len(q)}
 
 
 def run_doc(run: dict, store: Store, top: int) -> dict:
@@ -71,7 +87,23 @@ def run_doc(run: dict, store: Store, top: int) -> dict:
             "cache_hit_rate": hits / total if total else 0.0,
             "generations": [{k: g[k] for k in ("idx", "best", "mean", "hit_rate", "seconds",
                                                "candidates_per_s")} for g in gens],
-            "plot": plot}
+            "plot": plot, **_run_reports(store, run["id"])}
+
+
+def _run_reports(store: Store, run_id: str) -> dict:
+    """What a program search wrote after its generations (finalists, ablation, funnel,
+    meta-validation) and the time its cache saved."""
+    out = {}
+    folder = store.run_dir(run_id)
+    report = folder / "finalists.json"
+    if report.exists():
+        out["after_search"] = json.loads(report.read_text())
+    metrics = folder / "metrics.jsonl"
+    if metrics.exists():
+        saved = [json.loads(ln).get("time_saved_s") for ln in metrics.read_text().splitlines()]
+        if any(s is not None for s in saved):
+            out["cache_time_saved_s"] = float(sum(s or 0.0 for s in saved))
+    return out
 
 
 def inspect_target(text: str, store: Store | None, top: int = 5) -> dict:

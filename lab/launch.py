@@ -23,7 +23,7 @@ from lab.checkpoints import Checkpoints
 from lab.config import Config, config_hash, config_to_dict, dump_yaml, load_config
 from lab.console import log
 from lab.evaluate import chunk_for_memory, make_mesh
-from lab.fitness import SuiteScorer, task_keys
+from lab.fitness import SuiteScorer, row_metrics, task_keys
 from lab.progress import GenerationProgress
 from lab.references import LR_GRID, References
 from lab.rules.base import UpdateRule, genome_at
@@ -36,6 +36,9 @@ def rule_from_config(cfg: Config) -> UpdateRule:
     """The rule family a config searches over (its default genome is the starting point)."""
     if cfg.kind == "baseline":
         return make_baseline(cfg.rule.name, {**cfg.rule.fixed, **cfg.rule.init})
+    if cfg.kind == "program":
+        from lab.rules.program import program_rule
+        return program_rule()
     raise ValueError(f"kind {cfg.kind!r} has no search yet")
 
 
@@ -58,6 +61,7 @@ class Setup:
     rule: UpdateRule
     scorer: SuiteScorer
     mesh: Any
+    store: Store
     checkpoints: Checkpoints | None = None
 
 
@@ -70,7 +74,7 @@ def build_setup(cfg: Config, store: Store, rule: UpdateRule | None = None) -> Se
     scorer = SuiteScorer(cfg.suite, task_registry.suite_version(cfg.suite), tasks, rule,
                          cfg.budget, cfg.seeds, ref_loss, lr=cfg.rule.lr, mesh=mesh,
                          chunk=cfg.evaluator.chunk, unroll=cfg.evaluator.unroll, lr_grid=LR_GRID)
-    return Setup(rule, scorer, mesh)
+    return Setup(rule, scorer, mesh, store)
 
 
 def launch(cfg: Config, store: Store, name: str | None = None, resume: str | None = None) -> str:
@@ -83,7 +87,7 @@ def launch(cfg: Config, store: Store, name: str | None = None, resume: str | Non
         run = store.get_run(resume)
         cfg = load_config(str(store.run_dir(run["id"]) / "config.yaml"))
         run_id, name = run["id"], run["name"]
-    if cfg.kind != "baseline":
+    if cfg.kind not in SEARCHES:
         raise ValueError(f"kind {cfg.kind!r} is not searchable yet")
     setup = build_setup(cfg, store)
     if resume is None:
@@ -99,7 +103,7 @@ def launch(cfg: Config, store: Store, name: str | None = None, resume: str | Non
         f"{cfg.search.generations} generations, {len(jax.devices())} device(s) "
         f"[{jax.default_backend()}], mesh {setup.mesh.devices.size}")
     try:
-        best = run_es(cfg, store, run_id, setup)
+        best = SEARCHES[cfg.kind](cfg, store, run_id, setup)
     except KeyboardInterrupt:
         store.finish_run(run_id, "interrupted")
         raise
@@ -180,6 +184,15 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
     return final
 
 
+def _program_search(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
+    from lab.search.program_search import run_program_search
+    return run_program_search(cfg, store, run_id, setup)
+
+
+# kind -> the search loop: (cfg, store, run id, setup) -> best final score
+SEARCHES = {"baseline": run_es, "program": _program_search}
+
+
 def _resume(cfg: Config, store: Store, run_id: str, setup: Setup,
             state: Any) -> tuple[Any, int]:
     """(state, first generation): restored from the newest checkpoint the store also recorded."""
@@ -209,7 +222,7 @@ def _candidate(rule: UpdateRule, h: str, genome: Any) -> dict:
 
 
 def _evaluation(h: str, context: str, result: dict, i: int) -> dict:
-    metrics = _row_metrics(result, i)
+    metrics = row_metrics(result, i)
     return {"hash": h, "context": context, "fitness": float(result["fitness"][i]),
             "diverged": any(m["diverged"] for m in metrics.values()), "metrics": metrics}
 
@@ -248,15 +261,3 @@ def _finalists(cfg: Config, store: Store, run_id: str, setup: Setup, mean: Any,
     log(f"final scores on the fixed evaluation seeds: ES mean {mean_score:.4f}, best "
         f"{min(scores.values()):.4f} of {len(genomes)} finalists")
     return float(min(scores.values()))
-
-
-def _row_metrics(result: dict, i: int) -> dict:
-    """Per-task metrics of candidate i, JSON-able (means over seeds, curves kept)."""
-    out = {}
-    for name, m in result["tasks"].items():
-        out[name] = {"fitness": float(m["fitness"][i]),
-                     "final_loss": [float(x) for x in m["final_loss"][i]],
-                     "eval_loss": [float(x) for x in m["eval_loss"][i]],
-                     "curve": np.asarray(m["curve"][i]).mean(axis=0).tolist(),
-                     "diverged": bool(m["diverged"][i].any())}
-    return out

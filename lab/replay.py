@@ -46,6 +46,17 @@ def _row(task, rule_label: str, m: dict, ref: float, lr: float | None) -> dict:
             "curve": np.asarray(m["curve"][0], np.float64).mean(axis=0).tolist()}
 
 
+def compiled_form(target: Target):
+    """(rule, genome) to replay: a program through its compiled path (live statements traced
+    straight-line, as fast as a hand-written optax optimizer); other kinds as they are."""
+    if target.rule.kind == "program":
+        from lab.rules.program import program_of
+        from lab.rules.program.compile import structure_rule
+        rule = structure_rule(program_of(target.genome))
+        return rule, rule.genome
+    return target.rule, target.genome
+
+
 def replay(target: Target, suite: str = "heldout", seeds: int = 5,
            baselines: Sequence[str] = ("adam", "adamw", "lion"), store=None,
            mesh: Mesh | None = None, plot: Path | None = None) -> dict:
@@ -58,11 +69,12 @@ def replay(target: Target, suite: str = "heldout", seeds: int = 5,
     refs = References(store, mesh)
     rows = []
     label = target.label
+    cand_rule, cand_genome = compiled_form(target)
     for task in task_registry.get_suite(suite):
         keys = task_keys(seeds, 1)
         ref = refs.adam_loss(task, task.steps, seeds)
-        train = make_train(task, target.rule, task.steps, target.lr)
-        m = evaluate(train, stack_genomes([target.genome]), keys, mesh)
+        train = make_train(task, cand_rule, task.steps, target.lr)
+        m = evaluate(train, stack_genomes([cand_genome]), keys, mesh)
         rows.append(_row(task, label, m, ref, None))
         for name in baselines:
             tuned = refs.get(task, name, task.steps, seeds)

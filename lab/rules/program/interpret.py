@@ -57,10 +57,11 @@ class Layout:
     def sum(self, v: jax.Array) -> jax.Array:
         """Per-segment sums of ``v`` ([n]), broadcast back to ``[n]`` (static slices: XLA's
         segment_sum is several times slower on the CPU)."""
-        if len(self.sizes) == 1:
+        segments = [(s, n) for s, n in zip(self.starts, self.sizes, strict=True) if n]
+        if len(segments) <= 1:  # one tensor (empty ones hold no elements of v)
             return jnp.broadcast_to(jnp.sum(v), v.shape)
         return jnp.concatenate([jnp.broadcast_to(jnp.sum(v[s:s + n]), (n,))
-                                for s, n in zip(self.starts, self.sizes, strict=True)])
+                                for s, n in segments])
 
     def counts(self, dtype) -> jax.Array:
         return jnp.asarray(np.repeat(np.asarray(self.sizes, np.float64), self.sizes), dtype)
@@ -68,7 +69,7 @@ class Layout:
 
 def _layout(params) -> tuple[Layout, jnp.dtype]:
     leaves = jax.tree.leaves(params)
-    sizes = tuple(max(1, int(np.prod(np.shape(x)))) for x in leaves)
+    sizes = tuple(int(np.prod(np.shape(x))) for x in leaves)
     dt = jnp.result_type(*[jnp.asarray(x).dtype for x in leaves]) if leaves else jnp.float32
     return Layout(sizes), compute_dtype(dt)
 
@@ -121,6 +122,7 @@ def statement(op, x, y, k, t, log_k, layout: Layout, counts):
 
 def run(genome, g, w, lr, t, s0, s1, layout: Layout):
     """Runs one program on flat vectors; returns (update, new s0, new s1), each ``[n]``."""
+    genome = jax.tree.map(jnp.asarray, genome)  # numpy fields cannot be indexed by the loop's i
     dt = g.dtype
     length = genome["op"].shape[0]
     counts = layout.counts(dt)

@@ -289,7 +289,7 @@ def symbolic_hash(p: Program) -> str:
 
 # ---- text ----------------------------------------------------------------------------------
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|[-+]?inf|nan"
+_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|(?:[-+]?inf|nan)(?!\w)"
 _TOKEN = re.compile(rf"\s*(?:(?P<num>{_NUMBER})|(?P<name>{_NAME})|(?P<punct>[=(),:]))")
 
 
@@ -409,7 +409,9 @@ def parse(text: str, source: str = "") -> Program:
             else:
                 num, c = ln.take("num", what=f"a number ({opname}({sig}))")
                 k = float(num)
-                if not np.isfinite(np.float32(k)):
+                with np.errstate(over="ignore"):  # 1e39 -> inf is the error reported here
+                    finite = np.isfinite(np.float32(k))
+                if not finite:
                     raise ln.error(f"constant {num} is not a finite float32", c)
         ln.take("punct", ")", f"')' ({opname} takes {want} argument(s): {opname}({sig}))")
         ln.end()

@@ -1,0 +1,369 @@
+"""Batched regularized evolution over programs, with a functional-equivalence cache.
+
+Each generation: ``children`` tournaments pick parents from the population; each parent is
+mutated (until valid and symbolically new); children that still behave like their parent
+(functional hash) are mutated again, up to ``retries`` times; each child's evaluation key comes
+from its symbolic hash when that is known, else from a batched fingerprint; keys without enough
+evaluations are scored in one compiled call per task (each candidate at every multiplier of the
+lr grid, the best counts), padded to a fixed batch, optionally behind a hurdle (a short run for
+all, the full run for those better than a rolling quantile, both batches padded); the children
+join the population and the oldest members leave. One store transaction per generation.
+
+Cache hit rate = 1 - (distinct keys evaluated / children generated); noisy fitness is averaged
+over up to ``evaluations`` runs per key (each on fresh data), and a full hit is evaluated again
+with probability ``forget`` (the mean then covers the latest ``evaluations`` runs).
+
+References: Real et al. 2019, "Regularized Evolution for Image Classifier Architecture Search"
+(arXiv 1802.01548); Real et al. 2020, AutoML-Zero (arXiv 2003.03384: FEC, hurdles); Gillard et al.
+2023, "Unified Functional Hashing" (arXiv 2302.05433); Chen et al. 2023 (arXiv 2302.06675).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+
+from lab import hashing, treeio
+from lab.console import log
+from lab.fitness import CLIP, SuiteScorer, row_metrics
+from lab.rules.program import genome_of, program_rule
+from lab.rules.program.mutate import mutate
+from lab.rules.program.program import Program, parse, simplify, symbolic_hash, to_source
+
+
+@dataclasses.dataclass
+class Member:
+    """One member of the population (introns kept: the genotype, not the simplified form)."""
+
+    program: Program
+    key: str
+    fitness: float
+    born: int
+    parent: str | None = None
+
+
+class FunctionCache:
+    """Symbolic hash -> evaluation key, and key -> scores of its evaluations (mirrored in the
+    store, whose rows hold one evaluation each, in the context of its repeat index)."""
+
+    def __init__(self, store, contexts, max_evals: int):
+        self.store, self.contexts, self.max_evals = store, contexts, max_evals
+        self.symbolic: dict[str, tuple[str, np.ndarray]] = {}
+        self.scores: dict[str, list[float]] = {}
+        self.metrics: dict[str, dict] = {}
+        self.failed: set[str] = set()  # cut by the hurdle
+
+    def load(self, keys: list[str], stage: str) -> None:
+        """Fills the scores of ``keys`` not seen in this process from the store."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self.scores]
+        if not todo:
+            return
+        for j in range(self.max_evals):
+            rows = self.store.lookup(todo, self.contexts(stage, j))
+            for k in todo:
+                if k in rows:
+                    self.scores.setdefault(k, []).append(float(rows[k]["fitness"]))
+                    self.metrics.setdefault(k, rows[k]["metrics"])
+
+    def fitness(self, key: str) -> float:
+        if key in self.failed:
+            return CLIP
+        runs = self.scores.get(key) or [CLIP]
+        return float(np.mean(runs[-self.max_evals:]))
+
+
+def _source_genome(p: Program, length: int, lr: float = 1.0) -> dict[str, np.ndarray]:
+    return genome_of(simplify(p), length, lr)
+
+
+class Evolution:
+    """The search state and its generation step (host side; scoring goes through scorers)."""
+
+    def __init__(self, cfg, store, run_id: str, scorer: SuiteScorer,
+                 short: SuiteScorer | None, start: Program):
+        s = cfg.search
+        self.cfg, self.s, self.store, self.run_id = cfg, s, store, run_id
+        self.scorer, self.short = scorer, short
+        self.rule = program_rule()
+        self.length = cfg.rule.max_len + 1  # room to bake an lr multiplier into any program
+        self.grid = tuple(float(m) for m in s.lr_grid)
+        self.full_batch = s.children if short is None else max(1, math.ceil(
+            s.children * (1 - s.hurdle)))
+        self.rng = np.random.default_rng(s.seed)
+        self.start = start
+        self.cache = FunctionCache(store, self.context, s.evaluations)
+        self.population: deque[Member] = deque()
+        self.window: deque[float] = deque(maxlen=s.hurdle_window)
+        self.best: Member | None = None
+        self.since_best = 0
+        self.restarts = 0
+        self.eval_seconds = 0.0
+        self.evaluated_total = 0
+        self.final_fresh: dict[str, dict] = {}  # evaluations made by finalize
+
+    # ---- contexts and keys ------------------------------------------------------------------
+    def context(self, stage: str, repeat: int) -> str:
+        scorer = self.short if stage == "short" else self.scorer
+        ctx = dataclasses.replace(scorer.context, generation=0, stream=self.s.seed,
+                                  lr_multipliers=self.grid, repeat=repeat)
+        return ctx.key()
+
+    def keys(self, programs: list[Program]) -> list[str]:
+        """Evaluation keys: symbolic hash first, then one batched fingerprint for the rest."""
+        syms = [symbolic_hash(p) for p in programs]
+        todo = {}
+        for p, h in zip(programs, syms, strict=True):
+            if h not in self.cache.symbolic and h not in todo:
+                todo[h] = p
+        if todo:
+            genomes = [_source_genome(p, self.length) for p in todo.values()]
+            for h, (fp, _, key) in zip(todo, hashing.fingerprints(self.rule, genomes),
+                                       strict=True):
+                self.cache.symbolic[h] = (key, fp)
+        return [self.cache.symbolic[h][0] for h in syms]
+
+    # ---- scoring ------------------------------------------------------------------------------
+    def _score(self, scorer: SuiteScorer, programs: list[Program], repeats: list[int],
+               batch: int, fixed: bool = False) -> list[dict]:
+        """Scores ``programs`` (at every lr multiplier; with ``fixed``, at 1 on the fixed
+        evaluation seeds) in one call per task, padded to ``batch`` x the grid's size.
+
+        Returns per program ``{"fitness", "diverged", "metrics"}`` (the best multiplier's).
+        """
+        grid = (1.0,) if fixed else self.grid
+        rows = [(i, m) for i in range(len(programs)) for m in grid]
+        genomes = [_source_genome(programs[i], self.length, m) for i, m in rows]
+        slots = [repeats[i] for i, _ in rows]
+        size = batch * len(self.grid)  # one shape for every call: compiled once
+        if len(rows) > size:
+            raise ValueError(f"{len(rows)} rows for a batch of {size}")
+        genomes += [genomes[-1]] * (size - len(genomes))
+        slots += [slots[-1]] * (size - len(slots))
+        stacked = {k: np.stack([g[k] for g in genomes]) for k in genomes[0]}
+        start = time.perf_counter()
+        if fixed:
+            result = scorer.score(stacked)
+        else:
+            result = scorer.score(stacked, generation=0, slots=np.asarray(slots, np.int32),
+                                  stream=self.s.seed)
+        self.eval_seconds += time.perf_counter() - start
+        out = []
+        for i in range(len(programs)):
+            idx = [r for r, (j, _) in enumerate(rows) if j == i]
+            best = min(idx, key=lambda r: result["fitness"][r])
+            metrics = row_metrics(result, best)
+            metrics["lr_multiplier"] = rows[best][1]
+            out.append({"fitness": float(result["fitness"][best]), "metrics": metrics,
+                        "diverged": any(m["diverged"] for m in metrics.values()
+                                        if isinstance(m, dict))})
+        return out
+
+    def evaluate(self, todo: dict[str, Program], generation: int) -> list[dict]:
+        """Scores the keys in ``todo`` (each its next repeat); returns store evaluation rows."""
+        rows: list[dict] = []
+        if not todo:
+            return rows
+        keys = list(todo)
+        repeats = [len(self.cache.scores.get(k, [])) for k in keys]
+        if self.short is not None:
+            short = []
+            for at in range(0, len(keys), self.s.children):
+                part = keys[at:at + self.s.children]
+                short += self._score(self.short, [todo[k] for k in part],
+                                     repeats[at:at + len(part)], self.s.children)
+            for k, j, r in zip(keys, repeats, short, strict=True):
+                rows.append({"hash": k, "context": self.context("short", j), **r})
+            threshold = (np.quantile(list(self.window), 1 - self.s.hurdle) if self.window
+                         else math.inf)
+            self.window.extend(r["fitness"] for r in short)
+            ranked = sorted(range(len(keys)), key=lambda i: short[i]["fitness"])
+            passed = [i for i in ranked if short[i]["fitness"] <= threshold][:self.full_batch]
+            for i, k in enumerate(keys):
+                if i not in passed:
+                    self.cache.failed.add(k)
+                    self.cache.metrics[k] = short[i]["metrics"]
+            keys = [keys[i] for i in passed]
+            repeats = [repeats[i] for i in passed]
+        for at in range(0, len(keys), self.full_batch):
+            part = keys[at:at + self.full_batch]
+            scored = self._score(self.scorer, [todo[k] for k in part],
+                                 repeats[at:at + len(part)], self.full_batch)
+            for k, j, r in zip(part, repeats[at:at + len(part)], scored, strict=True):
+                rows.append({"hash": k, "context": self.context("full", j), **r})
+                self.cache.failed.discard(k)
+                self.cache.scores.setdefault(k, []).append(r["fitness"])
+                self.cache.metrics[k] = r["metrics"]
+        self.evaluated_total += len(todo)
+        return rows
+
+    # ---- the population -------------------------------------------------------------------------
+    def seed_population(self) -> list[dict]:
+        """The population warm-started from the start program; compiles every scoring shape
+        (short and full batches) before generation 0. Returns the evaluations made."""
+        key = self.keys([self.start])[0]
+        self.cache.load([key], "full")
+        rows = []
+        if key not in self.cache.scores:
+            repeat = [0]
+            if self.short is not None:  # scored but not cut: the seed is the reference point
+                r = self._score(self.short, [self.start], repeat, self.s.children)[0]
+                rows.append({"hash": key, "context": self.context("short", 0), **r})
+                self.window.append(r["fitness"])
+            r = self._score(self.scorer, [self.start], repeat, self.full_batch)[0]
+            rows.append({"hash": key, "context": self.context("full", 0), **r})
+            self.cache.scores[key] = [r["fitness"]]
+            self.cache.metrics[key] = r["metrics"]
+        fit = self.cache.fitness(key)
+        self.population = deque(Member(self.start, key, fit, -1) for _ in range(self.s.population))
+        self.best = self.population[0]
+        return rows
+
+    def tournament(self) -> Member:
+        idx = self.rng.integers(len(self.population), size=self.s.tournament)
+        return min((self.population[i] for i in idx), key=lambda m: m.fitness)
+
+    def children(self) -> tuple[list[Member], list[Program], list[str]]:
+        parents = [self.tournament() for _ in range(self.s.children)]
+        kids = [mutate(p.program, self.rng, self.cfg.rule.max_len) for p in parents]
+        keys = self.keys(kids)
+        for _ in range(self.s.retries):  # behaves like its parent: mutate again
+            same = [i for i, (k, p) in enumerate(zip(keys, parents, strict=True)) if k == p.key]
+            if not same:
+                break
+            for i in same:
+                kids[i] = mutate(kids[i], self.rng, self.cfg.rule.max_len)
+            new = self.keys([kids[i] for i in same])
+            for i, k in zip(same, new, strict=True):
+                keys[i] = k
+        return parents, kids, keys
+
+    def step(self, generation: int) -> dict:
+        """One generation; returns what the store and the log need."""
+        start = time.perf_counter()
+        parents, kids, keys = self.children()
+        self.cache.load(keys, "full")
+        todo: dict[str, Program] = {}
+        for k, p in zip(keys, kids, strict=True):
+            n = len(self.cache.scores.get(k, []))
+            if k in todo or k in self.cache.failed:
+                continue
+            if n < self.s.evaluations or (self.s.forget and self.rng.random() < self.s.forget):
+                todo[k] = p
+        evaluations = self.evaluate(todo, generation)
+        members = []
+        for parent, p, k in zip(parents, kids, keys, strict=True):
+            m = Member(p, k, self.cache.fitness(k), generation, parent.key)
+            self.population.append(m)
+            members.append(m)
+        for _ in range(len(kids)):
+            self.population.popleft()  # the oldest leave (aging)
+        best = min(members, key=lambda m: m.fitness)
+        improved = self.best is None or best.fitness < self.best.fitness
+        if improved:
+            self.best = best
+        self.since_best = 0 if improved else self.since_best + 1
+        restart = None
+        if self.s.plateau and self.since_best >= self.s.plateau:
+            restart = self.restart()
+        seconds = time.perf_counter() - start
+        n, evaluated = len(kids), len(todo)
+        per_eval = self.eval_seconds / max(self.evaluated_total, 1)
+        fitness = np.asarray([m.fitness for m in members])
+        stats = {"best": float(fitness.min()), "mean": float(fitness.mean()),
+                 "hits": n - evaluated, "misses": evaluated, "hit_rate": 1 - evaluated / n,
+                 "evaluated": evaluated, "seconds": seconds, "candidates_per_s": n / seconds,
+                 "checkpoint": None}
+        extra = {"time_saved_s": (n - evaluated) * per_eval, "restart": restart,
+                 "hurdle_failed": sum(k in self.cache.failed for k in todo),
+                 "best_so_far": self.best.fitness, "best_hash": self.best.key}
+        return {"stats": stats, "extra": extra, "members": members,
+                "evaluations": evaluations}
+
+    def restart(self) -> str:
+        """On a plateau: the population restarts from the start program and from the best so
+        far, in turn (Chen et al. 2023)."""
+        self.restarts += 1
+        if self.restarts % 2:
+            key = self.keys([self.start])[0]
+            src, what = Member(self.start, key, self.cache.fitness(key), -1), "start"
+        else:
+            src, what = self.best, "best"
+        self.population = deque(dataclasses.replace(src) for _ in range(self.s.population))
+        self.since_best = 0
+        return what
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state(self, generation: int) -> dict:
+        def member(m: Member) -> dict:
+            return {"source": to_source(m.program), "key": m.key, "fitness": m.fitness,
+                    "born": m.born, "parent": m.parent}
+        return {"generation": generation, "population": [member(m) for m in self.population],
+                "best": member(self.best), "since_best": self.since_best,
+                "restarts": self.restarts, "window": list(self.window),
+                "failed": sorted(self.cache.failed),
+                "rng": self.rng.bit_generator.state}
+
+    def restore(self, doc: dict) -> int:
+        def member(d: dict) -> Member:
+            return Member(parse(d["source"]), d["key"], float(d["fitness"]), int(d["born"]),
+                          d["parent"])
+        self.population = deque(member(d) for d in doc["population"])
+        self.best = member(doc["best"])
+        self.since_best, self.restarts = int(doc["since_best"]), int(doc["restarts"])
+        self.window.extend(doc["window"])
+        self.cache.failed.update(doc["failed"])
+        self.rng.bit_generator.state = doc["rng"]
+        for m in self.population:
+            self.cache.symbolic.setdefault(symbolic_hash(m.program), (m.key, None))
+        return int(doc["generation"]) + 1
+
+
+def candidate_row(m_program: Program, key: str, parent: str | None, length: int,
+                  fingerprint: np.ndarray | None = None) -> dict:
+    """A store candidate for a program (its genotype, introns included, as arrays)."""
+    genome = genome_of(m_program, max(length, len(m_program)))
+    return {"hash": key, "kind": "program", "name": "program",
+            "genome": treeio.tree_to_npz(genome), "readable": to_source(simplify(m_program)),
+            "fingerprint": None if fingerprint is None else treeio.tree_to_npz(fingerprint),
+            "parent": parent}
+
+
+def save_state(folder: Path, generation: int, doc: dict) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"evolution-{generation:06d}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(path)  # atomic: a checkpoint is whole or absent
+    return str(path)
+
+
+def latest_state(folder: Path, at_most: int) -> dict | None:
+    """The newest checkpoint at or before generation ``at_most``; newer ones are deleted (the
+    store never committed them)."""
+    best = None
+    for path in sorted(folder.glob("evolution-*.json")):
+        g = int(path.stem.split("-")[1])
+        if g > at_most:
+            path.unlink()
+        else:
+            best = path
+    if best is None:
+        return None
+    log(f"resuming from {best}")
+    return json.loads(best.read_text())
+
+
+def describe_start(cfg) -> tuple[Program, str]:
+    """The start program of a config: ``rule.file`` or the seed ``rule.seed``."""
+    from lab.rules.program import load_seed, read_program
+    if cfg.rule.file:
+        p = read_program(cfg.rule.file)
+        return p, cfg.rule.file
+    return load_seed(cfg.rule.seed), f"seed {cfg.rule.seed}"
+

@@ -1,0 +1,115 @@
+"""`lab launch` for ``kind: program``: the generation loop of the evolution, recorded in the
+store one transaction per generation, then the stages after the search (``finalize.py``)."""
+
+from __future__ import annotations
+
+import json
+
+import tasks as task_registry
+from lab.console import log
+from lab.fitness import SuiteScorer
+from lab.progress import GenerationProgress
+from lab.references import LR_GRID, References
+from lab.search import finalize
+from lab.search.evolution import (
+    Evolution,
+    candidate_row,
+    describe_start,
+    latest_state,
+    save_state,
+)
+
+
+def short_scorer(cfg, setup) -> SuiteScorer | None:
+    """The hurdle's short-run scorer (None without a hurdle)."""
+    s = cfg.search
+    if not s.hurdle:
+        return None
+    budget = s.hurdle_budget or cfg.budget // 5
+    if budget <= 0:
+        raise ValueError("search.hurdle_budget: set it (or budget) when search.hurdle > 0: the "
+                         "short run needs a number of inner steps")
+    return scorer_at(cfg, setup, budget)
+
+
+def scorer_at(cfg, setup, budget: int, scale: int = 1, rule=None) -> SuiteScorer:
+    """A scorer like the run's at another budget, or ``scale`` times its budget (references at
+    that budget), or for another rule family."""
+    base = setup.scorer
+    refs = References(setup.store, setup.mesh)
+    ref_loss = {t.name: refs.adam_loss(t, (budget or t.steps) * scale, cfg.seeds)
+                for t in base.tasks}
+    return SuiteScorer(cfg.suite, task_registry.suite_version(cfg.suite), base.tasks,
+                       rule or base.rule, budget, cfg.seeds, ref_loss, lr=cfg.rule.lr,
+                       mesh=setup.mesh, chunk=cfg.evaluator.chunk, unroll=cfg.evaluator.unroll,
+                       lr_grid=LR_GRID, scale=scale)
+
+
+def run_program_search(cfg, store, run_id: str, setup) -> float:
+    """The generation loop; returns the best final score."""
+    start, where = describe_start(cfg)
+    short = short_scorer(cfg, setup)
+    evo = Evolution(cfg, store, run_id, setup.scorer, short, start)
+    run_dir = store.run_dir(run_id)
+    ckpt_dir = run_dir / "checkpoints"
+    committed = [g["idx"] for g in store.generations(run_id)]
+    first = 0
+    doc = latest_state(ckpt_dir, max(committed)) if committed else None
+    if doc is not None:
+        first = evo.restore(doc)
+    log(f"program search from {where} ({len(start)} statements), population "
+        f"{cfg.search.population}, {cfg.search.children} children per generation, lr grid "
+        f"{list(evo.grid)}" + (f", hurdle {cfg.search.hurdle} at {short.budget} steps"
+                               if short else ""))
+    seeded = evo.seed_population() if doc is None else []
+    if doc is not None:
+        evo.cache.load([m.key for m in evo.population], "full")
+    metrics_path = run_dir / "metrics.jsonl"
+    _truncate(metrics_path, first)
+    validation = finalize.MetaValidation(cfg, setup, evo) if cfg.search.meta_validate_every \
+        else None
+    with GenerationProgress(cfg.search.generations) as progress, open(metrics_path, "a") as mf:
+        for g in range(first, cfg.search.generations):
+            out = evo.step(g)
+            stats, extra = out["stats"], out["extra"]
+            evaluations = seeded + out["evaluations"]
+            seeded = []
+            seen, candidates = set(), []
+            for m in out["members"] + ([evo.population[0]] if g == 0 else []):
+                if m.key not in seen:
+                    seen.add(m.key)
+                    candidates.append(candidate_row(m.program, m.key, m.parent, evo.length,
+                                                    evo.cache.symbolic.get(
+                                                        _sym(m.program), (None, None))[1]))
+            members = [{"hash": m.key, "fitness": m.fitness, "generation": g}
+                       for m in out["members"]]
+            if g == 0:
+                members.append({"hash": evo.population[0].key,
+                                "fitness": evo.population[0].fitness, "generation": 0})
+            if validation is not None and (g + 1) % cfg.search.meta_validate_every == 0:
+                extra["meta_validation"] = validation.check(g)
+            if cfg.output.checkpoint_every and ((g + 1) % cfg.output.checkpoint_every == 0
+                                                or g + 1 == cfg.search.generations):
+                stats["checkpoint"] = save_state(ckpt_dir, g, evo.state(g))
+            hits = [m.key for m in out["members"] if m.key not in {e["hash"] for e in
+                                                                    out["evaluations"]}]
+            store.record_generation(run_id, g, candidates, evaluations, members, stats, hits,
+                                    context=evo.context("full", 0))
+            mf.write(json.dumps({"generation": g, **stats, **extra}) + "\n")
+            mf.flush()
+            progress.update(g, stats, extra["best_so_far"])
+    return finalize.finish(cfg, store, run_id, setup, evo, validation)
+
+
+def _sym(p):
+    from lab.rules.program.program import symbolic_hash
+    return symbolic_hash(p)
+
+
+def _truncate(path, first: int) -> None:
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["generation"] < first]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
