@@ -1,11 +1,13 @@
-"""Programs benchmark: the compile-once interpreter against optax and against compiling each program.
+"""Programs benchmark: the compile-once interpreter vs optax, and vs compiling each program.
 
 A pinned configuration: the train suite's ``digits_mlp`` task at its default batch, genomes padded
 to ``MAX_LEN`` statements, a population of ``P = 256``, ``DEFAULT_STEPS`` inner steps, one seed.
 Every side uses the same task, the same ``[P, seeds]`` keys and the same evaluator
 (``lab.evaluate.evaluate``). Steady-state times are the median of ``repeats`` calls after a
-warm-up call, blocked on the results (the evaluator returns numpy arrays). The persistent XLA
-compilation cache is turned off, so every compile time is a real one.
+warm-up call, blocked on the results (the evaluator returns numpy arrays). The evaluator's
+functions are compiled ahead of time and timed apart (``interpreter_compile_seconds``,
+``optax_compile_seconds``); the persistent XLA compilation cache is turned off, so every compile
+time is a real one.
 
 Headline keys (plain numbers):
 
@@ -18,7 +20,8 @@ Headline keys (plain numbers):
   ``max_rel_diff``).
 * ``speedup_vs_compile_each``: one generation of P *distinct* programs (mutation chains from the
   seed programs, ``np.random.default_rng(0)``, deduplicated by symbolic hash) through the
-  interpreter (steady state, ``interpreter_seconds``), against what compiling each program would
+  interpreter (steady state, ``interpreter_seconds``: the compiled function the Adam seed warmed,
+  as every generation of a search reuses one), against what compiling each program would
   cost: ``compile.structure_rule(p)`` -> ``make_train`` -> ``jit(vmap(train))`` over seeds, fresh
   for each of ``n_sampled`` programs spread over the population; compile time is the first call
   minus a second call, run time the second call; ``compile_each_seconds = P * (mean compile + mean
@@ -55,7 +58,7 @@ DEFAULT_POPULATION = 256
 DEFAULT_STEPS = 100  # inner steps: matches the budget of configs/program_search.yaml
 DEFAULT_SEEDS = 1
 DEFAULT_SAMPLED = 16  # programs compiled one by one to estimate the compile-each cost
-DEFAULT_REPEATS = 3
+DEFAULT_REPEATS = 2  # timed calls after the warm-up (3 puts the bench over 5 min on 2 busy cores)
 RTOL = 1e-3  # interpreter vs optax Adam final losses
 PROGRAM_RNG_SEED = 0
 SPEEDUP_GATE_CPU = 10.0  # speedup_vs_compile_each on a CPU
@@ -128,17 +131,37 @@ def _stack(genomes: list):
     return jax.block_until_ready(stack_genomes(genomes))
 
 
-def _steady(calls: dict, repeats: int) -> tuple[dict, dict, dict]:
-    """First call and ``repeats`` more of each named function, interleaved (so drift hits every
-    side alike); returns first-call seconds, median seconds and the last outputs."""
+def _steady(calls: dict, repeats: int, warm_up: bool = True) -> tuple[dict, dict, dict]:
+    """A warm-up call (unless ``warm_up`` is False) and ``repeats`` timed calls of each named
+    function, interleaved (so drift hits every side alike); returns the warm-up seconds, the
+    median seconds and the last outputs."""
     first, times, outs = {}, {name: [] for name in calls}, {}
-    for name, fn in calls.items():
-        first[name], outs[name] = _timed(fn)
+    if warm_up:
+        for name, fn in calls.items():
+            first[name], outs[name] = _timed(fn)
     for _ in range(repeats):
         for name, fn in calls.items():
             t, outs[name] = _timed(fn)
             times[name].append(t)
     return first, {k: float(statistics.median(v)) for k, v in times.items()}, outs
+
+
+def compile_evaluator(train, genomes, keys, mesh) -> float:
+    """Seconds to trace, lower and compile the evaluator's function for these shapes.
+
+    Ahead of time, on the very arguments ``evaluate`` passes (padded, sharded); it fills the jit
+    cache, so the first ``evaluate`` call after it runs without compiling.
+    """
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as Spec
+
+    from lab.evaluate import AXIS, _compiled, _pad, padded_size  # the evaluator's own pieces
+    from lab.rules.base import population_size
+    _, padded = padded_size(population_size(genomes), mesh)
+    shard = NamedSharding(mesh, Spec(AXIS))
+    args = jax.device_put((_pad(genomes, padded), _pad(keys, padded)), shard)
+    t, _ = _timed(lambda: _compiled(train, mesh).lower(*args).compile())
+    return t
 
 
 def _max_rel_diff(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -153,18 +176,21 @@ def _fmt_rel(rel: float | None) -> str:
     return "n/a (no finite losses)" if rel is None else f"{rel:.1e}"
 
 
-def measure_overhead(the_task, population: int, steps: int, keys, mesh, repeats: int) -> dict:
+def measure_overhead(the_task, population: int, steps: int, keys, mesh, repeats: int,
+                     interp_train) -> dict:
     """The Adam seed program through the interpreter vs optax Adam, same population and keys."""
     from lab.evaluate import evaluate, make_train
     from lab.rules.baselines import make_baseline
-    from lab.rules.program import genome_of, load_seed, program_rule
+    from lab.rules.program import genome_of, load_seed
 
-    interp_rule, adam_rule = program_rule(), make_baseline("adam")
-    interp_train = make_train(the_task, interp_rule, steps)
+    adam_rule = make_baseline("adam")
     adam_train = make_train(the_task, adam_rule, steps)
     interp_genomes = _stack([genome_of(load_seed("adam"))] * population)
     adam_genomes = _stack([adam_rule.genome] * population)
-    first, median, outs = _steady({
+    interp_compile = compile_evaluator(interp_train, interp_genomes, keys, mesh)
+    adam_compile = compile_evaluator(adam_train, adam_genomes, keys, mesh)
+    _log(f"compile: interpreter {interp_compile:.2f}s, optax adam {adam_compile:.2f}s")
+    _, median, outs = _steady({
         "interpreter": lambda: evaluate(interp_train, interp_genomes, keys, mesh),
         "optax": lambda: evaluate(adam_train, adam_genomes, keys, mesh),
     }, repeats)
@@ -176,8 +202,8 @@ def measure_overhead(the_task, population: int, steps: int, keys, mesh, repeats:
         "interpreter_overhead": median["interpreter"] / median["optax"],
         "adam_interpreter_seconds": median["interpreter"],
         "adam_optax_seconds": median["optax"],
-        "adam_interpreter_first_call_seconds": first["interpreter"],
-        "adam_optax_first_call_seconds": first["optax"],
+        "interpreter_compile_seconds": interp_compile,
+        "optax_compile_seconds": adam_compile,
         "max_rel_diff": rel,
         "agree": agree,
     }
@@ -188,23 +214,25 @@ def measure_overhead(the_task, population: int, steps: int, keys, mesh, repeats:
 
 
 def measure_compile_each(the_task, population: int, steps: int, keys, mesh, repeats: int,
-                         n_sampled: int) -> dict:
-    """P distinct programs through the interpreter vs compiling and running each one."""
+                         n_sampled: int, interp_train, interp_compile: float) -> dict:
+    """P distinct programs through the interpreter vs compiling and running each one.
+
+    ``interp_train`` is already compiled and warm for this population's shapes (every
+    generation of a search reuses that one compiled function); ``interp_compile`` is what that
+    compilation cost.
+    """
     from lab.evaluate import evaluate, make_train
-    from lab.rules.program import genome_of, program_rule
+    from lab.rules.program import genome_of
     from lab.rules.program.compile import structure_rule
 
     t_gen, programs = _timed(lambda: distinct_programs(population))
     _log(f"generated {population} distinct programs in {t_gen:.2f}s "
          f"(lengths {min(map(len, programs))}..{max(map(len, programs))})")
     genomes = _stack([genome_of(p) for p in programs])
-    train = make_train(the_task, program_rule(), steps)  # a fresh train: compiled afresh
-    first, median, _ = _steady({"interpreter": lambda: evaluate(train, genomes, keys, mesh)},
-                               repeats)
+    _, median, _ = _steady({"interpreter": lambda: evaluate(interp_train, genomes, keys, mesh)},
+                           repeats, warm_up=False)
     interp_s = median["interpreter"]
-    interp_compile = max(first["interpreter"] - interp_s, 0.0)
-    _log(f"interpreter, {population} distinct programs: {interp_s:.3f}s steady, "
-         f"{interp_compile:.2f}s compile")
+    _log(f"interpreter, {population} distinct programs: {interp_s:.3f}s steady")
 
     sample = np.unique(np.linspace(0, population - 1, n_sampled).round().astype(int))
     seed_keys = keys[0]  # [seeds]: what every candidate trains on
@@ -227,9 +255,8 @@ def measure_compile_each(the_task, population: int, steps: int, keys, mesh, repe
         "run_seconds_per_program_compiled": run_s,
         "compile_each_seconds": compile_each,
         "interpreter_seconds": interp_s,
-        "interpreter_compile_seconds": interp_compile,
-        # the interpreter's first generation, compile included
-        "speedup_vs_compile_each_first_call": compile_each / (interp_s + interp_compile),
+        # a search's first generation, the interpreter's one compilation included
+        "speedup_vs_compile_each_first_generation": compile_each / (interp_s + interp_compile),
         "program_length_mean": float(np.mean([len(p) for p in programs])),
     }
     _log(f"compile each: {compile_s:.3f}s compile + {run_s:.4f}s run per program, "
@@ -308,8 +335,9 @@ def run(task=None, population: int = DEFAULT_POPULATION, steps: int | None = Non
     Raises:
       SearchUnavailable: the pinned search cannot run (checked before any timing).
     """
-    from lab.evaluate import make_mesh
+    from lab.evaluate import make_mesh, make_train
     from lab.fitness import task_keys
+    from lab.rules.program import program_rule
 
     if population < 1 or seeds < 1 or repeats < 1 or n_sampled < 1:
         raise ValueError(f"population, seeds, repeats and sampled must be >= 1, got "
@@ -337,9 +365,13 @@ def run(task=None, population: int = DEFAULT_POPULATION, steps: int | None = Non
         "seeds": int(seeds),
         "repeats": int(repeats),
     }
-    result.update(measure_overhead(the_task, population, steps, keys, mesh, repeats))
+    # one interpreter train for both parts: one compiled function, as in a search
+    interp_train = make_train(the_task, program_rule(), steps)
+    result.update(measure_overhead(the_task, population, steps, keys, mesh, repeats,
+                                   interp_train))
     result.update(measure_compile_each(the_task, population, steps, keys, mesh, repeats,
-                                       n_sampled))
+                                       n_sampled, interp_train,
+                                       result["interpreter_compile_seconds"]))
     if skip_search:
         _log("cache_hit_rate: skipped (--skip-search); the key is null")
         result["cache_hit_rate"] = None

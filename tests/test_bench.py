@@ -75,3 +75,152 @@ def test_unknown_benchmark_names_known_ones():
         benchmarks.run_benchmark("populaton", [])
     with pytest.raises(ValueError, match="known benchmarks: population"):
         benchmarks.run_benchmark("zzz", [])
+
+
+# ---- programs ------------------------------------------------------------------------------
+from benchmarks import programs  # noqa: E402
+
+PROGRAMS_GATED = ("interpreter_overhead", "speedup_vs_compile_each", "n_sampled")
+PROGRAMS_NUMBERS = ("population", "steps", "seeds", "repeats", "devices",
+                    "adam_interpreter_seconds", "adam_optax_seconds",
+                    "interpreter_compile_seconds", "optax_compile_seconds", "max_rel_diff",
+                    "compile_seconds_per_program", "run_seconds_per_program_compiled",
+                    "compile_each_seconds", "interpreter_seconds",
+                    "speedup_vs_compile_each_first_generation", "program_length_mean",
+                    "total_seconds")
+
+
+@pytest.fixture(scope="module")
+def programs_result():
+    return programs.run(task="quadratic_ill_8", population=8, steps=10, n_sampled=2, repeats=1,
+                        skip_search=True)
+
+
+def _plain_number(x) -> bool:
+    import math
+    return type(x) in (int, float) and math.isfinite(x)
+
+
+def test_programs_result_contract(programs_result):
+    r = programs_result
+    assert r["benchmark"] == "programs"
+    assert r["task"] == "quadratic_ill_8"
+    assert (r["population"], r["steps"], r["seeds"], r["n_sampled"]) == (8, 10, 1, 2)
+    assert isinstance(r["device"], str) and r["device"]
+    assert isinstance(r["backend"], str) and r["backend"]
+    for key in PROGRAMS_GATED + PROGRAMS_NUMBERS:
+        assert _plain_number(r[key]), (key, r[key])
+    assert type(r["n_sampled"]) is int
+    assert r["interpreter_overhead"] > 0 and r["speedup_vs_compile_each"] > 0
+    assert r["interpreter_overhead"] == pytest.approx(
+        r["adam_interpreter_seconds"] / r["adam_optax_seconds"])
+    assert r["compile_each_seconds"] == pytest.approx(
+        8 * (r["compile_seconds_per_program"] + r["run_seconds_per_program_compiled"]))
+    assert r["speedup_vs_compile_each"] == pytest.approx(
+        r["compile_each_seconds"] / r["interpreter_seconds"])
+    assert r["agree"] is True and r["max_rel_diff"] <= programs.RTOL
+    assert r["cache_hit_rate"] is None  # skipped
+    assert json.loads(json.dumps(r, allow_nan=False)) == r
+
+
+def test_programs_distinct_and_deterministic():
+    from lab.rules.program import MAX_LEN, genome_of
+    from lab.rules.program.program import is_valid, symbolic_hash
+
+    ps = programs.distinct_programs(40)
+    assert len(ps) == 40
+    assert len({symbolic_hash(p) for p in ps}) == 40
+    assert all(is_valid(p) and len(p) <= MAX_LEN for p in ps)
+    assert all(genome_of(p)["op"].shape == (MAX_LEN,) for p in ps)
+    assert [symbolic_hash(p) for p in programs.distinct_programs(40)] == \
+        [symbolic_hash(p) for p in ps]
+
+
+def test_programs_main_json_stdout(monkeypatch, capsys, programs_result):
+    seen = {}
+
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        return programs_result
+
+    monkeypatch.setattr(programs, "run", fake_run)
+    code = benchmarks.run_benchmark("programs", [
+        "--json", "--task", "quadratic_ill_8", "--population", "8", "--steps", "10",
+        "--sampled", "2", "--skip-search"])
+    assert code == 0
+    assert seen == {"task": "quadratic_ill_8", "population": 8, "steps": 10, "seeds": 1,
+                    "n_sampled": 2, "repeats": programs.DEFAULT_REPEATS, "skip_search": True}
+    out = capsys.readouterr().out
+    assert json.loads(out) == programs_result  # exactly one document, nothing else on stdout
+    assert out.count("\n") == 1
+
+
+def test_programs_defaults_are_the_pinned_configuration(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr(programs, "run",
+                        lambda **kw: seen.update(kw) or {"agree": False, "max_rel_diff": 0.5})
+    monkeypatch.setattr(programs, "_table", lambda result: None)
+    assert benchmarks.run_benchmark("programs", []) == 1  # losses differ: exit 1
+    assert seen == {"task": None, "population": 256, "steps": None, "seeds": 1, "n_sampled": 16,
+                    "repeats": programs.DEFAULT_REPEATS, "skip_search": False}
+    assert programs.DEFAULT_TASK == "digits_mlp" and programs.DEFAULT_STEPS == 100
+    assert "differ" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--json", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--population", "0"], "expected a positive integer"),
+    (["--sampled", "x"], "expected a positive integer"),
+])
+def test_programs_argument_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        benchmarks.run_benchmark("programs", argv)
+    assert e.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err
+    assert "lab bench programs" in captured.err
+
+
+def test_programs_search_unavailable_fails_before_timing(monkeypatch, capsys, tmp_path):
+    missing = tmp_path / "program_smoke.yaml"
+    with pytest.raises(programs.SearchUnavailable, match="does not exist"):
+        programs.run(search_config=missing)  # raised before any timing: fast
+    monkeypatch.setattr(programs, "SEARCH_CONFIG", missing)
+    assert benchmarks.run_benchmark("programs", ["--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""  # no document, no fake number
+    assert "does not exist" in captured.err and "--skip-search" in captured.err
+
+
+def test_programs_cache_hit_rate_sums_generations(monkeypatch):
+    import lab.launch
+    import lab.store
+
+    class FakeStore:
+        def __init__(self, path):
+            self.path = path
+
+        def generations(self, run_id):
+            assert run_id == "run-1"
+            return [{"hits": 0, "misses": 4}, {"hits": 1, "misses": 3}, {"hits": 2, "misses": 2}]
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(programs, "_search_config", lambda config, overrides: "cfg")
+    monkeypatch.setattr(lab.store, "Store", FakeStore)
+    monkeypatch.setattr(lab.launch, "launch", lambda cfg, store: "run-1")
+    r = programs.measure_cache_hit_rate()
+    assert r["cache_hit_rate"] == pytest.approx(3 / 12)
+    assert (r["search_hits"], r["search_misses"], r["search_generations"]) == (3, 9, 3)
+
+    def broken(cfg, store):
+        raise ValueError("kind 'program' is not searchable yet")
+
+    monkeypatch.setattr(lab.launch, "launch", broken)
+    with pytest.raises(programs.SearchUnavailable, match="launching .* failed.*not searchable"):
+        programs.measure_cache_hit_rate()
+
+
+def test_programs_registered():
+    assert benchmarks.BENCHMARKS["programs"] == "benchmarks.programs"

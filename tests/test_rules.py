@@ -32,6 +32,9 @@ from lab.rules.baselines import (
     make_baseline,
     parse_baseline,
 )
+from lab.rules.program import genome_of, load_seed, program_rule
+from lab.rules.program.compile import structure_rule
+from lab.rules.program.program import Program
 
 Genome = Any
 
@@ -49,6 +52,9 @@ class RuleCase:
       reference: ``reference(genome, learning_rate) -> optax.GradientTransformation`` that must
         give the same updates as ``to_optax(rule, genome, learning_rate)``; None where no
         reference exists.
+      state_view: maps a state, the rule's and the reference's alike, to a tree the two are
+        compared as (where they are laid out differently, e.g. a program's state slots and
+        optax's moments); None: compared as they are.
     """
 
     id: str
@@ -57,6 +63,7 @@ class RuleCase:
     converge_genome: Genome
     converge_lr: float = 1.0
     reference: Callable[[Genome, float], optax.GradientTransformation] | None = None
+    state_view: Callable[[Any], Any] | None = None
 
 
 # Learning rates that take each optax optimizer down the test parabola in CONVERGE_STEPS.
@@ -88,6 +95,69 @@ def baseline_case(name: str) -> RuleCase:
 
 
 RULE_CASES: list[RuleCase] = [baseline_case(name) for name in BASELINES]
+
+
+# ---- programs: the interpreter over seeds, the compiled path over one seed's constants --------
+
+def moments(state) -> jax.Array:
+    """Every float array of a state with a parameter axis, flattened and concatenated in tree
+    order: optax's mu and nu, the interpreter's ``[2, n]`` slots, the compiled path's slot trees
+    (leaves in the same order as ``ravel_pytree`` of the params)."""
+    leaves = [x for x in jax.tree.leaves(state)
+              if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) and jnp.ndim(x) >= 1]
+    return jnp.concatenate([jnp.ravel(x) for x in leaves]) if leaves else jnp.zeros(0)
+
+
+# The optax optimizer each seed program reproduces, at its inner learning rate times ``lr``.
+SEED_OPTAX = {
+    "momentum": lambda lr: optax.sgd(1e-2 * lr, momentum=0.9),
+    "rmsprop": lambda lr: optax.rmsprop(1e-3 * lr, decay=0.9, eps=1e-8),
+    "adam": lambda lr: optax.adam(1e-3 * lr),
+}
+
+
+def seed_program_reference(genome, learning_rate):
+    """The optax optimizer of the seed program an interpreter genome holds."""
+    p = Program.from_arrays(genome)
+    name = next(n for n in SEED_OPTAX
+                if (load_seed(n).stmts, load_seed(n).out) == (p.stmts, p.out))
+    return SEED_OPTAX[name](learning_rate * float(genome["lr"]))
+
+
+def program_seed_case() -> RuleCase:
+    population = tuple(genome_of(load_seed(n)) for n in ("momentum", "rmsprop", "adam"))
+    return RuleCase("program:seeds", program_rule(), population, genome_of(load_seed("adam")),
+                    converge_lr=CONVERGE_LR["adam"] / 1e-3, reference=seed_program_reference,
+                    state_view=moments)
+
+
+LION_STRUCTURE = structure_rule(load_seed("lion"))
+# where each optax.lion hyperparameter sits among the constants of the (simplified) lion seed
+_LION_K = {key: int(np.flatnonzero(np.isclose(LION_STRUCTURE.genome["k"], v, rtol=1e-6,
+                                              atol=0))[0])
+           for key, v in (("b1", 0.9), ("b2", 0.99), ("weight_decay", 1e-3),
+                          ("learning_rate", 1e-4))}
+
+
+def lion_structure_reference(genome, learning_rate):
+    hyper = {key: float(genome["k"][i]) for key, i in _LION_K.items()}
+    hyper["learning_rate"] *= learning_rate
+    return optax.lion(**hyper)
+
+
+def lion_structure_case() -> RuleCase:
+    def variant(lr_scale, b1):
+        k = np.array(LION_STRUCTURE.genome["k"])
+        k[_LION_K["learning_rate"]] *= lr_scale
+        k[_LION_K["b1"]] = b1
+        return {"k": k}
+    population = (variant(0.3, 0.9), variant(1.0, 0.95), variant(3.0, 0.8))
+    return RuleCase("program:lion-structure", LION_STRUCTURE, population, LION_STRUCTURE.genome,
+                    converge_lr=CONVERGE_LR["lion"] / 1e-4, reference=lion_structure_reference,
+                    state_view=moments)
+
+
+RULE_CASES += [program_seed_case(), lion_structure_case()]
 
 
 def rule_cases():
@@ -262,7 +332,9 @@ def test_export_matches_optax_reference(case: RuleCase):
     ours, ref = run["ours"], run["ref"]
     # See test_vmap_population_equals_loop for the float32 tolerance.
     assert_tree_close(ours["updates"], ref["updates"], rtol=5e-5, atol=1e-12)
-    assert_tree_close([s.inner for s in ours["states"]], ref["states"], rtol=5e-5, atol=1e-12)
+    view = case.state_view or (lambda s: s)
+    assert_tree_close([view(s.inner) for s in ours["states"]], [view(s) for s in ref["states"]],
+                      rtol=5e-5, atol=1e-12)
     assert int(ours["states"][-1].count) == len(ours["states"])
 
 

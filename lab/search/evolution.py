@@ -130,7 +130,7 @@ class Evolution:
 
     # ---- scoring ------------------------------------------------------------------------------
     def _score(self, scorer: SuiteScorer, programs: list[Program], repeats: list[int],
-               batch: int, fixed: bool = False) -> list[dict]:
+               batch: int, fixed: bool = False, rows_to: int | None = None) -> list[dict]:
         """Scores ``programs`` (at every lr multiplier; with ``fixed``, at 1 on the fixed
         evaluation seeds) in one call per task, padded to ``batch`` x the grid's size.
 
@@ -140,7 +140,7 @@ class Evolution:
         rows = [(i, m) for i in range(len(programs)) for m in grid]
         genomes = [_source_genome(programs[i], self.length, m) for i, m in rows]
         slots = [repeats[i] for i, _ in rows]
-        size = batch * len(self.grid)  # one shape for every call: compiled once
+        size = rows_to or batch * len(self.grid)  # one shape per scorer: compiled once
         if len(rows) > size:
             raise ValueError(f"{len(rows)} rows for a batch of {size}")
         genomes += [genomes[-1]] * (size - len(genomes))

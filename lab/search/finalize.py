@@ -150,7 +150,7 @@ class MetaValidation:
         best = self.evo.best
         if self.last is None or self.last[0] != best.key:
             p = bake_lr(simplify(best.program), _multiplier(self.evo, best.key))
-            r = self.evo._score(self.scorer, [p], [0], self.evo.full_batch, fixed=True)[0]
+            r = self.evo._score(self.scorer, [p], [0], 1, fixed=True, rows_to=1)[0]
             self.last = (best.key, r["fitness"])
         self.history.append({"generation": generation, "hash": best.key,
                              "search_fitness": best.fitness, "validation": self.last[1]})
@@ -239,8 +239,8 @@ def _funnel(cfg, setup, evo: Evolution, finals: dict, scores: dict, top: int) ->
     from lab.search.program_search import scorer_at
     scorer = scorer_at(cfg, setup, cfg.budget, scale=cfg.search.funnel_scale)
     keys = sorted(scores, key=scores.get)[:top]
-    res = evo._score(scorer, [finals[k][0] for k in keys], [0] * len(keys), evo.full_batch,
-                     fixed=True)
+    res = evo._score(scorer, [finals[k][0] for k in keys], [0] * len(keys), len(keys),
+                     fixed=True, rows_to=len(keys))
     out = [{"hash": k, "final": scores[k], "funnel": r["fitness"],
             "scale": cfg.search.funnel_scale} for k, r in zip(keys, res, strict=True)]
     for row in out:

@@ -1,0 +1,194 @@
+"""Program search in-process: compile once (hurdles on), the cache and its hit rate, one cache
+across representations, resume, the stages after the search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lab import hashing
+from lab.config import load_config
+from lab.evaluate import _compiled
+from lab.fitness import CLIP
+from lab.launch import build_setup, launch
+from lab.rules.baselines import make_baseline
+from lab.rules.program import genome_of, load_seed, parse, program_rule
+from lab.rules.program.program import live_statements, simplify, symbolic_hash
+from lab.search import evolution, finalize, program_search
+from lab.store import Store
+
+SMALL = ["kind=program", "suite=smoke", "budget=8", "seeds=1", "search.population=8",
+         "search.children=4", "search.generations=3", "evaluator.devices=1", "rule.lr=20",
+         "search.lr_grid=[1.0, 3.0]", "output.top_k=2", "search.simplify=false"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "lab.db") as s:
+        yield s
+
+
+def _spy(monkeypatch, module, name, into):
+    real = getattr(module, name)
+
+    def spy(*a, **k):
+        into.append(real(*a, **k))
+        return into[-1]
+    monkeypatch.setattr(module, name, spy)
+
+
+def test_three_generations_with_hurdles_compile_before_generation_0(store, monkeypatch):
+    setups, shorts, sizes = [], [], []
+    _spy(monkeypatch, __import__("lab.launch", fromlist=["x"]), "build_setup", setups)
+    _spy(monkeypatch, program_search, "short_scorer", shorts)
+    real_step = evolution.Evolution.step
+
+    def step(self, g):
+        out = real_step(self, g)
+        trains = list(self.scorer.trains.values()) + list(self.short.trains.values())
+        sizes.append([_compiled(t, setups[0].mesh)._cache_size() for t in trains])
+        return out
+    monkeypatch.setattr(evolution.Evolution, "step", step)
+    cfg = load_config(None, [*SMALL, "search.hurdle=0.5", "search.hurdle_budget=4"])
+    run_id = launch(cfg, store, name="hurdle")
+    assert len(sizes) == 3 and all(s == [1] * len(s) for s in sizes), sizes  # compiled before g0
+    gens = store.generations(run_id)
+    assert [g["idx"] for g in gens] == [0, 1, 2]
+    for g in gens:  # hit rate = 1 - distinct functions evaluated / children
+        assert g["hits"] + g["misses"] == cfg.search.children
+        assert g["hit_rate"] == pytest.approx(1 - g["misses"] / cfg.search.children)
+    assert store.get_run(run_id)["status"] == "done"
+
+
+def test_cache_hits_skip_evaluation_and_children_join(store, monkeypatch):
+    cfg = load_config(None, SMALL)
+    calls = []
+    real = evolution.Evolution._score
+
+    def counting(self, scorer, programs, *a, **k):
+        calls.append(len(programs))
+        return real(self, scorer, programs, *a, **k)
+    monkeypatch.setattr(evolution.Evolution, "_score", counting)
+    run_id = launch(cfg, store, name="a")
+    first = sum(calls)
+    calls.clear()
+    again = launch(cfg, store, name="b")  # same seed: every function is already in the store
+    gens = store.generations(again)
+    assert first > 0 and all(g["misses"] == 0 and g["hit_rate"] == 1.0 for g in gens)
+    assert store.get_run(again)["best"] == pytest.approx(store.get_run(run_id)["best"])
+
+
+def test_adam_program_hits_the_cached_evaluation_of_baseline_adam(store):
+    """One cache across representations: baseline:adam scored and stored; the Adam seed program
+    is served from that entry, without a run of its own."""
+    cfg = load_config(None, [*SMALL, "rule.seed=adam", "rule.lr=1"])
+    setup = build_setup(cfg, store)
+    rule = make_baseline("adam")
+    key = hashing.function_key(rule)
+    assert key == hashing.function_key(program_rule(), genome_of(load_seed("adam")))
+    ctx = setup.scorer.context.key()
+    base_setup = build_setup(load_config(None, ["suite=smoke", "budget=8", "seeds=1",
+                                                "evaluator.devices=1"]), store, rule)
+    assert base_setup.scorer.context.key() == ctx  # the context does not depend on the form
+    result = base_setup.scorer.score({k: np.stack([v]) for k, v in rule.genome.items()})
+    run = store.create_run("base", "baseline", {}, "h", "v", ctx, {})
+    store.record_generation(run, 0, [{"hash": key, "kind": "baseline", "name": "adam",
+                                      "genome": b"x"}],
+                            [{"hash": key, "fitness": float(result["fitness"][0]),
+                              "diverged": False, "metrics": {}}],
+                            [{"hash": key, "fitness": float(result["fitness"][0])}], {})
+    evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adam"))
+    finals = {evo.keys([load_seed("adam")])[0]: (load_seed("adam"), None, "seed")}
+    scores = finalize._score_finals(evo, store, finals, setup)
+    assert list(scores) == [key] and evo.final_fresh == {}  # served from the cache
+    assert scores[key] == pytest.approx(float(result["fitness"][0]))
+
+
+def test_resume_continues_like_an_uninterrupted_run(store, monkeypatch, tmp_path):
+    cfg = load_config(None, [*SMALL, "output.checkpoint_every=1"])
+    straight = launch(cfg, store, name="straight")
+    with Store(tmp_path / "other.db") as other:
+        real_step = evolution.Evolution.step
+
+        def dying(self, g):
+            if g == 2:
+                raise KeyboardInterrupt
+            return real_step(self, g)
+        monkeypatch.setattr(evolution.Evolution, "step", dying)
+        with pytest.raises(KeyboardInterrupt):
+            launch(cfg, other, name="cut")
+        monkeypatch.setattr(evolution.Evolution, "step", real_step)
+        cut = other.get_run("cut")
+        assert cut["status"] == "interrupted" and cut["generations"] == 2
+        resumed = launch(cfg, other, resume=cut["id"])
+        a = [[g["best"], g["mean"], g["misses"]] for g in store.generations(straight)]
+        b = [[g["best"], g["mean"], g["misses"]] for g in other.generations(resumed)]
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+        assert other.get_run(resumed)["best"] == pytest.approx(store.get_run(straight)["best"])
+
+
+def test_hurdle_failures_score_worst_and_batches_are_fixed(store):
+    cfg = load_config(None, [*SMALL, "search.hurdle=0.75", "search.hurdle_budget=4"])
+    setup = build_setup(cfg, store)
+    short = program_search.short_scorer(cfg, setup)
+    evo = evolution.Evolution(cfg, store, "r", setup.scorer, short, load_seed("adamw"))
+    assert evo.full_batch == 1  # ceil(4 x (1 - 0.75))
+    evo.seed_population()
+    out = evo.step(0)
+    failed = [m for m in out["members"] if m.key in evo.cache.failed]
+    assert all(m.fitness == CLIP for m in failed)
+    assert len({m.key for m in out["members"]} - evo.cache.failed) <= 1 + out["stats"]["hits"]
+
+
+def test_knock_out_drops_one_statement_and_rewires():
+    p = parse("""def p(g, w, lr, t, m, v):
+    m = interp(g, m, 0.9)
+    x1 = tanh(m)
+    x2 = sign(x1)
+    update = mul(x2, lr)
+    return update, m, v
+""")
+    q = finalize.knock_out(p, 1)  # tanh out: sign reads m
+    assert symbolic_hash(q) == symbolic_hash(parse("""def q(g, w, lr, t, m, v):
+    m = interp(g, m, 0.9)
+    x1 = sign(m)
+    update = mul(x1, lr)
+    return update, m, v
+"""))
+    assert len(live_statements(q)) == 3
+
+
+def test_constants_rule_at_its_start_equals_the_program():
+    from lab.rules.base import make_ctx
+    from lab.rules.program.compile import structure_rule
+    p = simplify(load_seed("lion"))
+    rule, idx, signs = finalize.constants_rule(p, 1.0)
+    base = structure_rule(p, simplify_first=False)
+    params = {"w": np.linspace(-1, 1, 6).astype(np.float32)}
+    grads = {"w": np.cos(np.arange(6)).astype(np.float32)}
+    ctx = make_ctx(0, 10, 0.1)
+    d1, _ = rule.update(rule.genome, grads, rule.init(rule.genome, params), params, ctx)
+    d2, _ = base.update(base.genome, grads, base.init(base.genome, params), params, ctx)
+    np.testing.assert_allclose(d1["w"], d2["w"], rtol=1e-6)
+    assert len(idx) == len(signs) == len(rule.genome["z"]) > 0
+
+
+def test_program_configs_are_checked():
+    from lab.config import ConfigError
+    with pytest.raises(ConfigError, match="unknown seed program 'adamm'.*adam"):
+        load_config(None, ["kind=program", "rule.seed=adamm"])
+    with pytest.raises(ConfigError, match="lr_grid"):
+        load_config(None, ["kind=program", "search.lr_grid=[1, -3]"])
+    with pytest.raises(ConfigError, match="children"):
+        load_config(None, ["kind=program", "search.population=4", "search.children=8"])
+    for path in ("configs/program_smoke.yaml", "configs/program_search.yaml",
+                 "configs/quickstart.yaml"):
+        assert load_config(path).kind == "program"
+
+
+def test_bad_start_file_names_line(tmp_path):
+    from lab.config import ConfigError
+    bad = tmp_path / "bad.prog"
+    bad.write_text("def p(g, w, lr, t, m, v):\n    x = frob(g)\n    return x, m, v\n")
+    with pytest.raises(ConfigError, match=r"bad.prog: line 2, column 9: unknown op 'frob'"):
+        load_config(None, ["kind=program", f"rule.file={bad}"])
