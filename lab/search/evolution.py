@@ -228,25 +228,30 @@ class Evolution:
         idx = self.rng.integers(len(self.population), size=self.s.tournament)
         return min((self.population[i] for i in idx), key=lambda m: m.fitness)
 
-    def children(self) -> tuple[list[Member], list[Program], list[str]]:
+    def children(self) -> tuple[list[Member], list[Program], list[str], dict]:
+        """B children, and how many more were generated and recognized by the cache as their
+        parent's function (symbolically, or by fingerprint), then mutated again."""
         parents = [self.tournament() for _ in range(self.s.children)]
-        kids = [mutate(p.program, self.rng, self.cfg.rule.max_len) for p in parents]
+        seen = {"same": 0}
+        kids = [mutate(p.program, self.rng, self.cfg.rule.max_len, stats=seen) for p in parents]
         keys = self.keys(kids)
+        seen["same_function"] = 0
         for _ in range(self.s.retries):  # behaves like its parent: mutate again
             same = [i for i, (k, p) in enumerate(zip(keys, parents, strict=True)) if k == p.key]
             if not same:
                 break
+            seen["same_function"] += len(same)
             for i in same:
-                kids[i] = mutate(kids[i], self.rng, self.cfg.rule.max_len)
+                kids[i] = mutate(kids[i], self.rng, self.cfg.rule.max_len, stats=seen)
             new = self.keys([kids[i] for i in same])
             for i, k in zip(same, new, strict=True):
                 keys[i] = k
-        return parents, kids, keys
+        return parents, kids, keys, seen
 
     def step(self, generation: int) -> dict:
         """One generation; returns what the store and the log need."""
         start = time.perf_counter()
-        parents, kids, keys = self.children()
+        parents, kids, keys, seen = self.children()
         self.cache.load(keys, "full")
         todo: dict[str, Program] = {}
         for k, p in zip(keys, kids, strict=True):
@@ -272,7 +277,8 @@ class Evolution:
         if self.s.plateau and self.since_best >= self.s.plateau:
             restart = self.restart()
         seconds = time.perf_counter() - start
-        n, evaluated = len(kids), len(todo)
+        # children generated: the B that join, plus those the cache recognized as their parent
+        n, evaluated = len(kids) + seen["same"] + seen["same_function"], len(todo)
         per_eval = self.eval_seconds / max(self.evaluated_total, 1)
         fitness = np.asarray([m.fitness for m in members])
         stats = {"best": float(fitness.min()), "mean": float(fitness.mean()),
@@ -280,6 +286,8 @@ class Evolution:
                  "evaluated": evaluated, "seconds": seconds, "candidates_per_s": n / seconds,
                  "checkpoint": None}
         extra = {"time_saved_s": (n - evaluated) * per_eval, "restart": restart,
+                 "children": len(kids), "same_as_parent_symbolic": seen["same"],
+                 "same_as_parent_function": seen["same_function"],
                  "hurdle_failed": sum(k in self.cache.failed for k in todo),
                  "best_so_far": self.best.fitness, "best_hash": self.best.key}
         return {"stats": stats, "extra": extra, "members": members,

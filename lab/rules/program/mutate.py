@@ -134,9 +134,11 @@ MUTATIONS = {"insert": insert, "delete": delete, "change_op": change_op,
 
 
 def mutate(p: Program, rng: np.random.Generator, max_len: int = MAX_LEN, tries: int = 100,
-           weights: dict[str, float] | None = None) -> Program:
+           weights: dict[str, float] | None = None, stats: dict | None = None) -> Program:
     """A valid child of ``p`` with a different symbolic hash (``p`` itself if ``tries`` run
-    out). ``weights``: relative frequency of each kind (default: equal)."""
+    out). ``weights``: relative frequency of each kind (default: equal). ``stats["same"]``
+    counts the valid children rejected for having their parent's symbolic hash (hits of the
+    symbolic cache)."""
     w = np.asarray([(weights or {}).get(k, 1.0) for k in KINDS], np.float64)
     w = w / w.sum()
     parent = symbolic_hash(p)
@@ -145,8 +147,11 @@ def mutate(p: Program, rng: np.random.Generator, max_len: int = MAX_LEN, tries: 
         if kind == "insert" and len(p.stmts) >= max_len:
             kind = "delete"
         child = MUTATIONS[kind](p, rng)
-        if len(child.stmts) <= max_len and is_valid(child) and symbolic_hash(child) != parent:
-            return child
+        if len(child.stmts) <= max_len and is_valid(child):
+            if symbolic_hash(child) != parent:
+                return child
+            if stats is not None:
+                stats["same"] = stats.get("same", 0) + 1
     return p
 
 
