@@ -196,3 +196,40 @@ def test_bad_start_file_names_line(tmp_path):
     bad.write_text("def p(g, w, lr, t, m, v):\n    x = frob(g)\n    return x, m, v\n")
     with pytest.raises(ConfigError, match=r"bad.prog: line 2, column 9: unknown op 'frob'"):
         load_config(None, ["kind=program", f"rule.file={bad}"])
+
+
+def test_stages_after_the_search(store):
+    """ES on constants, finalists on fixed seeds, ablation, funnel and meta-validation."""
+    import json
+    cfg = load_config(None, [*SMALL, "search.es.top=1", "search.es.generations=2",
+                             "search.es.population=4", "search.funnel=1",
+                             "search.funnel_scale=2", "search.meta_validate_every=1",
+                             "search.simplify=true"])
+    run_id = launch(cfg, store, name="stages")
+    report = json.loads((store.run_dir(run_id) / "finalists.json").read_text())
+    origins = {f["origin"] for f in report["finalists"]}
+    assert {"search", "es"} <= origins
+    assert [v["generation"] for v in report["meta_validation"]] == [0, 1, 2]
+    (funnel,) = report["funnel"]
+    assert funnel["scale"] == 2 and np.isfinite(funnel["funnel"])
+    assert "steps" in report["ablation"]
+    finals = [m for m in store.best_members(run_id, k=20) if m["final"] is not None]
+    assert store.get_run(run_id)["best"] == min(m["final"] for m in finals)
+    for f in report["finalists"]:  # every finalist's source parses back to its program
+        assert parse(f["source"])
+
+
+def test_noisy_fitness_is_averaged_over_repeats(store):
+    cfg = load_config(None, [*SMALL, "search.evaluations=2"])
+    setup = build_setup(cfg, store)
+    evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adamw"))
+    evo.seed_population()
+    seed_key = evo.population[0].key
+    out = evo.step(0)
+    todo = {seed_key: load_seed("adamw")}
+    rows = evo.evaluate(todo, 1)  # the second evaluation: repeat 1, on fresh data
+    assert [r["context"] for r in rows] == [evo.context("full", 1)]
+    runs = evo.cache.scores[seed_key]
+    assert len(runs) == 2 and runs[0] != runs[1]
+    assert evo.cache.fitness(seed_key) == pytest.approx(np.mean(runs))
+    assert out["stats"]["misses"] <= cfg.search.children
