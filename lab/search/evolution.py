@@ -57,7 +57,7 @@ class FunctionCache:
         self.symbolic: dict[str, tuple[str, np.ndarray]] = {}
         self.scores: dict[str, list[float]] = {}
         self.metrics: dict[str, dict] = {}
-        self.failed: set[str] = set()  # cut by the hurdle
+        self.failed: dict[str, float] = {}  # cut by the hurdle -> the fitness it stands at
 
     def load(self, keys: list[str], stage: str) -> None:
         """Fills the scores of ``keys`` not seen in this process from the store."""
@@ -73,7 +73,7 @@ class FunctionCache:
 
     def fitness(self, key: str) -> float:
         if key in self.failed:
-            return CLIP
+            return self.failed[key]
         runs = self.scores.get(key) or [CLIP]
         return float(np.mean(runs[-self.max_evals:]))
 
@@ -99,7 +99,8 @@ class Evolution:
         self.start = start
         self.cache = FunctionCache(store, self.context, s.evaluations)
         self.population: deque[Member] = deque()
-        self.window: deque[float] = deque(maxlen=s.hurdle_window)
+        self.window: deque[float] = deque(maxlen=s.hurdle_window)  # short-run fitnesses
+        self.full_window: deque[float] = deque(maxlen=s.hurdle_window)  # full-run ones
         self.best: Member | None = None
         self.since_best = 0
         self.restarts = 0
@@ -184,9 +185,12 @@ class Evolution:
             self.window.extend(r["fitness"] for r in short)
             ranked = sorted(range(len(keys)), key=lambda i: short[i]["fitness"])
             passed = [i for i in ranked if short[i]["fitness"] <= threshold][:self.full_batch]
+            # a cut candidate keeps its short-run fitness, but never stands above the median of
+            # recent full runs: the order among cut ones survives (selection still sees it)
+            floor = float(np.median(self.full_window)) if self.full_window else CLIP
             for i, k in enumerate(keys):
                 if i not in passed:
-                    self.cache.failed.add(k)
+                    self.cache.failed[k] = max(short[i]["fitness"], floor)
                     self.cache.metrics[k] = short[i]["metrics"]
             keys = [keys[i] for i in passed]
             repeats = [repeats[i] for i in passed]
@@ -196,8 +200,9 @@ class Evolution:
                                  repeats[at:at + len(part)], self.full_batch)
             for k, j, r in zip(part, repeats[at:at + len(part)], scored, strict=True):
                 rows.append({"hash": k, "context": self.context("full", j), **r})
-                self.cache.failed.discard(k)
+                self.cache.failed.pop(k, None)
                 self.cache.scores.setdefault(k, []).append(r["fitness"])
+                self.full_window.append(r["fitness"])
                 self.cache.metrics[k] = r["metrics"]
         self.evaluated_total += len(todo)
         return rows
@@ -219,6 +224,7 @@ class Evolution:
             rows.append({"hash": key, "context": self.context("full", 0), **r})
             self.cache.scores[key] = [r["fitness"]]
             self.cache.metrics[key] = r["metrics"]
+            self.full_window.append(r["fitness"])
         fit = self.cache.fitness(key)
         self.population = deque(Member(self.start, key, fit, -1) for _ in range(self.s.population))
         self.best = self.population[0]
@@ -314,7 +320,7 @@ class Evolution:
         return {"generation": generation, "population": [member(m) for m in self.population],
                 "best": member(self.best), "since_best": self.since_best,
                 "restarts": self.restarts, "window": list(self.window),
-                "failed": sorted(self.cache.failed),
+                "full_window": list(self.full_window), "failed": self.cache.failed,
                 "rng": self.rng.bit_generator.state}
 
     def restore(self, doc: dict) -> int:
@@ -325,6 +331,7 @@ class Evolution:
         self.best = member(doc["best"])
         self.since_best, self.restarts = int(doc["since_best"]), int(doc["restarts"])
         self.window.extend(doc["window"])
+        self.full_window.extend(doc["full_window"])
         self.cache.failed.update(doc["failed"])
         self.rng.bit_generator.state = doc["rng"]
         for m in self.population:
