@@ -193,6 +193,7 @@ class EvolutionConfig:
     lr_grid: tuple[float, ...] = _field((0.3, 1.0, 3.0), gt=0, nonempty=True)  # x ctx.lr
     retries: int = _field(3, ge=0)  # re-mutations while a child behaves like its parent
     evaluations: int = _field(1, ge=1)  # evaluations averaged per function (noisy fitness)
+    confirm: bool = True  # a new best-so-far is scored again on fresh data before it counts
     forget: float = _field(0.0, ge=0, le=1)  # chance a full cache hit is evaluated again
     hurdle: float = _field(0.0, ge=0, lt=1)  # fraction cut after a short run (0: no hurdle)
     hurdle_budget: int = _field(0, ge=0)  # inner steps of the short run; 0: budget / 5

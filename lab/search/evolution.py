@@ -71,6 +71,13 @@ class FunctionCache:
                     self.scores.setdefault(k, []).append(float(rows[k]["fitness"]))
                     self.metrics.setdefault(k, rows[k]["metrics"])
 
+    def load_metrics(self, keys: list[str], stage: str) -> None:
+        """Metrics (the chosen lr multiplier) of ``keys`` that have none here, from the store."""
+        todo = [k for k in dict.fromkeys(keys) if k not in self.metrics]
+        if todo:
+            for k, row in self.store.lookup(todo, self.contexts(stage, 0)).items():
+                self.metrics[k] = row["metrics"]
+
     def fitness(self, key: str) -> float:
         if key in self.failed:
             return self.failed[key]
@@ -97,7 +104,8 @@ class Evolution:
             s.children * (1 - s.hurdle)))
         self.rng = np.random.default_rng(s.seed)
         self.start = start
-        self.cache = FunctionCache(store, self.context, s.evaluations)
+        # scores averaged per function: up to ``evaluations``, two once a score is confirmed
+        self.cache = FunctionCache(store, self.context, max(s.evaluations, 1 + s.confirm))
         self.population: deque[Member] = deque()
         self.window: deque[float] = deque(maxlen=s.hurdle_window)  # short-run fitnesses
         self.full_window: deque[float] = deque(maxlen=s.hurdle_window)  # full-run ones
@@ -194,6 +202,13 @@ class Evolution:
                     self.cache.metrics[k] = short[i]["metrics"]
             keys = [keys[i] for i in passed]
             repeats = [repeats[i] for i in passed]
+        rows += self.full(keys, todo, repeats)
+        self.evaluated_total += len(todo)
+        return rows
+
+    def full(self, keys: list[str], todo: dict[str, Program], repeats: list[int]) -> list[dict]:
+        """Full-budget scores of ``keys`` at their repeats, in fixed batches; store rows."""
+        rows = []
         for at in range(0, len(keys), self.full_batch):
             part = keys[at:at + self.full_batch]
             scored = self._score(self.scorer, [todo[k] for k in part],
@@ -204,8 +219,16 @@ class Evolution:
                 self.cache.scores.setdefault(k, []).append(r["fitness"])
                 self.full_window.append(r["fitness"])
                 self.cache.metrics[k] = r["metrics"]
-        self.evaluated_total += len(todo)
         return rows
+
+    def confirm(self, todo: dict[str, Program]) -> list[dict]:
+        """New functions whose first score beats the best so far are scored again at once, on
+        fresh data (their fitness is then the mean): a lucky first score does not take over
+        the population."""
+        again = {k: p for k, p in todo.items() if k not in self.cache.failed
+                 and len(self.cache.scores.get(k, [])) == 1
+                 and self.cache.fitness(k) < self.best.fitness}
+        return self.full(list(again), again, [1] * len(again)) if again else []
 
     # ---- the population -------------------------------------------------------------------------
     def seed_population(self) -> list[dict]:
@@ -267,6 +290,8 @@ class Evolution:
             if n < self.s.evaluations or (self.s.forget and self.rng.random() < self.s.forget):
                 todo[k] = p
         evaluations = self.evaluate(todo, generation)
+        confirmed = self.confirm(todo) if self.s.confirm else []
+        evaluations += confirmed
         members = []
         for parent, p, k in zip(parents, kids, keys, strict=True):
             m = Member(p, k, self.cache.fitness(k), generation, parent.key)
@@ -292,7 +317,8 @@ class Evolution:
                  "evaluated": evaluated, "seconds": seconds, "candidates_per_s": n / seconds,
                  "checkpoint": None}
         extra = {"time_saved_s": (n - evaluated) * per_eval, "restart": restart,
-                 "children": len(kids), "same_as_parent_symbolic": seen["same"],
+                 "children": len(kids), "confirmed": len(confirmed),
+                 "same_as_parent_symbolic": seen["same"],
                  "same_as_parent_function": seen["same_function"],
                  "hurdle_failed": sum(k in self.cache.failed for k in todo),
                  "best_so_far": self.best.fitness, "best_hash": self.best.key}

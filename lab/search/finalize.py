@@ -167,6 +167,9 @@ def finish(cfg, store, run_id: str, setup, evo: Evolution, validation: MetaValid
         genome = treeio.tree_from_npz(row["genome"])
         found.append((row["hash"], Program.from_arrays(genome), "search"))
     finals: dict[str, tuple[Program, str, str]] = {}  # final key -> (program, parent, origin)
+    known = [k for k, _, _ in found] + evo.keys([evo.start])
+    for stage in ("full", "short") if evo.short is not None else ("full",):
+        evo.cache.load_metrics(known, stage)  # a resumed run has not seen every key here
 
     def add(p: Program, parent: str, origin: str) -> str:
         key = evo.keys([p])[0]
@@ -175,6 +178,8 @@ def finish(cfg, store, run_id: str, setup, evo: Evolution, validation: MetaValid
 
     for key, p, origin in found[:cfg.output.top_k]:
         add(bake_lr(simplify(p), _multiplier(evo, key)), key, origin)
+    start_key = evo.keys([evo.start])[0]  # the warm start, so the report says what search added
+    add(bake_lr(simplify(evo.start), _multiplier(evo, start_key)), start_key, "start")
     for n, (key, p, _) in enumerate(found[:s.es.top]):
         log(f"ES on the constants of structure {n + 1}/{s.es.top} ({key[:10]})")
         tuned = tune_constants(cfg, setup, simplify(p), _multiplier(evo, key), n)
