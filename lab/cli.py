@@ -94,7 +94,7 @@ def cmd_replay(args) -> int:
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.label)[:60]
         plot = Path(folder) / f"replay-{slug}-{args.suite}.png"
         doc = replay(target, args.suite, args.seeds, baselines, store, make_mesh(args.devices),
-                     plot=plot)
+                     plot=plot, tune_lr=args.tune_lr)
 
     def human(doc):
         from lab.tables import replay_table
@@ -196,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--suite", default="heldout")
     s.add_argument("--seeds", type=int, default=5)
     s.add_argument("--baselines", default="adam,adamw,lion")
+    s.add_argument("--tune-lr", action="store_true",
+                   help="also tune the target's learning rate per task (programs)")
     s.add_argument("--devices", type=int, default=0, help="devices in the mesh (0 = all)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_replay)

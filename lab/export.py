@@ -19,7 +19,8 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int = 5,
     target = resolve(text, store)
     info = function_info(target, store)
     log(f"export {target.label}: hash {info['hash']}, replaying on {suite} ({seeds} seeds)")
-    held = replay(target, suite, seeds, store=store)
+    # a program is also replayed with its learning rate tuned per task, like the baselines
+    held = replay(target, suite, seeds, store=store, tune_lr=target.rule.kind == "program")
     run = None
     if target.run is not None:
         run = {"id": target.run["id"], "name": target.run["name"],
@@ -28,4 +29,26 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int = 5,
                "fitness": target.fitness, "suite": target.run["config"].get("suite")}
     metrics = {"heldout": held, "run": run, "code_version": __version__,
                "target": target.text}
+    if target.run is not None:
+        metrics["search"] = search_summary(store, target.run["id"])
     return write_artifact(out, name, target, info, metrics)
+
+
+def search_summary(store: Store, run_id: str) -> dict:
+    """The search behind a candidate: generations, evaluations, cache hit rate, time saved, and
+    what the search wrote after its generations (finalists, ablation, funnel, validation)."""
+    import json
+    gens = store.generations(run_id)
+    hits = sum(g["hits"] or 0 for g in gens)
+    misses = sum(g["misses"] or 0 for g in gens)
+    out = {"generations": len(gens), "children_generated": hits + misses,
+           "functions_evaluated": misses,
+           "cache_hit_rate": hits / (hits + misses) if hits + misses else None,
+           "seconds": float(sum(g["seconds"] or 0.0 for g in gens))}
+    folder = store.run_dir(run_id)
+    if (folder / "metrics.jsonl").exists():
+        lines = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines()]
+        out["cache_time_saved_s"] = float(sum(ln.get("time_saved_s") or 0.0 for ln in lines))
+    if (folder / "finalists.json").exists():
+        out["after_search"] = json.loads((folder / "finalists.json").read_text())
+    return out

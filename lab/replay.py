@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -57,10 +58,31 @@ def compiled_form(target: Target):
     return target.rule, target.genome
 
 
+# Multipliers of a program's own learning rate tried by ``tune_lr`` (the baselines' grid spans
+# five decades in 16 points; this one spans four around the program's rate, in 9).
+TUNE_MULTIPLIERS = tuple(float(x) for x in 10.0 ** np.linspace(-2, 2, 9))
+
+
+def _tuned_program(task, rule, genome, lr: float, keys, mesh) -> tuple[dict, float]:
+    """The program at every multiplier of its rate in one call; the best by mean final loss
+    over the seeds (the rule the references use)."""
+    n = len(TUNE_MULTIPLIERS)
+    pop = {**{k: np.repeat(np.asarray(v)[None], n, 0) for k, v in genome.items()},
+           "lr": np.asarray(TUNE_MULTIPLIERS, np.float32)}
+    m = evaluate(make_train(task, rule, task.steps, lr), pop, jnp.repeat(keys, n, 0), mesh)
+    loss = np.where(m["diverged"].any(-1), np.inf, m["final_loss"].mean(-1))
+    best = int(np.argmin(loss))
+    return {k: v[best:best + 1] for k, v in m.items()}, lr * TUNE_MULTIPLIERS[best]
+
+
 def replay(target: Target, suite: str = "heldout", seeds: int = 5,
            baselines: Sequence[str] = ("adam", "adamw", "lion"), store=None,
-           mesh: Mesh | None = None, plot: Path | None = None) -> dict:
+           mesh: Mesh | None = None, plot: Path | None = None, tune_lr: bool = False) -> dict:
     """Runs ``target`` and the tuned ``baselines`` on every task of ``suite``.
+
+    With ``tune_lr`` (programs), a second row per task gives the target with its learning rate
+    tuned per task too (``TUNE_MULTIPLIERS`` x its own, picked by mean final loss over the same
+    seeds, as the baselines' are): the like-for-like comparison with tuned baselines.
 
     Returns:
       ``{"target", "suite", "seeds", "rows": [...], "summary": {rule: mean score}, "plot"}``;
@@ -76,17 +98,25 @@ def replay(target: Target, suite: str = "heldout", seeds: int = 5,
         train = make_train(task, cand_rule, task.steps, target.lr)
         m = evaluate(train, stack_genomes([cand_genome]), keys, mesh)
         rows.append(_row(task, label, m, ref, None))
+        if tune_lr:
+            if target.rule.kind != "program":
+                raise ValueError("--tune-lr: tuning the learning rate per task is available for "
+                                 f"programs, not for kind {target.rule.kind!r}")
+            mt, lr = _tuned_program(task, cand_rule, cand_genome, target.lr, keys, mesh)
+            rows.append(_row(task, f"{label} (lr tuned)", mt, ref, lr))
         for name in baselines:
             tuned = refs.get(task, name, task.steps, seeds)
             rule = make_baseline(name, {"learning_rate": tuned["lr"]})
             mb = evaluate(make_train(task, rule, task.steps), stack_genomes([rule.genome]),
                           keys, mesh)
             rows.append(_row(task, f"tuned {name}", mb, ref, tuned["lr"]))
-        log(f"replay {task.name}: {label} {rows[-1 - len(baselines)]['score']:+.3f}")
+        first = rows[-1 - len(baselines) - int(tune_lr)]
+        log(f"replay {task.name}: {label} {first['score']:+.3f}"
+            + (f", lr tuned {rows[-1 - len(baselines)]['score']:+.3f}" if tune_lr else ""))
     summary = {}
     for r in rows:
         summary.setdefault(r["rule"], []).append(r["score"])
-    doc = {"target": target.text, "label": label, "suite": suite,
+    doc = {"target": target.text, "label": label, "suite": suite, "tune_lr": tune_lr,
            "suite_version": task_registry.suite_version(suite), "seeds": seeds,
            "rows": rows, "summary": {k: float(np.mean(v)) for k, v in summary.items()},
            "plot": None}

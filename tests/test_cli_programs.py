@@ -80,7 +80,11 @@ def test_replay_rank_and_export_program_artifact(run, env, tmp_path):
     folder = tmp_path / "prog-best"
     rule = json.loads((folder / "rule.json").read_text())
     assert rule["kind"] == "program" and rule["source"].startswith("def ")
-    assert json.loads((folder / "metrics.json").read_text())["heldout"]["rows"]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    rules = {r["rule"] for r in metrics["heldout"]["rows"]}
+    assert any(r.endswith("(lr tuned)") for r in rules)  # like for like with tuned baselines
+    assert 0 <= metrics["search"]["cache_hit_rate"] <= 1
+    assert metrics["search"]["after_search"]["finalists"]
     assert "```\ndef " in (folder / "README.md").read_text()
     again = strict_json(lab(["inspect", str(folder), "--json"], env).stdout)
     assert again["hash"] == rule["hash"] and again["source"] == rule["source"]
@@ -104,3 +108,9 @@ def test_program_search_config_errors_exit_2(env, tmp_path):
     cfg.write_text("kind: program\nrule:\n  seed: adamx\nsearch:\n  sigma: 0.1\n")
     proc = lab(["launch", str(cfg)], env, check=False)
     assert proc.returncode == 2 and "search.sigma: unknown key" in proc.stderr
+
+
+def test_tune_lr_is_for_programs(env):
+    proc = lab(["replay", "baseline:adam", "--suite", "smoke", "--seeds", "1", "--tune-lr"], env,
+               check=False)
+    assert proc.returncode == 2 and "--tune-lr" in proc.stderr
