@@ -133,7 +133,7 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
                                             cfg.evaluator.memory_mb)
                            for t in scorer.trains.values())
     metrics_path = store.run_dir(run_id) / "metrics.jsonl"
-    _truncate_metrics(metrics_path, first)
+    truncate_metrics(metrics_path, first)
     best_so_far = float("inf")
     with GenerationProgress(cfg.search.generations) as progress, open(metrics_path, "a") as mf:
         for g in range(first, cfg.search.generations):
@@ -208,8 +208,8 @@ def _resume(cfg: Config, store: Store, run_id: str, setup: Setup,
     return ckpt.restore(step, state), step + 1
 
 
-def _truncate_metrics(path, first: int) -> None:
-    """Drops the lines of generations that a resumed run is about to redo."""
+def truncate_metrics(path, first: int) -> None:
+    """Drops the lines of generations that a resumed run (of any kind) is about to redo."""
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["generation"] < first]

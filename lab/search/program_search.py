@@ -10,6 +10,7 @@ from lab.console import log
 from lab.fitness import SuiteScorer
 from lab.progress import GenerationProgress
 from lab.references import LR_GRID, References
+from lab.rules.program.program import symbolic_hash
 from lab.search import finalize
 from lab.search.evolution import (
     Evolution,
@@ -47,6 +48,7 @@ def scorer_at(cfg, setup, budget: int, scale: int = 1, rule=None) -> SuiteScorer
 
 def run_program_search(cfg, store, run_id: str, setup) -> float:
     """The generation loop; returns the best final score."""
+    from lab.launch import truncate_metrics
     start, where = describe_start(cfg)
     short = short_scorer(cfg, setup)
     evo = Evolution(cfg, store, run_id, setup.scorer, short, start)
@@ -65,7 +67,7 @@ def run_program_search(cfg, store, run_id: str, setup) -> float:
     if doc is not None:
         evo.cache.load([m.key for m in evo.population], "full")
     metrics_path = run_dir / "metrics.jsonl"
-    _truncate(metrics_path, first)
+    truncate_metrics(metrics_path, first)
     validation = finalize.MetaValidation(cfg, setup, evo) if cfg.search.meta_validate_every \
         else None
     with GenerationProgress(cfg.search.generations) as progress, open(metrics_path, "a") as mf:
@@ -80,7 +82,7 @@ def run_program_search(cfg, store, run_id: str, setup) -> float:
                     seen.add(m.key)
                     candidates.append(candidate_row(m.program, m.key, m.parent, evo.length,
                                                     evo.cache.symbolic.get(
-                                                        _sym(m.program), (None, None))[1]))
+                                                        symbolic_hash(m.program), (None, None))[1]))
             members = [{"hash": m.key, "fitness": m.fitness, "generation": g}
                        for m in out["members"]]
             if g == 0:
@@ -99,17 +101,3 @@ def run_program_search(cfg, store, run_id: str, setup) -> float:
             mf.flush()
             progress.update(g, stats, extra["best_so_far"])
     return finalize.finish(cfg, store, run_id, setup, evo, validation)
-
-
-def _sym(p):
-    from lab.rules.program.program import symbolic_hash
-    return symbolic_hash(p)
-
-
-def _truncate(path, first: int) -> None:
-    if not path.exists():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if json.loads(ln)["generation"] < first]
-    path.write_text("".join(ln + "\n" for ln in keep))
-
-
