@@ -8,6 +8,9 @@ and everything else on stderr. Modules are imported lazily, so listing benchmark
 from __future__ import annotations
 
 import importlib
+import json
+import sys
+from collections.abc import Callable
 
 # name -> module path; the module defines ``main(argv: list[str]) -> int``.
 BENCHMARKS: dict[str, str] = {
@@ -28,3 +31,12 @@ def run_benchmark(name: str, argv: list[str]) -> int:
                          f"(known benchmarks: {', '.join(sorted(BENCHMARKS))})")
     module = importlib.import_module(BENCHMARKS[name])
     return int(module.main(list(argv)) or 0)
+
+
+def emit(result: dict, as_json: bool, table: Callable[[dict], None]) -> None:
+    """One strict JSON document on stdout (``--json``), else the human table."""
+    if as_json:
+        sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
+        sys.stdout.flush()
+    else:
+        table(result)

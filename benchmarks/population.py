@@ -21,7 +21,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -230,11 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = run(populations=args.populations, task=args.task, seeds=args.seeds,
                  steps=args.steps, repeats=args.repeats)
-    if args.json:
-        sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
-        sys.stdout.flush()
-    else:
-        _table(result)
+    from benchmarks import emit
+    emit(result, args.json, _table)
     if not result["agree"]:
         _log(f"population benchmark: evaluator and loop final losses differ "
              f"(max rel diff {result['max_rel_diff']:.2e} > rtol {RTOL})")

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -454,11 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SearchUnavailable as e:
         _log(f"programs benchmark: {e}")
         return 2
-    if args.json:
-        sys.stdout.write(json.dumps(result, allow_nan=False) + "\n")
-        sys.stdout.flush()
-    else:
-        _table(result)
+    from benchmarks import emit
+    emit(result, args.json, _table)
     if not result["agree"]:
         _log(f"programs benchmark: interpreter and optax Adam final losses differ "
              f"(max rel diff {_fmt_rel(result['max_rel_diff'])}, rtol {RTOL})")

@@ -55,6 +55,7 @@ class FunctionCache:
     def __init__(self, store, contexts, max_evals: int):
         self.store, self.contexts, self.max_evals = store, contexts, max_evals
         self.symbolic: dict[str, tuple[str, np.ndarray]] = {}
+        self.fingerprints: dict[str, np.ndarray] = {}  # evaluation key -> fingerprint
         self.scores: dict[str, list[float]] = {}
         self.metrics: dict[str, dict] = {}
         self.failed: dict[str, float] = {}  # cut by the hurdle -> the fitness it stands at
@@ -135,6 +136,7 @@ class Evolution:
             for h, (fp, _, key) in zip(todo, hashing.fingerprints(self.rule, genomes),
                                        strict=True):
                 self.cache.symbolic[h] = (key, fp)
+                self.cache.fingerprints.setdefault(key, fp)
         return [self.cache.symbolic[h][0] for h in syms]
 
     # ---- scoring ------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ class Evolution:
             self.full_window.append(r["fitness"])
         fit = self.cache.fitness(key)
         self.population = deque(Member(self.start, key, fit, -1) for _ in range(self.s.population))
-        self.best = self.population[0]
+        self.best = self.seed_member = self.population[0]
         return rows
 
     def tournament(self) -> Member:

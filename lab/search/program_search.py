@@ -10,7 +10,6 @@ from lab.console import log
 from lab.fitness import SuiteScorer
 from lab.progress import GenerationProgress
 from lab.references import LR_GRID, References
-from lab.rules.program.program import symbolic_hash
 from lab.search import finalize
 from lab.search.evolution import (
     Evolution,
@@ -75,26 +74,19 @@ def run_program_search(cfg, store, run_id: str, setup) -> float:
             out = evo.step(g)
             stats, extra = out["stats"], out["extra"]
             evaluations = seeded + out["evaluations"]
-            seeded = []
-            seen, candidates = set(), []
-            for m in out["members"] + ([evo.population[0]] if g == 0 else []):
-                if m.key not in seen:
-                    seen.add(m.key)
-                    candidates.append(candidate_row(m.program, m.key, m.parent, evo.length,
-                                                    evo.cache.symbolic.get(
-                                                        symbolic_hash(m.program), (None, None))[1]))
-            members = [{"hash": m.key, "fitness": m.fitness, "generation": g}
-                       for m in out["members"]]
-            if g == 0:
-                members.append({"hash": evo.population[0].key,
-                                "fitness": evo.population[0].fitness, "generation": 0})
+            seeded_now, seeded = doc is None, []
+            joined = out["members"] + ([evo.seed_member] if g == 0 and seeded_now else [])
+            candidates = [candidate_row(m.program, m.key, m.parent, evo.length,
+                                        evo.cache.fingerprints.get(m.key))
+                          for m in {m.key: m for m in reversed(joined)}.values()]
+            members = [{"hash": m.key, "fitness": m.fitness, "generation": g} for m in joined]
             if validation is not None and (g + 1) % cfg.search.meta_validate_every == 0:
                 extra["meta_validation"] = validation.check(g)
             if cfg.output.checkpoint_every and ((g + 1) % cfg.output.checkpoint_every == 0
                                                 or g + 1 == cfg.search.generations):
                 stats["checkpoint"] = save_state(ckpt_dir, g, evo.state(g))
-            hits = [m.key for m in out["members"] if m.key not in {e["hash"] for e in
-                                                                    out["evaluations"]}]
+            evaluated = {e["hash"] for e in out["evaluations"]}
+            hits = [m.key for m in out["members"] if m.key not in evaluated]
             store.record_generation(run_id, g, candidates, evaluations, members, stats, hits,
                                     context=evo.context("full", 0))
             mf.write(json.dumps({"generation": g, **stats, **extra}) + "\n")
