@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 # name -> module path; the module defines ``main(argv: list[str]) -> int``.
 BENCHMARKS: dict[str, str] = {
+    "lopt": "benchmarks.lopt",
     "population": "benchmarks.population",
     "programs": "benchmarks.programs",
 }

@@ -81,6 +81,8 @@ def cmd_replay(args) -> int:
     from lab.targets import resolve
     if args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: must be at least 1")
+    if args.horizon_scale < 1:
+        raise UsageError(f"--horizon-scale {args.horizon_scale}: must be at least 1")
     baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     from lab.rules.baselines import spec_for
     for b in baselines:
@@ -92,9 +94,10 @@ def cmd_replay(args) -> int:
         folder = (store.run_dir(target.run["id"]) if target.run is not None
                   else store.path.parent / "replays")
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.label)[:60]
-        plot = Path(folder) / f"replay-{slug}-{args.suite}.png"
+        scale = f"-x{args.horizon_scale}" if args.horizon_scale > 1 else ""
+        plot = Path(folder) / f"replay-{slug}-{args.suite}{scale}.png"
         doc = replay(target, args.suite, args.seeds, baselines, store, make_mesh(args.devices),
-                     plot=plot, tune_lr=args.tune_lr)
+                     plot=plot, tune_lr=args.tune_lr, horizon_scale=args.horizon_scale)
 
     def human(doc):
         from lab.tables import replay_table
@@ -191,13 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_inspect)
 
-    s = common(sub.add_parser("replay", help="re-run a candidate on held-out tasks"))
+    s = common(sub.add_parser("replay", help="re-run a candidate on held-out tasks: "
+                              "normalized scores and speedups against tuned baselines"))
     s.add_argument("target")
     s.add_argument("--suite", default="heldout")
     s.add_argument("--seeds", type=int, default=5)
     s.add_argument("--baselines", default="adam,adamw,lion")
     s.add_argument("--tune-lr", action="store_true",
                    help="also tune the target's learning rate per task (programs)")
+    s.add_argument("--horizon-scale", type=int, default=1, metavar="K",
+                   help="run every task for K times its default steps, against baselines "
+                   "tuned at that budget (tuned on the learning-rate grid on first use and "
+                   "cached in the store: costly, a grid of runs per task and baseline)")
     s.add_argument("--devices", type=int, default=0, help="devices in the mesh (0 = all)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_replay)

@@ -140,7 +140,34 @@ class ProgramRuleConfig:
         return []
 
 
-RULE_CONFIGS: dict[str, type] = {"baseline": BaselineRuleConfig, "program": ProgramRuleConfig}
+@dataclasses.dataclass(frozen=True)
+class LearnedRuleConfig:
+    """The ``rule`` section for ``kind: learned``: the learned optimizer's features and network
+    (``lab.rules.learned.Features``) and where its weights start."""
+
+    hidden: int = _field(16, ge=1)  # width of each hidden layer
+    depth: int = _field(2, ge=0)  # hidden layers
+    momenta: tuple[float, ...] = _field((0.5, 0.9, 0.99, 0.999), ge=0, lt=1, nonempty=True)
+    rms: float = _field(0.999, ge=0, lt=1)  # decay of the second moments
+    factored: bool = True  # Adafactor row/column second moments for matrices
+    scales: bool = True  # per-tensor log RMS(p) and log RMS(g) features
+    taus: tuple[float, ...] = _field((1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0), gt=0)
+    step: float = _field(1e-3, gt=0)  # initial step multiplier exp(log_step)
+    exp_mult: float = _field(1e-3, ge=0)  # step = d * exp(exp_mult * m) * exp(log_step)
+    init: str = _field("adam", choices=lambda: ("adam", "random"), what="init")  # "adam": the
+    # direction's skip weight on Adam's direction starts at 1 (the rule starts as Adam at
+    # ``step``); "random": every skip starts at 0
+    init_seed: int = 0  # PRNG seed of the initial weights
+    lr: float = _field(1.0, gt=0)  # outer learning rate (Ctx.lr)
+
+    def features(self):
+        from lab.rules.learned import Features
+        return Features(self.hidden, self.depth, self.momenta, self.rms, self.factored,
+                        self.scales, self.taus, self.step, self.exp_mult)
+
+
+RULE_CONFIGS: dict[str, type] = {"baseline": BaselineRuleConfig, "program": ProgramRuleConfig,
+                                 "learned": LearnedRuleConfig}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +240,46 @@ class EvolutionConfig:
         return []
 
 
-SEARCH_CONFIGS: dict[str, type] = {"baseline": SearchConfig, "program": EvolutionConfig}
+def _meta_losses() -> Collection[str]:
+    return importlib.import_module("lab.unroll").META_LOSSES
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaTrainConfig(SearchConfig):
+    """The ``search`` section for ``kind: learned``: ES over the network's weights, scored on
+    truncated unrolls of the suite's tasks.
+
+    References: Metz et al. 2019 (arXiv 1810.10180); Vicol et al. 2021 (arXiv 2112.13835).
+    """
+
+    population: int = _field(32, ge=2)
+    generations: int = _field(100, ge=1)
+    sigma: float = _field(0.01, gt=0)  # perturbation of every weight
+    lr: float = _field(0.01, gt=0)
+    unroll: int = _field(20, ge=1)  # inner steps per truncation (static)
+    horizon_min: int = _field(100, ge=1)  # inner-run horizons, log-uniform, in multiples of
+    horizon_max: int = _field(1000, ge=1)  # ``unroll``; a dynamic input (no recompiles)
+    meta_loss: str = _field("mean_loss", choices=lambda: _meta_losses(), what="meta_loss")
+    persistent: bool = False  # PES: accumulated perturbations per member, reset with its run
+    validate_every: int = _field(10, ge=0)  # the ES mean on full runs (fixed seeds); 0: at end
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.horizon_max < self.horizon_min:
+            out.append(("horizon_max", f"{self.horizon_max} is below horizon_min "
+                                       f"{self.horizon_min}"))
+        if self.horizon_max < self.unroll:
+            out.append(("horizon_max", f"{self.horizon_max} is shorter than one unroll "
+                                       f"({self.unroll} steps)"))
+        if self.persistent and self.strategy != "Open_ES":
+            out.append(("persistent", f"persistent ES estimates its gradient from accumulated "
+                                      f"perturbations, which needs Open_ES, not "
+                                      f"{self.strategy}"))
+        return out
+
+
+SEARCH_CONFIGS: dict[str, type] = {"baseline": SearchConfig, "program": EvolutionConfig,
+                                   "learned": MetaTrainConfig}
 
 
 @dataclasses.dataclass(frozen=True)

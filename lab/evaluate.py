@@ -35,7 +35,7 @@ TrainFn = Callable[[Any, jax.Array], Metrics]
 
 
 def make_train(task: Task, rule: UpdateRule, steps: int | None = None, lr: float = 1.0,
-               unroll: int = 1) -> TrainFn:
+               unroll: int = 1, curve_points: int = CURVE_POINTS) -> TrainFn:
     """One inner training run of ``task`` with one genome of ``rule``, as a pure function.
 
     Args:
@@ -44,15 +44,20 @@ def make_train(task: Task, rule: UpdateRule, steps: int | None = None, lr: float
       steps: the horizon (inner steps); defaults to ``task.steps``.
       lr: the outer learning rate passed in ``Ctx.lr``.
       unroll: ``lax.scan`` unroll length (static).
+      curve_points: segments of ``curve`` (static); ``curve_points=steps`` gives the loss of
+        every step (replay's speedups). The default keys cached scores: leave it for searches.
 
     Returns:
       ``train(genome, key) -> metrics`` with scalar ``final_loss`` (mean training loss over the
       last tenth of the run), ``mean_loss``, ``eval_loss`` (held-out split, else ``final_loss``),
-      ``curve`` ([CURVE_POINTS] mean loss per equal segment) and ``diverged`` (bool).
+      ``curve`` ([curve_points] mean loss per equal segment) and ``diverged`` (bool).
     """
     steps = int(steps or task.steps)
     tail = max(1, steps // 10)
-    seg = max(1, steps // CURVE_POINTS)
+    points = int(curve_points)
+    if points < 1:
+        raise ValueError(f"curve_points={curve_points}: must be at least 1")
+    seg = max(1, steps // points)
 
     def train(genome, key: jax.Array) -> Metrics:
         k_init, k_data = jax.random.split(key)
@@ -71,8 +76,8 @@ def make_train(task: Task, rule: UpdateRule, steps: int | None = None, lr: float
                                            jnp.arange(steps, dtype=jnp.int32), unroll=unroll)
         final = jnp.mean(losses[-tail:])
         ev = task.eval_loss(params) if task.eval_loss is not None else final
-        curve = jnp.mean(losses[: seg * CURVE_POINTS].reshape(CURVE_POINTS, seg), axis=1) \
-            if steps >= CURVE_POINTS else jnp.resize(losses, (CURVE_POINTS,))
+        curve = jnp.mean(losses[: seg * points].reshape(points, seg), axis=1) \
+            if steps >= points else jnp.resize(losses, (points,))
         finite_params = jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
                                            for x in jax.tree.leaves(params)]))
         diverged = ~(jnp.all(jnp.isfinite(losses)) & jnp.isfinite(ev) & finite_params)

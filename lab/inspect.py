@@ -1,16 +1,24 @@
 """`lab inspect`: a run's best candidates, or one candidate: readable form, hash, equals,
-closest, scores, lineage; for a run also a PNG of fitness over generations."""
+closest, scores, lineage; for a run also a PNG of fitness over generations; for a learned rule
+its features, a summary of its behaviour and a PNG of it (``lab.rules.learned_view``)."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
+
+import numpy as np
 
 from lab import treeio
+from lab.console import log
 from lab.hashing import describe_function
 from lab.rules import source_of
 from lab.store import Store, StoreError
 from lab.targets import Target, resolve
+
+# The inner problem a learned rule's effective step is measured on (its default budget).
+BEHAVIOUR_TASK = "digits_mlp"
 
 
 def function_info(target: Target, store: Store | None) -> dict:
@@ -50,7 +58,52 @@ def candidate_doc(target: Target, store: Store | None) -> dict:
     if target.artifact is not None:
         doc["artifact"] = str(target.artifact)
     doc.update(_text_forms(target))
+    if target.rule.kind == "learned":
+        doc.update(_learned_behaviour(target, store, info["hash"]))
     return doc
+
+
+def _learned_behaviour(target: Target, store: Store | None, hash_: str) -> dict:
+    """``features``, ``behaviour`` (update against gradient at a few momentum values, effective
+    step over a training run of ``BEHAVIOUR_TASK``, tuned Adam's lr) and ``plot`` (the PNG)."""
+    from lab.plots import learned_behaviour
+    from lab.rules import learned_view as view
+    from lab.rules.learned import features_of
+    from tasks import get_task
+    task = get_task(BEHAVIOUR_TASK)
+    steps = view.effective_step(target.rule, target.genome, task, lr=target.lr)
+    mid = task.steps // 2
+    # probe the update at the gradient and parameter scales the run sees at mid-training
+    scale, p_scale = (float(x) if np.isfinite(x) and x > 0 else 1.0
+                      for x in (steps["rms_grad"][mid], steps["rms_param"][mid]))
+    curves = view.delta_vs_gradient(target.rule, target.genome, lr=target.lr, step=mid,
+                                    horizon=task.steps, scale=scale, p_scale=p_scale)
+    reference = view.adam_reference(task, task.steps, steps["seeds"])
+    doc = {"features": list(features_of(target.rule).names),
+           "behaviour": view.summary(curves, steps, reference), "plot": None}
+    for path in _plot_paths(target, store, hash_):
+        try:
+            doc["plot"] = str(learned_behaviour(
+                curves, steps, path, f"{target.label} ({target.rule.name})",
+                None if reference is None else reference["lr"]))
+            break
+        except OSError as e:  # e.g. a read-only artifact folder: try the next place
+            log(f"inspect: cannot write {path} ({e})")
+    return doc
+
+
+def _plot_paths(target: Target, store: Store | None, hash_: str) -> list[Path]:
+    """Where a learned rule's behaviour PNG goes, in order of preference: beside its artifact,
+    in its run's folder, in ``<store folder>/inspect/``."""
+    name = f"behaviour-{hash_[:16]}.png"
+    paths = []
+    if target.artifact is not None:
+        paths.append(Path(target.artifact) / "behaviour.png")
+    if store is not None:
+        if target.run is not None:
+            paths.append(store.run_dir(target.run["id"]) / name)
+        paths.append(store.path.parent / "inspect" / name)
+    return paths
 
 
 def _text_forms(target: Target) -> dict:

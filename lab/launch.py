@@ -39,6 +39,12 @@ def rule_from_config(cfg: Config) -> UpdateRule:
     if cfg.kind == "program":
         from lab.rules.program import program_rule
         return program_rule()
+    if cfg.kind == "learned":
+        from lab.rules.learned import init_genome, learned_rule
+        features = cfg.rule.features()
+        genome = init_genome(features, jax.random.key(cfg.rule.init_seed),
+                             skip="adam" if cfg.rule.init == "adam" else None)
+        return learned_rule(features, genome)
     raise ValueError(f"kind {cfg.kind!r} has no search yet")
 
 
@@ -125,7 +131,7 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
                      cfg.search.elite_ratio)
     key = jax.random.key(cfg.search.seed)
     state = es.init(spec, jax.random.fold_in(key, 0), flat.flat)
-    state, first = _resume(cfg, store, run_id, setup, state)
+    state, first = resume_state(cfg, store, run_id, setup, state)
     slots = np.asarray(es.task_key_index(spec))
     if cfg.evaluator.memory_mb > 0:
         probe = flat.population(np.asarray(flat.flat)[None])
@@ -189,19 +195,24 @@ def _program_search(cfg: Config, store: Store, run_id: str, setup: Setup) -> flo
     return run_program_search(cfg, store, run_id, setup)
 
 
+def _meta_training(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
+    from lab.search.lopt import run_meta_training
+    return run_meta_training(cfg, store, run_id, setup)
+
+
 # kind -> the search loop: (cfg, store, run id, setup) -> best final score
-SEARCHES = {"baseline": run_es, "program": _program_search}
+SEARCHES = {"baseline": run_es, "program": _program_search, "learned": _meta_training}
 
 
-def _resume(cfg: Config, store: Store, run_id: str, setup: Setup,
-            state: Any) -> tuple[Any, int]:
-    """(state, first generation): restored from the newest checkpoint the store also recorded."""
+def resume_state(cfg: Config, store: Store, run_id: str, setup: Setup,
+                 state: Any) -> tuple[Any, int]:
+    """(state, first generation): the search state of any kind restored from the newest orbax
+    checkpoint that the store also recorded (``state`` is the template, and the answer for a
+    new run); sets ``setup.checkpoints`` when the config asks for checkpoints."""
     if not cfg.output.checkpoint_every:
         return state, 0
     setup.checkpoints = ckpt = Checkpoints(store.run_dir(run_id) / "checkpoints")
-    done = [g["idx"] for g in store.generations(run_id) if g["checkpoint"]]
-    step = ckpt.latest(at_most=max(done)) if done else None
-    ckpt.drop_after(-1 if step is None else step)  # written but never committed to the store
+    step = ckpt.resume_step(g["idx"] for g in store.generations(run_id) if g["checkpoint"])
     if step is None:
         return state, 0
     log(f"resuming run {run_id} after generation {step + 1} from {ckpt.folder}")

@@ -27,6 +27,8 @@ class GenerationProgress:
     def update(self, generation: int, stats: dict, best_so_far: float) -> None:
         info = (f"best {stats['best']:.4f} (so far {best_so_far:.4f})  mean {stats['mean']:.4f}  "
                 f"hit rate {stats['hit_rate']:.0%}  {stats['candidates_per_s']:.1f} cand/s")
+        if stats.get("diverged") is not None:
+            info += f"  diverged {stats['diverged']:.0%}"
         if self._progress is not None:
             self._progress.update(self._task, completed=generation + 1, info=info)
         else:

@@ -22,7 +22,7 @@ from typing import Any
 
 from lab.jsonio import dumps
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
 _MAX_VARS = 500  # "?" per statement; old SQLite builds allow 999
 _PREFIX_END = "\U0010ffff"  # ref <= id < ref + this: every id that starts with ref, indexed
@@ -50,7 +50,8 @@ CREATE TABLE evaluations (
 CREATE TABLE generations (
   run_id TEXT NOT NULL REFERENCES runs(id), idx INTEGER NOT NULL, best REAL, mean REAL,
   hits INTEGER, misses INTEGER, hit_rate REAL, evaluated INTEGER, seconds REAL,
-  candidates_per_s REAL, checkpoint TEXT, created REAL, PRIMARY KEY (run_id, idx));
+  candidates_per_s REAL, checkpoint TEXT, created REAL, diverged REAL,
+  PRIMARY KEY (run_id, idx));
 CREATE TABLE refs (
   task TEXT NOT NULL, budget INTEGER NOT NULL, seeds INTEGER NOT NULL, optimizer TEXT NOT NULL,
   context TEXT NOT NULL, lr REAL, final_loss REAL, losses TEXT, created REAL,
@@ -81,7 +82,10 @@ def _int(x: Any) -> int | None:
 
 _GEN_STATS = {"best": _real, "mean": _real, "hits": _int, "misses": _int, "hit_rate": _real,
               "evaluated": _int, "seconds": _real, "candidates_per_s": _real,
-              "checkpoint": lambda x: None if x is None else str(x)}  # fmt: skip
+              "checkpoint": lambda x: None if x is None else str(x),
+              "diverged": _real}  # fmt: skip
+# Earlier schema versions -> the statements that bring a store to the next one.
+_MIGRATIONS = {1: ("ALTER TABLE generations ADD COLUMN diverged REAL",)}
 
 
 def _json(obj: Any) -> str:
@@ -137,6 +141,14 @@ class Store:
                         c.execute(statement)
                     c.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
         version = self.conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+        if version in _MIGRATIONS:
+            with self._transaction() as c:  # re-read: another process may have migrated it
+                version = c.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+                while version in _MIGRATIONS:
+                    for statement in _MIGRATIONS[version]:
+                        c.execute(statement)
+                    version += 1
+                    c.execute("INSERT INTO schema_version VALUES (?)", (version,))
         if version != SCHEMA_VERSION:
             newer = isinstance(version, int) and version > SCHEMA_VERSION
             raise StoreError(
@@ -356,8 +368,10 @@ class Store:
                 finals = [(f, h) for _, h, _, _, f in rows if f is not None]
                 rows = [(r[0], r[1], r[2], r[3]) for r in rows if r[3] is not None]
                 values = [conv(stats.get(k)) for k, conv in _GEN_STATS.items()]
+                columns = ["run_id", "idx", *_GEN_STATS, "created"]
                 c.execute(
-                    f"INSERT OR REPLACE INTO generations VALUES ({', '.join('?' * 12)})",
+                    f"INSERT OR REPLACE INTO generations ({', '.join(columns)}) "
+                    f"VALUES ({', '.join('?' * len(columns))})",
                     (run_id, idx, *values, now),
                 )
                 scored = [(f, h) for _, h, _, f in rows if f is not None]

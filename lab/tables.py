@@ -43,6 +43,11 @@ def _candidate(doc: dict) -> None:
                f"(distance {doc['closest']['distance']:.3g})")
     if doc.get("fitness") is not None:
         _OUT.print(f"  fitness {doc['fitness']:.4f}   outer lr {doc['lr']}")
+    if doc.get("behaviour"):
+        e = doc["behaviour"]["effective_step"]
+        _OUT.print(f"  effective step on {e['task']} {_f(e['values'][0], '{:.3g}')} -> "
+                   f"{_f(e['values'][-1], '{:.3g}')} (mean {_f(e['mean'], '{:.3g}')}; tuned "
+                   f"Adam lr {_f(e['adam_lr'], '{:.3g}')})   plot: {doc.get('plot') or '-'}")
 
 
 def inspect_view(doc: dict) -> None:
@@ -64,14 +69,21 @@ def inspect_view(doc: dict) -> None:
 
 
 def replay_table(doc: dict) -> None:
-    t = Table(title=f"{doc['label']} on {doc['suite']} ({doc['seeds']} seeds): normalized score "
-                    "= log(loss / tuned Adam loss), lower is better")
-    for c in ("task", "rule", "score", "95% interval", "final loss", "eval loss", "lr"):
+    scale = doc.get("horizon_scale", 1)
+    t = Table(title=f"{doc['label']} on {doc['suite']} ({doc['seeds']} seeds"
+                    + (f", {scale}x steps" if scale != 1 else "") + "): normalized score "
+                    "= log(loss / tuned Adam loss), lower is better; speedup = steps / steps "
+                    "to reach tuned Adam's final loss")
+    for c in ("task", "rule", "steps", "score", "95% interval", "speedup", "final loss",
+              "eval loss", "lr"):
         t.add_column(c)
     for r in doc["rows"]:
         lo, hi = r["ci95"]
-        t.add_row(r["task"], r["rule"], f"{r['score']:+.3f}",
+        speed = r.get("speedup")
+        t.add_row(r["task"], r["rule"], str(r.get("steps", "-")), f"{r['score']:+.3f}",
                   "-" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]",
+                  f"{speed:.2f}x" if speed is not None else
+                  "diverged" if r["diverged"] else "never",
                   f"{r['final_loss']:.4g}", f"{r['eval_loss']:.4g}", _f(r["lr"], "{:.3g}"))
     _OUT.print(t)
     for rule, s in doc["summary"].items():

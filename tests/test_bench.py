@@ -73,7 +73,7 @@ def test_unknown_benchmark_names_known_ones():
     assert "population" in benchmarks.BENCHMARKS
     with pytest.raises(ValueError, match="population"):
         benchmarks.run_benchmark("populaton", [])
-    with pytest.raises(ValueError, match="known benchmarks: population"):
+    with pytest.raises(ValueError, match="known benchmarks: lopt, population"):
         benchmarks.run_benchmark("zzz", [])
 
 
@@ -224,3 +224,76 @@ def test_programs_cache_hit_rate_sums_generations(monkeypatch):
 
 def test_programs_registered():
     assert benchmarks.BENCHMARKS["programs"] == "benchmarks.programs"
+
+
+# ---- lopt ----------------------------------------------------------------------------------
+from benchmarks import lopt  # noqa: E402
+
+LOPT_GATED = ("inner_steps_per_second", "cost_vs_adam")
+LOPT_NUMBERS = ("adam_inner_steps_per_second", "learned_inner_steps_per_second",
+                "seconds_per_call", "adam_seconds_per_call", "compile_seconds",
+                "adam_compile_seconds", "first_call_seconds", "adam_first_call_seconds",
+                "start_seconds", "adam_start_seconds", "total_seconds")
+
+
+@pytest.fixture(scope="module")
+def lopt_result():
+    return lopt.run(tasks=("quadratic_ill_8",), population=2, unroll=3, repeats=1, hidden=4,
+                    depth=1, devices=1)
+
+
+def test_lopt_result_contract(lopt_result):
+    r = lopt_result
+    assert r["benchmark"] == "lopt"
+    assert r["tasks"] == ["quadratic_ill_8"]
+    assert (r["population"], r["unroll"], r["repeats"], r["devices"]) == (2, 3, 1, 1)
+    assert r["inner_steps_per_call"] == 2 * 1 * 3
+    assert r["rule"] == "mlp(hidden=4,depth=1)"
+    assert isinstance(r["device"], str) and r["device"]
+    assert isinstance(r["backend"], str) and r["backend"]
+    for key in LOPT_GATED + LOPT_NUMBERS:
+        assert _plain_number(r[key]) and r[key] > 0, (key, r[key])
+    assert r["inner_steps_per_second"] == pytest.approx(6 / r["seconds_per_call"])
+    assert r["adam_inner_steps_per_second"] == pytest.approx(6 / r["adam_seconds_per_call"])
+    assert r["cost_vs_adam"] == pytest.approx(
+        r["adam_inner_steps_per_second"] / r["inner_steps_per_second"])
+    assert r["diverged"] == 0 and r["adam_diverged"] == 0
+    assert json.loads(json.dumps(r, allow_nan=False)) == r
+
+
+def test_lopt_main_json_stdout(monkeypatch, capsys, lopt_result):
+    seen = {}
+
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        return lopt_result
+
+    monkeypatch.setattr(lopt, "run", fake_run)
+    code = benchmarks.run_benchmark("lopt", [
+        "--json", "--tasks", "digits_mlp_tiny", "--population", "2", "--unroll", "3",
+        "--repeats", "1"])
+    assert code == 0
+    assert seen == {"tasks": ("digits_mlp_tiny",), "population": 2, "unroll": 3, "repeats": 1,
+                    "hidden": 16, "depth": 2, "devices": 0}
+    out = capsys.readouterr().out
+    assert json.loads(out) == lopt_result  # exactly one document, nothing else on stdout
+    assert out.count("\n") == 1
+    assert lopt.DEFAULT_TASKS == ("digits_mlp", "mnist1d_mlp")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--json", "--population", "0"], "expected a positive integer"),
+    (["--tasks", "digits_mlpp"], "digits_mlp"),  # unknown task: one line, the closest names
+])
+def test_lopt_bad_arguments(capsys, argv, message):
+    try:
+        code = benchmarks.run_benchmark("lopt", argv)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err
+
+
+def test_lopt_registered():
+    assert benchmarks.BENCHMARKS["lopt"] == "benchmarks.lopt"

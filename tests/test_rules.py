@@ -160,6 +160,19 @@ def lion_structure_case() -> RuleCase:
 RULE_CASES += [program_seed_case(), lion_structure_case()]
 
 
+# ---- learned optimizers: a small MLP; Adam's direction at a 0.05 step for the parabola -------
+
+def learned_case() -> RuleCase:
+    from lab.rules.learned import Features, init_genome, learned_rule
+    features = Features(hidden=4, depth=1)
+    population = tuple(init_genome(features, jax.random.key(i)) for i in range(3))
+    converge = {**population[0], "log_step": jnp.asarray(math.log(0.05), jnp.float32)}
+    return RuleCase("learned:mlp", learned_rule(features, population[0]), population, converge)
+
+
+RULE_CASES += [learned_case()]
+
+
 def rule_cases():
     return [pytest.param(c, id=c.id) for c in RULE_CASES]
 

@@ -61,5 +61,11 @@ def _program_from_source(text: str) -> Any:
     return from_source(text)
 
 
+def _learned(name: str) -> UpdateRule:
+    from lab.rules.learned import Features, learned_rule
+    return learned_rule(Features.parse(name))
+
+
 register_kind("baseline", _baseline)
 register_kind("program", _program, (_program_source, _program_from_source))
+register_kind("learned", _learned)

@@ -21,20 +21,23 @@ References: Real et al. 2019, "Regularized Evolution for Image Classifier Archit
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections import deque
-from pathlib import Path
 
 import numpy as np
 
 from lab import hashing, treeio
-from lab.console import log
+from lab.checkpoints import (
+    array_to_strings,
+    generator_state,
+    set_generator_state,
+    strings_to_array,
+)
 from lab.fitness import CLIP, SuiteScorer, row_metrics
 from lab.rules.program import genome_of, program_rule
 from lab.rules.program.mutate import mutate
-from lab.rules.program.program import Program, parse, simplify, symbolic_hash, to_source
+from lab.rules.program.program import Program, simplify, symbolic_hash, to_source
 
 
 @dataclasses.dataclass
@@ -342,29 +345,64 @@ class Evolution:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def state(self, generation: int) -> dict:
-        def member(m: Member) -> dict:
-            return {"source": to_source(m.program), "key": m.key, "fitness": m.fitness,
-                    "born": m.born, "parent": m.parent}
-        return {"generation": generation, "population": [member(m) for m in self.population],
-                "best": member(self.best), "since_best": self.since_best,
-                "restarts": self.restarts, "window": list(self.window),
-                "full_window": list(self.full_window), "failed": self.cache.failed,
-                "rng": self.rng.bit_generator.state}
+        """The search state after ``generation`` as numpy arrays (an orbax checkpoint).
 
-    def restore(self, doc: dict) -> int:
-        def member(d: dict) -> Member:
-            return Member(parse(d["source"]), d["key"], float(d["fitness"]), int(d["born"]),
-                          d["parent"])
-        self.population = deque(member(d) for d in doc["population"])
-        self.best = member(doc["best"])
-        self.since_best, self.restarts = int(doc["since_best"]), int(doc["restarts"])
-        self.window.extend(doc["window"])
-        self.full_window.extend(doc["full_window"])
-        self.cache.failed.update(doc["failed"])
-        self.rng.bit_generator.state = doc["rng"]
-        for m in self.population:
-            self.cache.symbolic.setdefault(symbolic_hash(m.program), (m.key, None))
-        return int(doc["generation"]) + 1
+        ``members``: the population in order, then the best so far: stacked genotypes
+        (``op, a, b, k: [P + 1, L]``, ``out``, ``n``), ``key`` and ``parent`` (rows of ``hashes``,
+        every key the state names as ASCII bytes; -1: none), ``fitness``, ``born``.
+        ``failed``: which hashes the hurdle cut, at what fitness. Then the hurdle's windows
+        (padded), counters and the generator.
+        """
+        members, failed = [*self.population, self.best], self.cache.failed
+        names = list(dict.fromkeys([m.key for m in members] + list(failed) +
+                                   [m.parent for m in members if m.parent is not None]))
+        row = {k: i for i, k in enumerate(names)}
+        length = max(len(m.program) for m in members)
+        genomes = [m.program.to_arrays(length) for m in members]
+        return {
+            "generation": np.asarray(generation, np.int64),
+            "members": {**{f: np.stack([g[f] for g in genomes]) for f in genomes[0]},
+                        "key": np.asarray([row[m.key] for m in members], np.int32),
+                        "parent": np.asarray([row.get(m.parent, -1) for m in members], np.int32),
+                        "fitness": np.asarray([m.fitness for m in members], np.float64),
+                        "born": np.asarray([m.born for m in members], np.int64)},
+            "hashes": strings_to_array(names),
+            "failed": {"cut": np.asarray([k in failed for k in names]),
+                       "fitness": np.asarray([failed.get(k, np.nan) for k in names], np.float64)},
+            "window": _padded(self.window), "full_window": _padded(self.full_window),
+            "since_best": np.asarray(self.since_best, np.int64),
+            "restarts": np.asarray(self.restarts, np.int64), "rng": generator_state(self.rng)}
+
+    def restore(self, tree: dict) -> int:
+        """Puts the search where ``state`` found it; returns the next generation."""
+        names, m = array_to_strings(tree["hashes"]), tree["members"]
+
+        def member(i: int) -> Member:
+            genome = {f: m[f][i] for f in ("op", "a", "b", "k", "out", "n")}
+            parent = int(m["parent"][i])
+            return Member(Program.from_arrays(genome, self.start.name), names[int(m["key"][i])],
+                          float(m["fitness"][i]), int(m["born"][i]),
+                          names[parent] if parent >= 0 else None)
+        *population, self.best = [member(i) for i in range(len(m["key"]))]
+        self.population = deque(population)
+        self.since_best, self.restarts = int(tree["since_best"]), int(tree["restarts"])
+        for window, saved in ((self.window, tree["window"]),
+                              (self.full_window, tree["full_window"])):
+            window.clear()
+            window.extend(saved["values"][:int(saved["size"])].tolist())
+        cut = tree["failed"]
+        self.cache.failed.update({k: float(f) for k, f, c in zip(
+            names, cut["fitness"], cut["cut"], strict=True) if c})
+        set_generator_state(self.rng, tree["rng"])
+        for p in population:
+            self.cache.symbolic.setdefault(symbolic_hash(p.program), (p.key, None))
+        return int(tree["generation"]) + 1
+
+
+def _padded(window: deque) -> dict[str, np.ndarray]:
+    """A bounded deque of floats as ``values: [maxlen] float64`` (NaN-padded) and ``size``."""
+    values = list(window) + [np.nan] * (window.maxlen - len(window))
+    return {"values": np.asarray(values, np.float64), "size": np.asarray(len(window), np.int64)}
 
 
 def candidate_row(m_program: Program, key: str, parent: str | None, length: int,
@@ -375,31 +413,6 @@ def candidate_row(m_program: Program, key: str, parent: str | None, length: int,
             "genome": treeio.tree_to_npz(genome), "readable": to_source(simplify(m_program)),
             "fingerprint": None if fingerprint is None else treeio.tree_to_npz(fingerprint),
             "parent": parent}
-
-
-def save_state(folder: Path, generation: int, doc: dict) -> str:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"evolution-{generation:06d}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)  # atomic: a checkpoint is whole or absent
-    return str(path)
-
-
-def latest_state(folder: Path, at_most: int) -> dict | None:
-    """The newest checkpoint at or before generation ``at_most``; newer ones are deleted (the
-    store never committed them)."""
-    best = None
-    for path in sorted(folder.glob("evolution-*.json")):
-        g = int(path.stem.split("-")[1])
-        if g > at_most:
-            path.unlink()
-        else:
-            best = path
-    if best is None:
-        return None
-    log(f"resuming from {best}")
-    return json.loads(best.read_text())
 
 
 def describe_start(cfg) -> tuple[Program, str]:

@@ -1,0 +1,238 @@
+"""Meta-training learned optimizers: evosax over the network's weights, scored on truncated
+unrolls of the suite's tasks, with per-member inner runs that reset on their own schedule.
+
+Every member carries one inner run per task. Members that share a task-key slot (an antithetic
+pair for Open_ES and PGPE; the whole generation otherwise) share the task's init, its batches,
+the run's horizon and its resets (common random numbers). Horizons are drawn log-uniformly in
+multiples of the unroll, and the first runs start at random offsets, so runs end and restart at
+different generations for different slots (per-member resets, unlike evosax's lockstep PES).
+
+Two estimators:
+- truncated ES (default): the members of a slot start each truncation from one state (the
+  slot's first member's), so a pair's loss difference measures its perturbation over one
+  truncation; the strategy's own ``tell`` takes the population as sampled.
+- persistent ES (``persistent: true``, Open_ES): each member keeps its own run and accumulates
+  its perturbations since that run started; ``tell`` sees ``mean + accumulated`` in place of
+  the population, which turns Open_ES's gradient into PES's (Vicol et al. 2021).
+
+A diverged member scores worst (``+C``) and its slot restarts; the diverged fraction is shown and
+stored with each generation. Every ``validate_every`` generations the ES mean is scored on full
+runs of the suite on the fixed evaluation seeds (the lab's fitness: 0 = tuned Adam), and the best
+such mean is the run's answer. The whole state (ES, inner runs, horizons, accumulators) is
+checkpointed with orbax before the generation's store row.
+
+References:
+  Salimans et al. 2017, https://arxiv.org/abs/1703.03864 (OpenAI-ES);
+  Vicol et al. 2021, https://arxiv.org/abs/2112.13835 (PES);
+  Metz et al. 2019, https://arxiv.org/abs/1810.10180 (truncated meta-training).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lab.console import log
+from lab.fitness import task_keys
+from lab.progress import GenerationProgress
+from lab.rules.base import stack_genomes
+from lab.search import es
+from lab.unroll import make_unroll, start_population, unroll_population
+
+
+def sample_horizon(seed: int, generation: int, slot: int, cfg) -> tuple[int, int]:
+    """(horizon, offset) of a slot's run that starts at ``generation``: the horizon log-uniform
+    in [horizon_min, horizon_max] rounded to whole unrolls; the offset (first runs only) a
+    random whole number of unrolls into it."""
+    s = cfg.search
+    rng = np.random.default_rng([seed, generation, slot])
+    lo, hi = math.log(max(s.horizon_min / s.unroll, 1.0)), math.log(s.horizon_max / s.unroll)
+    n = max(1, int(round(math.exp(rng.uniform(lo, hi)))))
+    offset = int(rng.integers(0, n)) if generation == 0 else 0
+    return n * s.unroll, offset * s.unroll
+
+
+class MetaTraining:
+    """The state and one generation of a meta-training run."""
+
+    def __init__(self, cfg, setup):
+        self.cfg, self.setup = cfg, setup
+        s = cfg.search
+        self.rule, self.scorer = setup.rule, setup.scorer
+        self.flat = es.Flattener.of(self.rule.genome)
+        self.spec = es.ESSpec(s.strategy, s.population, int(self.flat.flat.size), s.sigma, s.lr,
+                              s.optimizer, s.elite_ratio)
+        self.key = jax.random.key(s.seed)
+        self.slots = np.asarray(es.task_key_index(self.spec))
+        self.leader = np.array([int(np.flatnonzero(self.slots == k)[0]) for k in self.slots])
+        self.unrolls = {t.name: make_unroll(t, self.rule, s.unroll, cfg.rule.lr, s.meta_loss,
+                                            self.scorer.refs[t.name])
+                        for t in self.scorer.tasks}
+        pop = s.population
+        genomes = self.flat.population(jnp.repeat(self.flat.flat[None], pop, 0))
+        keys = task_keys(1, pop, 0, self.slots, s.seed)[:, 0]
+        self.state: dict[str, Any] = {
+            "es": es.init(self.spec, jax.random.fold_in(self.key, 0), self.flat.flat),
+            "inner": {n: start_population(u, genomes, keys, setup.mesh)
+                      for n, u in self.unrolls.items()},
+            "t": np.zeros(pop, np.int32), "horizon": np.zeros(pop, np.int32),
+            "reset": np.ones(pop, bool),  # every run starts fresh in generation 0
+            "accum": np.zeros((pop, self.spec.num_dims), np.float32),
+            "best": np.asarray(np.inf, np.float64),
+            "best_mean": np.asarray(self.flat.flat, np.float32),
+        }
+
+    # ---- one generation ----------------------------------------------------------------------
+    def step(self, g: int) -> dict:
+        """Asks, unrolls every task once, tells; returns the generation's stats and fitness."""
+        s, st = self.cfg.search, self.state
+        start = time.perf_counter()
+        k_ask, k_tell = jax.random.split(jax.random.fold_in(self.key, g + 1))
+        flat_pop, st["es"] = es.ask(self.spec, k_ask, st["es"])
+        mean = np.asarray(es.mean_of(self.spec, st["es"]))
+        reset = np.asarray(st["reset"]) | (st["t"] >= st["horizon"])
+        t_start = np.zeros_like(st["t"])
+        horizon = np.array(st["horizon"])
+        for slot in np.unique(self.slots[reset]):
+            h, offset = sample_horizon(s.seed, g, int(slot), self.cfg)
+            horizon[self.slots == slot], t_start[self.slots == slot] = h, offset
+        if s.persistent:
+            accum = np.where(reset[:, None], 0.0, st["accum"])
+            st["accum"] = (accum + (np.asarray(flat_pop) - mean)).astype(np.float32)
+        genomes = self.flat.population(flat_pop)
+        keys = task_keys(1, s.population, g, self.slots, s.seed)[:, 0]
+        losses, diverged = [], []
+        for j, (name, u) in enumerate(self.unrolls.items()):
+            task_key = jax.vmap(lambda k, j=j: jax.random.fold_in(k, j))(keys)
+            inner, m = unroll_population(u, genomes, st["inner"][name], reset, horizon,
+                                         t_start, task_key, self.setup.mesh)
+            if not s.persistent:  # the slot continues from its first member's run
+                inner = jax.tree.map(lambda x: x[self.leader], inner)
+            st["inner"][name] = inner
+            losses.append(np.asarray(m["meta_loss"], np.float64))
+            diverged.append(np.asarray(m["diverged"]))
+        fitness = np.mean(losses, axis=0)
+        bad = np.any(diverged, axis=0)
+        told = mean + st["accum"] if s.persistent else flat_pop
+        st["es"], _ = es.tell(self.spec, k_tell, jnp.asarray(told, jnp.float32),
+                              jnp.asarray(fitness, jnp.float32), st["es"])
+        st["t"] = np.where(reset, t_start, st["t"]) + s.unroll
+        st["horizon"] = horizon
+        # a slot restarts when its carried run diverged (the leader's, or any member's for PES)
+        restart = np.zeros(s.population, bool)
+        for slot in np.unique(self.slots):
+            members = self.slots == slot
+            restart[members] = bad[members].any() if s.persistent else bad[self.leader[members][0]]
+        st["reset"] = restart
+        seconds = time.perf_counter() - start
+        steps = s.population * len(self.unrolls) * s.unroll
+        stats = {"best": float(np.min(fitness)), "mean": float(np.mean(fitness)), "hits": 0,
+                 "misses": s.population, "hit_rate": 0.0, "evaluated": s.population,
+                 "seconds": seconds, "candidates_per_s": s.population / max(seconds, 1e-9),
+                 "diverged": float(np.mean(bad)), "checkpoint": None}
+        extra = {"resets": int(np.sum(reset)), "inner_steps_per_s": steps / max(seconds, 1e-9),
+                 "horizon_mean": float(np.mean(horizon)),
+                 "progress_mean": float(np.mean(st["t"] / np.maximum(horizon, 1)))}
+        return {"stats": stats, "extra": extra}
+
+    # ---- the ES mean on full runs --------------------------------------------------------------
+    def mean_genome(self):
+        return jax.tree.map(np.asarray, self.flat.unravel(es.mean_of(self.spec,
+                                                                     self.state["es"])))
+
+    def score(self, genome) -> tuple[str, float, dict | None]:
+        """(hash, fitness on the fixed seeds, the new evaluation or None if cached)."""
+        from lab.launch import _evaluation, genome_hash
+        h = genome_hash(self.rule, genome)
+        ctx = self.scorer.context.key()
+        cached = self.setup.store.lookup([h], ctx)
+        if h in cached:
+            return h, float(cached[h]["fitness"]), None
+        result = self.scorer.score(stack_genomes([genome]))
+        evaluation = _evaluation(h, ctx, result, 0)
+        return h, evaluation["fitness"], evaluation
+
+    def validate(self) -> tuple[list[dict], list[dict], list[dict], float]:
+        """Scores the ES mean; (candidates, evaluations, members, score); keeps the best."""
+        from lab.launch import _candidate
+        genome = self.mean_genome()
+        h, score, evaluation = self.score(genome)
+        if score < float(self.state["best"]):
+            self.state["best"] = np.asarray(score, np.float64)
+            self.state["best_mean"] = np.asarray(es.mean_of(self.spec, self.state["es"]),
+                                                 np.float32)
+        members = [{"hash": h, "fitness": score}]
+        return [_candidate(self.rule, h, genome)], [evaluation] if evaluation else [], members, \
+            score
+
+    def best_genome(self):
+        return jax.tree.map(np.asarray, self.flat.unravel(jnp.asarray(self.state["best_mean"])))
+
+
+def run_meta_training(cfg, store, run_id: str, setup) -> float:
+    """The generation loop of ``kind: learned``; returns the best final score."""
+    from lab.launch import resume_state, truncate_metrics
+    mt = MetaTraining(cfg, setup)
+    s = cfg.search
+    mt.state, first = resume_state(cfg, store, run_id, setup, mt.state)
+    log(f"meta-training {mt.rule.describe(mt.rule.genome)}: {s.strategy} population "
+        f"{s.population}, sigma {s.sigma}, {'persistent' if s.persistent else 'truncated'} ES, "
+        f"unroll {s.unroll}, horizons {s.horizon_min}-{s.horizon_max}, meta-loss {s.meta_loss}")
+    metrics_path = store.run_dir(run_id) / "metrics.jsonl"
+    truncate_metrics(metrics_path, first)
+    best_so_far = float("inf")
+    with GenerationProgress(s.generations) as progress, open(metrics_path, "a") as mf:
+        for g in range(first, s.generations):
+            out = mt.step(g)
+            stats, extra = out["stats"], out["extra"]
+            candidates, evaluations, members = [], [], []
+            last = g + 1 == s.generations
+            if (s.validate_every and (g + 1) % s.validate_every == 0) or last:
+                candidates, evaluations, members, score = mt.validate()
+                extra["validation"] = score
+                log(f"gen {g + 1}: ES mean on full runs {score:+.4f} (best "
+                    f"{float(mt.state['best']):+.4f}; 0 = tuned Adam)")
+            if setup.checkpoints is not None and (
+                    (g + 1) % cfg.output.checkpoint_every == 0 or last):
+                stats["checkpoint"] = setup.checkpoints.save(g, mt.state)
+            store.record_generation(run_id, g, candidates, evaluations, members, stats,
+                                    context=mt.scorer.context.key())
+            best_so_far = min(best_so_far, stats["best"])
+            mf.write(json.dumps({"generation": g, **stats, **extra,
+                                 "best_so_far": best_so_far}) + "\n")
+            mf.flush()
+            progress.update(g, stats, best_so_far)
+    return _finish(cfg, store, run_id, mt)
+
+
+def _finish(cfg, store, run_id: str, mt: MetaTraining) -> float:
+    """Records the final ES mean and the best validated mean as finalists (fixed seeds)."""
+    from lab.launch import _candidate
+    finals = {}
+    for genome in (mt.mean_genome(), mt.best_genome()):
+        h, score, evaluation = mt.score(genome)
+        finals.setdefault(h, (genome, score, evaluation))
+    last = cfg.search.generations - 1
+    stats = store.generations(run_id)[-1]
+    stats = {k: stats[k] for k in ("best", "mean", "hits", "misses", "hit_rate", "evaluated",
+                                   "seconds", "candidates_per_s", "checkpoint", "diverged")}
+    store.record_generation(
+        run_id, last, [_candidate(mt.rule, h, g) for h, (g, _, _) in finals.items()],
+        [e for _, _, e in finals.values() if e], [{"hash": h, "final": sc, "generation": last}
+                                                  for h, (_, sc, _) in finals.items()],
+        stats, context=mt.scorer.context.key())
+    scores = [sc for _, sc, _ in finals.values()]
+    log(f"final scores on the fixed evaluation seeds: {', '.join(f'{x:+.4f}' for x in scores)}"
+        f" (ES mean, best validated)")
+    if cfg.output.plots:
+        from lab.plots import fitness_over_generations
+        fitness_over_generations(store.generations(run_id), store.run_dir(run_id) / "fitness.png",
+                                 f"{cfg.name} ({run_id})")
+    return float(min(scores))
+

@@ -1,0 +1,201 @@
+"""Meta-training learned optimizers: truncated unrolls (dynamic horizons, one compilation,
+common random numbers, the NaN policy), per-slot resets, persistent ES's accumulators, and the
+loop through the store."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lab.config import ConfigError, load_config
+from lab.fitness import CLIP, normalized_score
+from lab.launch import build_setup, launch
+from lab.rules.base import stack_genomes
+from lab.rules.learned import Features, init_genome, learned_rule
+from lab.search.lopt import MetaTraining, sample_horizon
+from lab.store import Store
+from lab.unroll import (
+    _compiled,
+    make_unroll,
+    normalized,
+    start_population,
+    unroll_population,
+)
+
+SMOKE = "configs/lopt_smoke.yaml"
+FAST = ["search.generations=2", "search.population=4", "search.validate_every=0",
+        "evaluator.devices=1", "output.plots=false"]
+FEATURES = Features(hidden=4, depth=1)
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(tmp_path / "lab.db") as s:
+        yield s
+
+
+def population(n: int, log_step: float = np.log(1e-2)):
+    genomes = [{**init_genome(FEATURES, jax.random.key(i)),
+                "log_step": jnp.asarray(log_step, jnp.float32)} for i in range(n)]
+    return stack_genomes(genomes)
+
+
+def test_normalized_matches_the_fitness_formula():
+    loss = np.array([0.5, 1.0, 2.0, 1e-12, 1e9, np.nan, np.inf], np.float32)
+    want = normalized_score(loss, np.zeros(loss.shape, bool), ref=0.8, floor=0.1)
+    np.testing.assert_allclose(normalized(jnp.asarray(loss), 0.8, 0.1), want, rtol=1e-5)
+
+
+def test_unroll_carries_state_compiles_once_and_shares_data_within_a_slot(tiny_task,
+                                                                          one_device_mesh):
+    rule = learned_rule(FEATURES)
+    u = make_unroll(tiny_task, rule, 5, 1.0, "mean_loss", ref=0.05)
+    genomes = population(4)
+    # members 0 and 1 share a key (a slot); 2 and 3 share another
+    keys = jax.random.split(jax.random.key(0), 2)[np.array([0, 0, 1, 1])]
+    inner = start_population(u, genomes, keys, one_device_mesh)
+    reset = np.ones(4, bool)
+    inner, m1 = unroll_population(u, genomes, inner, reset, np.full(4, 40), np.zeros(4), keys,
+                                  one_device_mesh)
+    assert np.asarray(inner.t).tolist() == [5] * 4
+    # a second truncation at another horizon continues the runs, with no new compilation
+    inner2, m2 = unroll_population(u, genomes, inner, np.zeros(4, bool), np.full(4, 400),
+                                   np.zeros(4), keys, one_device_mesh)
+    assert np.asarray(inner2.t).tolist() == [10] * 4
+    assert np.all(np.asarray(m2["loss"]) < np.asarray(m1["loss"]))  # training goes on
+    assert _compiled(u.unroll, one_device_mesh, True)._cache_size() == 1
+    # the same genome with the same key is the same run (common random numbers)
+    same = jax.tree.map(lambda x: x[np.array([0, 0, 2, 2])], genomes)
+    fresh = start_population(u, same, keys, one_device_mesh)
+    _, m = unroll_population(u, same, fresh, reset, np.full(4, 40), np.zeros(4), keys,
+                             one_device_mesh)
+    loss = np.asarray(m["meta_loss"])
+    assert loss[0] == loss[1] and loss[2] == loss[3] and loss[0] != loss[2]
+
+
+@pytest.mark.parametrize("meta_loss", ["mean_loss", "final_loss", "eval_loss"])
+def test_diverged_members_score_worst(tiny_task, one_device_mesh, meta_loss):
+    rule = learned_rule(FEATURES)
+    u = make_unroll(tiny_task, rule, 5, 1.0, meta_loss, ref=0.05)
+    genomes = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), population(2),
+                           population(2, log_step=80.0))  # exp(80) overflows float32
+    keys = jax.random.split(jax.random.key(1), 4)
+    inner = start_population(u, genomes, keys, one_device_mesh)
+    _, m = unroll_population(u, genomes, inner, np.ones(4, bool), np.full(4, 20), np.zeros(4),
+                             keys, one_device_mesh)
+    assert np.asarray(m["diverged"]).tolist() == [False, False, True, True]
+    loss = np.asarray(m["meta_loss"])
+    assert np.all(loss[2:] == CLIP) and np.all(np.isfinite(loss)) and np.all(loss[:2] < CLIP)
+
+
+def test_horizons_are_log_uniform_whole_unrolls_and_offsets_only_at_the_start():
+    cfg = load_config(SMOKE, ["search.unroll=10", "search.horizon_min=20",
+                              "search.horizon_max=640"])
+    draws = [sample_horizon(0, g, slot, cfg) for g in range(0, 40) for slot in range(8)]
+    horizons = np.array([h for h, _ in draws])
+    assert np.all(horizons % 10 == 0) and horizons.min() >= 20 and horizons.max() <= 640
+    # log-uniform: about as many below the geometric middle (113) as above
+    assert 0.35 < np.mean(horizons < 113) < 0.65
+    offsets = [(h, o) for g, (h, o) in zip(np.repeat(range(40), 8), draws, strict=True) if g]
+    assert all(o == 0 for _, o in offsets)
+    first = [o for h, o in draws[:8]]
+    assert any(first) and all(o % 10 == 0 for o in first)
+    assert sample_horizon(0, 3, 1, cfg) == sample_horizon(0, 3, 1, cfg)  # reproducible
+
+
+def test_config_refuses_inconsistent_meta_training(tmp_path):
+    with pytest.raises(ConfigError, match="search.persistent.*Open_ES"):
+        load_config(SMOKE, ["search.persistent=true", "search.strategy=PGPE"])
+    with pytest.raises(ConfigError, match="search.horizon_max.*shorter than one unroll"):
+        load_config(SMOKE, ["search.unroll=100", "search.horizon_min=10",
+                            "search.horizon_max=50"])
+    with pytest.raises(ConfigError, match="unknown meta_loss 'final'.*final_loss"):
+        load_config(SMOKE, ["search.meta_loss=final"])
+    with pytest.raises(ConfigError, match="rule.hiden: unknown key; did you mean hidden"):
+        load_config(SMOKE, ["rule.hiden=3"])
+
+
+def test_slots_reset_together_on_divergence_and_at_their_horizon(store):
+    cfg = load_config(SMOKE, FAST)
+    mt = MetaTraining(cfg, build_setup(cfg, store))
+    st = mt.state
+    mt.step(0)
+    assert np.all(st["t"] > 0) and not st["reset"].any()
+    slots = mt.slots
+    # runs of a slot share horizon and step
+    for slot in np.unique(slots):
+        assert len(set(st["horizon"][slots == slot])) == 1 and len(set(st["t"][slots == slot])) == 1
+    # make slot 0's run end now: it restarts next generation, the others continue
+    st["t"][slots == 0] = st["horizon"][slots == 0]
+    before = st["t"].copy()
+    out = mt.step(1)
+    assert out["extra"]["resets"] == int(np.sum(slots == 0))
+    np.testing.assert_array_equal(st["t"][slots != 0], before[slots != 0] + cfg.search.unroll)
+    # a diverging mean: every member diverges, every slot restarts, the fraction is counted
+    flat = np.asarray(st["es"].mean).copy()
+    marker = mt.flat.unravel(jnp.arange(flat.size, dtype=jnp.float32))
+    flat[int(marker["log_step"])] = 80.0
+    st["es"] = st["es"].replace(mean=jnp.asarray(flat))
+    out = mt.step(2)
+    assert out["stats"]["diverged"] == 1.0 and out["stats"]["best"] == CLIP
+    assert st["reset"].all()
+
+
+def test_persistent_es_accumulates_perturbations_until_the_slot_resets(store, monkeypatch):
+    from lab.search import es
+    cfg = load_config(SMOKE, [*FAST, "search.persistent=true", "search.horizon_min=1000",
+                              "search.horizon_max=1000", "search.unroll=5"])
+    mt = MetaTraining(cfg, build_setup(cfg, store))
+    st, seen, ask = mt.state, [], es.ask
+
+    def spy(spec, key, state):
+        pop, state = ask(spec, key, state)
+        seen.append(np.asarray(pop) - np.asarray(state.mean))
+        return pop, state
+    monkeypatch.setattr(es, "ask", spy)
+    mt.step(0)
+    np.testing.assert_allclose(st["accum"], seen[0], atol=1e-6)
+    st["t"][:] = 0  # whatever the first offsets, no run ends within the next generations
+    mt.step(1)
+    np.testing.assert_allclose(st["accum"], seen[0] + seen[1], atol=1e-6)
+    st["reset"][mt.slots == 1] = True  # slot 1's run restarts: its members start over
+    mt.step(2)
+    ones = mt.slots == 1
+    np.testing.assert_allclose(st["accum"][ones], seen[2][ones], atol=1e-6)
+    np.testing.assert_allclose(st["accum"][~ones], (seen[0] + seen[1] + seen[2])[~ones],
+                               atol=1e-6)
+
+
+def test_meta_training_run_is_recorded_and_compiles_once(store, monkeypatch):
+    from lab.search import lopt
+    made = []
+
+    class Spy(lopt.MetaTraining):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            made.append(self)
+    monkeypatch.setattr(lopt, "MetaTraining", Spy)
+    cfg = load_config(SMOKE, ["search.generations=3", "search.validate_every=2",
+                              "evaluator.devices=1", "output.checkpoint_every=1"])
+    run_id = launch(cfg, store, name="lopt")
+    run = store.get_run(run_id)
+    assert run["status"] == "done" and run["kind"] == "learned" and np.isfinite(run["best"])
+    gens = store.generations(run_id)
+    assert [g["idx"] for g in gens] == [0, 1, 2]
+    assert all(g["diverged"] is not None and 0 <= g["diverged"] <= 1 for g in gens)
+    assert all(g["checkpoint"] for g in gens)
+    lines = [json.loads(x) for x in
+             (store.run_dir(run_id) / "metrics.jsonl").read_text().splitlines()]
+    assert [ln["generation"] for ln in lines] == [0, 1, 2]
+    assert all(ln["inner_steps_per_s"] > 0 for ln in lines)
+    assert "validation" in lines[1] and "validation" in lines[2]
+    finals = [m for m in store.best_members(run_id, k=10) if m["final"] is not None]
+    assert finals and run["best"] == min(m["final"] for m in finals)
+    assert finals[0]["kind"] == "learned" and finals[0]["name"] == cfg.rule.features().name
+    # one compiled unroll per task for all three generations
+    for u in made[0].unrolls.values():
+        assert _compiled(u.unroll, made[0].setup.mesh, True)._cache_size() == 1

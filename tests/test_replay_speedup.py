@@ -1,0 +1,142 @@
+"""Replay's speedups (steps to reach tuned Adam's final loss) and longer horizons.
+
+The end-to-end checks run on the smoke suite with 2 seeds, whose references ship for the default
+budgets; the 2x-horizon check tunes its reference on demand, so it runs the target alone on one
+smoke task.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tasks
+from lab.evaluate import CURVE_POINTS, evaluate, make_train
+from lab.fitness import task_keys
+from lab.references import References
+from lab.replay import REACH_TOL, replay, smoothed, speedup
+from lab.rules.base import stack_genomes
+from lab.rules.baselines import make_baseline
+from lab.store import Store
+from lab.targets import resolve
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = [t.name for t in tasks.get_suite("smoke")]
+
+
+def lab_json(args: list[str], tmp_path: Path) -> dict:
+    """``lab ARGS --json`` in a fresh process on one CPU device; its strict JSON document."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1",
+           "LAB_JAX_CACHE": str(tmp_path / "jax-cache"),
+           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    proc = subprocess.run([sys.executable, "-m", "lab.cli", *args, "--json"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+
+    def refuse(c):
+        raise ValueError(f"non-strict JSON constant {c}")
+    return json.loads(proc.stdout, parse_constant=refuse)
+
+
+def test_make_train_default_curve_unchanged(tiny_task, one_device_mesh):
+    rule = make_baseline("adam", {"learning_rate": 0.05})
+    genomes, keys = stack_genomes([rule.genome]), task_keys(2, 1)
+    default = evaluate(make_train(tiny_task, rule), genomes, keys, one_device_mesh)
+    fine = evaluate(make_train(tiny_task, rule, curve_points=tiny_task.steps), genomes, keys,
+                    one_device_mesh)
+    assert default["curve"].shape == (1, 2, CURVE_POINTS)
+    assert fine["curve"].shape == (1, 2, tiny_task.steps)
+    for k in ("final_loss", "mean_loss", "eval_loss", "diverged"):
+        np.testing.assert_array_equal(default[k], fine[k])
+    seg = tiny_task.steps // CURVE_POINTS
+    np.testing.assert_allclose(fine["curve"][0].reshape(2, CURVE_POINTS, seg).mean(-1),
+                               default["curve"][0], rtol=1e-6)
+    tail = tiny_task.steps // 10
+    np.testing.assert_allclose(smoothed(fine["curve"][0, 0], tail)[-1],
+                               default["final_loss"][0, 0], rtol=1e-6)
+
+
+def test_speedup_definition():
+    steps = 100
+    ramp = np.maximum(1.0 - np.arange(1, steps + 1) / 50, 0.0) + 0.1  # flat at 0.1 from step 50
+    ref = 0.1
+    first, fast = speedup(ramp[None], np.zeros(1, bool), ref)
+    # the trailing mean over 10 steps is at 0.1 from step 59 on
+    assert first == 59 and fast == pytest.approx(steps / 59)
+    # a curve whose last tenth averages to ref reaches it at the last step: speedup 1
+    adam = np.linspace(1.0, ref, steps)
+    adam[-10:] = ref
+    assert speedup(adam[None], np.zeros(1, bool), ref) == (steps, 1.0)
+    # one dip below ref that does not last does not count
+    dip = np.full(steps, 2 * ref)
+    dip[30:40] = 0.0
+    assert speedup(dip[None], np.zeros(1, bool), ref) == (None, None)
+    # float error within REACH_TOL still reaches; a diverged seed never does
+    assert speedup(np.full((2, steps), ref * (1 + REACH_TOL / 2)), np.zeros(2, bool),
+                   ref)[0] == 1
+    assert speedup(ramp[None], np.ones(1, bool), ref) == (None, None)
+
+
+def test_cli_replay_speedups(tmp_path):
+    """``baseline:adam`` runs at optax's default rate, 1e-3: 20x to 200x below tuned Adam's on
+    every smoke task, so it is the slower rule; tuned Adam's own speedup is 1."""
+    doc = lab_json(["replay", "baseline:adam", "--suite", "smoke", "--seeds", "2",
+                    "--baselines", "adam", "--store", str(tmp_path / "lab.db")], tmp_path)
+    assert doc["horizon_scale"] == 1
+    assert [r["task"] for r in doc["rows"]] == [t for t in SMOKE for _ in range(2)]
+    for task, target, adam in zip(SMOKE, doc["rows"][::2], doc["rows"][1::2], strict=True):
+        steps = tasks.get_task(task).steps
+        assert target["rule"] == "baseline:adam" and adam["rule"] == "tuned adam"
+        assert target["steps"] == adam["steps"] == steps
+        assert adam["lr"] >= 10 * 1e-3
+        # tuned Adam ends at its own reference: speedup 1 within the curve's resolution
+        assert adam["steps_to_adam"] is not None and adam["speedup"] >= 1.0
+        assert adam["steps_to_adam"] >= steps - steps // 10
+        assert target["speedup"] is None or target["speedup"] < 1.0
+        assert target["score"] > 0 and len(target["curve"]) == min(64, steps)
+
+
+def test_horizon_scale_doubles_steps(tmp_path, one_device_mesh, monkeypatch):
+    """One smoke task: its reference at twice the budget is tuned here (a grid of 16 runs)."""
+    one = SMOKE[:1]
+    monkeypatch.setitem(tasks.SUITES, "smoke_one", tuple(one))
+    asked = []
+    get = References.get
+
+    def spy(self, task, optimizer, budget, seeds):
+        asked.append((task.name, optimizer, budget, seeds))
+        return get(self, task, optimizer, budget, seeds)
+
+    monkeypatch.setattr(References, "get", spy)
+    with Store(tmp_path / "lab.db") as store:
+        doc = replay(resolve("baseline:adam", None), "smoke_one", 2, baselines=(), store=store,
+                     mesh=one_device_mesh, horizon_scale=2)
+    assert doc["horizon_scale"] == 2
+    assert [(r["task"], r["steps"]) for r in doc["rows"]] == \
+        [(t, 2 * tasks.get_task(t).steps) for t in one]
+    assert asked == [(t, "adam", 2 * tasks.get_task(t).steps, 2) for t in one]
+    for r in doc["rows"]:
+        assert r["speedup"] is None or (r["speedup"] < 1 and math.isfinite(r["speedup"]))
+    with pytest.raises(ValueError, match="horizon_scale"):
+        replay(resolve("baseline:adam", None), "smoke", 2, baselines=(), horizon_scale=0)
+
+
+def test_replay_table_shows_speedups(capsys):
+    from lab.tables import replay_table
+    row = {"task": "t", "rule": "r", "steps": 80, "score": 0.1, "ci95": [None, None],
+           "final_loss": 1.0, "eval_loss": 1.0, "lr": None, "diverged": False,
+           "speedup": 2.5, "steps_to_adam": 32}
+    doc = {"label": "x", "suite": "smoke", "seeds": 1, "horizon_scale": 2, "plot": None,
+           "rows": [row, {**row, "speedup": None, "steps_to_adam": None},
+                    {**row, "speedup": None, "diverged": True}], "summary": {"r": 0.1}}
+    replay_table(doc)
+    out = capsys.readouterr().out
+    assert "speedup" in out and "2.50x" in out and "never" in out and "diverged" in out
+    assert "2x steps" in out
