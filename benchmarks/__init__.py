@@ -7,6 +7,7 @@ and everything else on stderr. Modules are imported lazily, so listing benchmark
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import sys
@@ -41,3 +42,14 @@ def emit(result: dict, as_json: bool, table: Callable[[dict], None]) -> None:
         sys.stdout.flush()
     else:
         table(result)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import positive_int
+
 DEFAULT_TASKS = ("digits_mlp", "mnist1d_mlp")  # train suite
 DEFAULT_POPULATION = 32  # configs/lopt.yaml search.population
 DEFAULT_UNROLL = 20      # configs/lopt.yaml search.unroll
@@ -211,16 +213,6 @@ def run(tasks: Sequence[str] = DEFAULT_TASKS, population: int = DEFAULT_POPULATI
     return result
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
     if not names:
@@ -257,13 +249,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="print one strict JSON document on stdout")
     parser.add_argument("--tasks", type=_names, default=DEFAULT_TASKS,
                         help=f"comma-separated task names (default {','.join(DEFAULT_TASKS)})")
-    parser.add_argument("--population", type=_positive, default=DEFAULT_POPULATION,
+    parser.add_argument("--population", type=positive_int, default=DEFAULT_POPULATION,
                         help=f"members per rule (default {DEFAULT_POPULATION})")
-    parser.add_argument("--unroll", type=_positive, default=DEFAULT_UNROLL,
+    parser.add_argument("--unroll", type=positive_int, default=DEFAULT_UNROLL,
                         help=f"inner steps per truncation (default {DEFAULT_UNROLL})")
-    parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS,
+    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
                         help=f"steady-state calls per rule (default {DEFAULT_REPEATS})")
-    parser.add_argument("--hidden", type=_positive, default=DEFAULT_HIDDEN)
+    parser.add_argument("--hidden", type=positive_int, default=DEFAULT_HIDDEN)
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH)
     parser.add_argument("--devices", type=int, default=0, help="devices in the mesh (0 = all)")
     args = parser.parse_args(list(argv) if argv is not None else None)

@@ -52,6 +52,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from benchmarks import positive_int
+
 DEFAULT_TASK = "digits_mlp"  # train suite; its default batch
 DEFAULT_POPULATION = 256
 DEFAULT_STEPS = 100  # inner steps: matches the budget of configs/program_search.yaml
@@ -380,16 +382,6 @@ def run(task=None, population: int = DEFAULT_POPULATION, steps: int | None = Non
     return {k: (float(v) if isinstance(v, np.floating) else v) for k, v in result.items()}
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _table(result: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -432,14 +424,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true",
                         help="print one strict JSON document on stdout")
     parser.add_argument("--task", default=None, help=f"task name (default {DEFAULT_TASK})")
-    parser.add_argument("--population", type=_positive, default=DEFAULT_POPULATION,
+    parser.add_argument("--population", type=positive_int, default=DEFAULT_POPULATION,
                         help=f"candidates per evaluation (default {DEFAULT_POPULATION})")
-    parser.add_argument("--steps", type=_positive, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None,
                         help=f"inner steps (default {DEFAULT_STEPS})")
-    parser.add_argument("--seeds", type=_positive, default=DEFAULT_SEEDS)
-    parser.add_argument("--sampled", type=_positive, default=DEFAULT_SAMPLED,
+    parser.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS)
+    parser.add_argument("--sampled", type=positive_int, default=DEFAULT_SAMPLED,
                         help=f"programs compiled one by one (default {DEFAULT_SAMPLED})")
-    parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS)
+    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS)
     parser.add_argument("--skip-search", action="store_true",
                         help="skip the pinned search (cache_hit_rate is then null)")
     args = parser.parse_args(list(argv) if argv is not None else None)

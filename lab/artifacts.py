@@ -75,17 +75,24 @@ def readme(name: str, rule: dict, metrics: dict, extra: str = "") -> str:
     if run:
         lines.append(f"- training run: `{run.get('id')}` (config {run.get('config_hash')}, "
                      f"fitness {run.get('fitness')})")
-    held = metrics.get("heldout")
-    if held:
-        lines += ["", f"## Held-out scores ({held['suite']}, {held['seeds']} seeds)", "",
+    for key, held in metrics.items():
+        if not (key.startswith("heldout") and isinstance(held, dict) and held.get("rows")):
+            continue
+        scale = held.get("horizon_scale", 1)
+        lines += ["", f"## Held-out scores ({held['suite']}, {held['seeds']} seeds"
+                  + (f", horizons {scale}x the tasks'" if scale != 1 else "") + ")", "",
                   "Normalized score: log final-loss ratio vs tuned Adam; lower is better, 0 = "
-                  "tuned Adam. 95% interval over seeds.", "",
-                  "| task | rule | score | 95% interval | final loss |", "|---|---|---|---|---|"]
+                  "tuned Adam. 95% interval over seeds. Speedup: tuned Adam's steps over the "
+                  "steps this rule needs to reach tuned Adam's final loss.", "",
+                  "| task | rule | score | 95% interval | final loss | speedup |",
+                  "|---|---|---|---|---|---|"]
         for r in held["rows"]:
             lo, hi = r["ci95"]
             ci = f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "n/a"
+            speed = r.get("speedup")
+            speed = f"{speed:.2f}x" if speed is not None else "never"
             lines.append(f"| {r['task']} | {r['rule']} | {r['score']:+.3f} | {ci} | "
-                         f"{r['final_loss']:.4g} |")
+                         f"{r['final_loss']:.4g} | {speed} |")
     lines += ["", "Load it with `lab replay discovered/" + name + "` or "
               "`lab.artifacts.load_artifact`.", extra, ""]
     return "\n".join(lines)

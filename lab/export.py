@@ -12,6 +12,8 @@ from lab.replay import replay
 from lab.store import Store
 from lab.targets import resolve
 
+LONGER = 4  # a learned rule is also replayed at this multiple of every task's horizon
+
 
 def export(text: str, name: str, out: Path, store: Store, seeds: int = 5,
            suite: str = "heldout") -> Path:
@@ -21,6 +23,11 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int = 5,
     log(f"export {target.label}: hash {info['hash']}, replaying on {suite} ({seeds} seeds)")
     # a program is also replayed with its learning rate tuned per task, like the baselines
     held = replay(target, suite, seeds, store=store, tune_lr=target.rule.kind == "program")
+    longer = None
+    if target.rule.kind == "learned":  # and at horizons 4x the tasks' (speedup vs tuned Adam)
+        log(f"export {target.label}: replaying on {suite} at {LONGER}x the horizons")
+        longer = replay(target, suite, seeds, baselines=("adam",), store=store,
+                        horizon_scale=LONGER)
     run = None
     if target.run is not None:
         run = {"id": target.run["id"], "name": target.run["name"],
@@ -29,6 +36,8 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int = 5,
                "fitness": target.fitness, "suite": target.run["config"].get("suite")}
     metrics = {"heldout": held, "run": run, "code_version": __version__,
                "target": target.text}
+    if longer is not None:
+        metrics[f"heldout_x{LONGER}"] = longer
     if target.run is not None:
         metrics["search"] = search_summary(store, target.run["id"])
     return write_artifact(out, name, target, info, metrics)

@@ -139,7 +139,7 @@ def run_doc(run: dict, store: Store, top: int) -> dict:
             "cache": {"hits": hits, "lookups": total, "hit_rate": hits / total if total else None},
             "cache_hit_rate": hits / total if total else 0.0,
             "generations": [{k: g[k] for k in ("idx", "best", "mean", "hit_rate", "seconds",
-                                               "candidates_per_s")} for g in gens],
+                                               "candidates_per_s", "diverged")} for g in gens],
             "plot": plot, **_run_reports(store, run["id"])}
 
 

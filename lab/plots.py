@@ -29,11 +29,7 @@ def fitness_over_generations(generations: list[dict], path: Path, title: str) ->
     ax.set_ylabel("fitness (log loss ratio vs tuned Adam; lower is better)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def loss_curves(rows: list[dict], path: Path, title: str) -> Path:
@@ -52,12 +48,7 @@ def loss_curves(rows: list[dict], path: Path, title: str) -> Path:
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
-    fig.suptitle(title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def learned_behaviour(curves: dict, steps: dict, path: Path, title: str,
@@ -86,7 +77,12 @@ def learned_behaviour(curves: dict, steps: dict, path: Path, title: str,
     right.set_ylabel("RMS(delta) / RMS(Adam direction)")
     right.set_title("effective step size over training", fontsize=9)
     right.legend(fontsize=8)
-    fig.suptitle(title)
+    return _save(fig, path, title)
+
+
+def _save(fig, path: Path, title: str | None = None) -> Path:
+    if title is not None:
+        fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

@@ -1,9 +1,11 @@
 """Truncated inner runs: the evaluator's second train function, for meta-training by ES.
 
 An inner run of horizon ``H`` is trained ``length`` steps at a time (``length`` static, ``H`` and
-the step counter dynamic, so sampling horizons never recompiles). Each call continues a carried
-state, or starts a fresh run where ``reset`` is set, and returns the member's meta-loss over
-that truncation:
+the step counter dynamic, so sampling horizons never recompiles); a run reaching its horizon
+within a call stops there (the remaining steps change nothing and count for nothing), so with
+``length`` = the largest horizon every call is a whole run of a sampled horizon. Each call
+continues a carried state, or starts a fresh run where ``reset`` is set, and returns the
+member's meta-loss over that truncation:
 
 - ``mean_loss``: the normalized training loss, averaged over the truncation's steps;
 - ``final_loss``: the normalized loss of the parameters after the truncation on fresh batches;
@@ -73,9 +75,21 @@ class Unroll(NamedTuple):
 
 def make_unroll(task: Task, rule: UpdateRule, length: int, lr: float, meta_loss: str,
                 ref: float) -> Unroll:
-    """The truncated train function of ``task`` for the rule family ``rule``."""
+    """The truncated train function of ``task`` for the rule family ``rule``.
+
+    Built once per (task, family, settings): the compiled calls are keyed by these functions,
+    so every search over the same family and tasks in a process shares its compilations.
+    """
     if meta_loss not in META_LOSSES:
         raise ValueError(f"unknown meta_loss {meta_loss!r} (known: {', '.join(META_LOSSES)})")
+    return _make_unroll(task, rule.init, rule.update, int(length), float(lr), meta_loss,
+                        float(ref))
+
+
+@functools.lru_cache(maxsize=256)
+def _make_unroll(task: Task, rule_init: Callable, rule_update: Callable, length: int,
+                 lr: float, meta_loss: str, ref: float) -> Unroll:
+    rule = UpdateRule("", "", rule_init, rule_update, None, str)
 
     def start(genome, key: jax.Array) -> Inner:
         params = task.init(key)
@@ -97,15 +111,22 @@ def make_unroll(task: Task, rule: UpdateRule, length: int, lr: float, meta_loss:
             loss, grads = jax.value_and_grad(task.loss)(params, task.batch(
                 jax.random.fold_in(k_data, i), t))
             ctx = make_ctx(t, horizon, lr, loss.dtype)
-            delta, opt = rule.update(genome, grads, opt, params, ctx)
-            return (optax.apply_updates(params, delta), opt), loss
+            delta, new_opt = rule.update(genome, grads, opt, params, ctx)
+            active = t < horizon  # a run shorter than the unroll stops at its horizon
+            params, opt = jax.tree.map(lambda a, b: jnp.where(active, a, b),
+                                       (optax.apply_updates(params, delta), new_opt),
+                                       (params, opt))
+            return (params, opt), (loss, active)
 
-        (params, opt), losses = jax.lax.scan(step, (inner.params, inner.opt),
-                                             jnp.arange(length, dtype=jnp.int32))
-        t_end = inner.t + length
+        (params, opt), (losses, active) = jax.lax.scan(
+            step, (inner.params, inner.opt), jnp.arange(length, dtype=jnp.int32))
+        steps = jnp.sum(active)
+        t_end = inner.t + steps.astype(jnp.int32)
+        losses = jnp.where(active, losses, 0.0)  # steps past the horizon count for nothing
         if meta_loss == "mean_loss":
-            raw = jnp.mean(losses)
-            value = jnp.mean(normalized(losses, ref, task.floor))
+            raw = jnp.sum(losses) / jnp.maximum(steps, 1)
+            value = jnp.sum(jnp.where(active, normalized(losses, ref, task.floor), 0.0)) \
+                / jnp.maximum(steps, 1)
         elif meta_loss == "eval_loss" and task.eval_loss is not None:
             raw = task.eval_loss(params)
             value = normalized(raw, ref, task.floor)
@@ -114,8 +135,8 @@ def make_unroll(task: Task, rule: UpdateRule, length: int, lr: float, meta_loss:
             value = normalized(raw, ref, task.floor)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
         diverged = ~(jnp.all(jnp.isfinite(losses)) & jnp.isfinite(raw) & finite)
-        metrics = {"meta_loss": jnp.where(diverged, CLIP, value), "loss": jnp.mean(losses),
-                   "diverged": diverged}
+        metrics = {"meta_loss": jnp.where(diverged, CLIP, value),
+                   "loss": jnp.sum(losses) / jnp.maximum(steps, 1), "diverged": diverged}
         return Inner(params, opt, t_end), metrics
 
     return Unroll(start, unroll, int(length))

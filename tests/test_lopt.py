@@ -92,19 +92,37 @@ def test_diverged_members_score_worst(tiny_task, one_device_mesh, meta_loss):
     assert np.all(loss[2:] == CLIP) and np.all(np.isfinite(loss)) and np.all(loss[:2] < CLIP)
 
 
-def test_horizons_are_log_uniform_whole_unrolls_and_offsets_only_at_the_start():
+def test_horizons_are_log_uniform_and_offsets_whole_unrolls_only_at_the_start():
     cfg = load_config(SMOKE, ["search.unroll=10", "search.horizon_min=20",
                               "search.horizon_max=640"])
     draws = [sample_horizon(0, g, slot, cfg) for g in range(0, 40) for slot in range(8)]
     horizons = np.array([h for h, _ in draws])
-    assert np.all(horizons % 10 == 0) and horizons.min() >= 20 and horizons.max() <= 640
+    assert horizons.min() >= 20 and horizons.max() <= 640 and len(set(horizons)) > 100
     # log-uniform: about as many below the geometric middle (113) as above
     assert 0.35 < np.mean(horizons < 113) < 0.65
-    offsets = [(h, o) for g, (h, o) in zip(np.repeat(range(40), 8), draws, strict=True) if g]
-    assert all(o == 0 for _, o in offsets)
-    first = [o for h, o in draws[:8]]
-    assert any(first) and all(o % 10 == 0 for o in first)
+    assert all(o == 0 for _, o in draws[8:])
+    first = draws[:8]
+    assert any(o for _, o in first) and all(o % 10 == 0 and o < h for h, o in first)
     assert sample_horizon(0, 3, 1, cfg) == sample_horizon(0, 3, 1, cfg)  # reproducible
+
+
+def test_a_run_stops_at_its_horizon_inside_an_unroll(tiny_task, one_device_mesh):
+    """Whole runs of sampled horizons in one static unroll: steps past the horizon change
+    nothing and count for nothing."""
+    rule = learned_rule(FEATURES)
+    u = make_unroll(tiny_task, rule, 12, 1.0, "mean_loss", ref=0.05)
+    genomes = population(2)
+    keys = jnp.stack([jax.random.key(2)] * 2)
+    inner = start_population(u, genomes, keys, one_device_mesh)
+    short, m_short = unroll_population(u, genomes, inner, np.ones(2, bool), np.array([5, 12]),
+                                       np.zeros(2), keys, one_device_mesh)
+    assert np.asarray(short.t).tolist() == [5, 12]
+    u5 = make_unroll(tiny_task, rule, 5, 1.0, "mean_loss", ref=0.05)
+    inner = start_population(u5, genomes, keys, one_device_mesh)
+    five, m_five = unroll_population(u5, genomes, inner, np.ones(2, bool), np.array([5, 5]),
+                                     np.zeros(2), keys, one_device_mesh)
+    np.testing.assert_allclose(short.params["x"][0], five.params["x"][0], rtol=1e-6)
+    np.testing.assert_allclose(m_short["meta_loss"][0], m_five["meta_loss"][0], rtol=1e-6)
 
 
 def test_config_refuses_inconsistent_meta_training(tmp_path):
@@ -199,3 +217,14 @@ def test_meta_training_run_is_recorded_and_compiles_once(store, monkeypatch):
     # one compiled unroll per task for all three generations
     for u in made[0].unrolls.values():
         assert _compiled(u.unroll, made[0].setup.mesh, True)._cache_size() == 1
+
+
+@pytest.mark.parametrize("strategy", ["PGPE", "SNES", "CMA_ES"])
+def test_other_strategies_meta_train(store, strategy):
+    cfg = load_config(SMOKE, [*FAST, f"search.strategy={strategy}"])
+    mt = MetaTraining(cfg, build_setup(cfg, store))
+    before = np.asarray(mt.flat.flat)
+    out = mt.step(0)
+    assert np.isfinite(out["stats"]["best"]) and out["stats"]["diverged"] == 0.0
+    mt.step(1)
+    assert not np.allclose(np.asarray(mt.mean_genome()["w0"]), mt.flat.unravel(before)["w0"])

@@ -81,6 +81,26 @@ def test_schema_version_recorded_and_future_refused(tmp_path):
         Store(path)
 
 
+def test_version_1_store_is_migrated_keeping_its_generations(tmp_path):
+    """A store written before the diverged column gains it; nothing stored is lost."""
+    path = tmp_path / "lab.db"
+    with Store(path) as s:
+        run = new_run(s)
+        s.record_generation(run, 0, [], [], [], {"best": 1.5, "mean": 2.0, "seconds": 0.1})
+    with sqlite3.connect(path) as raw:  # back to version 1's layout
+        raw.execute("ALTER TABLE generations DROP COLUMN diverged")
+        raw.execute("DELETE FROM schema_version")
+        raw.execute("INSERT INTO schema_version VALUES (1)")
+    raw.close()
+    with Store(path) as s:
+        (gen,) = s.generations(run)
+        assert gen["best"] == 1.5 and gen["diverged"] is None
+        s.record_generation(run, 1, [], [], [], {"best": 1.0, "mean": 1.2, "diverged": 0.25})
+        assert s.generations(run)[1]["diverged"] == 0.25
+        versions = [r[0] for r in s.conn.execute("SELECT version FROM schema_version")]
+        assert max(versions) == SCHEMA_VERSION == 2
+
+
 def test_refuses_files_that_are_not_stores(tmp_path):
     junk = tmp_path / "junk.db"
     junk.write_bytes(b"hello, this is not sqlite" * 100)

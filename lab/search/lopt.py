@@ -3,9 +3,10 @@ unrolls of the suite's tasks, with per-member inner runs that reset on their own
 
 Every member carries one inner run per task. Members that share a task-key slot (an antithetic
 pair for Open_ES and PGPE; the whole generation otherwise) share the task's init, its batches,
-the run's horizon and its resets (common random numbers). Horizons are drawn log-uniformly in
-multiples of the unroll, and the first runs start at random offsets, so runs end and restart at
-different generations for different slots (per-member resets, unlike evosax's lockstep PES).
+the run's horizon and its resets (common random numbers). Horizons are drawn log-uniformly, and
+the first runs start at random offsets, so runs end and restart at different generations for
+different slots (per-member resets, unlike evosax's lockstep PES). With ``unroll`` equal to
+``horizon_max`` every generation trains whole runs of sampled horizons (full-run ES).
 
 Two estimators:
 - truncated ES (default): the members of a slot start each truncation from one state (the
@@ -47,15 +48,15 @@ from lab.unroll import make_unroll, start_population, unroll_population
 
 
 def sample_horizon(seed: int, generation: int, slot: int, cfg) -> tuple[int, int]:
-    """(horizon, offset) of a slot's run that starts at ``generation``: the horizon log-uniform
-    in [horizon_min, horizon_max] rounded to whole unrolls; the offset (first runs only) a
-    random whole number of unrolls into it."""
+    """(horizon, offset) of a slot's run that starts at ``generation``: the horizon an integer
+    log-uniform in [horizon_min, horizon_max]; the offset (first runs only) a random whole
+    number of unrolls into it, so that runs do not all end in the same generation."""
     s = cfg.search
     rng = np.random.default_rng([seed, generation, slot])
-    lo, hi = math.log(max(s.horizon_min / s.unroll, 1.0)), math.log(s.horizon_max / s.unroll)
-    n = max(1, int(round(math.exp(rng.uniform(lo, hi)))))
-    offset = int(rng.integers(0, n)) if generation == 0 else 0
-    return n * s.unroll, offset * s.unroll
+    h = int(round(math.exp(rng.uniform(math.log(s.horizon_min), math.log(s.horizon_max)))))
+    h = min(max(h, s.horizon_min), s.horizon_max)
+    offset = int(rng.integers(0, max(1, h // s.unroll))) if generation == 0 else 0
+    return h, offset * s.unroll
 
 
 class MetaTraining:
@@ -122,7 +123,7 @@ class MetaTraining:
         told = mean + st["accum"] if s.persistent else flat_pop
         st["es"], _ = es.tell(self.spec, k_tell, jnp.asarray(told, jnp.float32),
                               jnp.asarray(fitness, jnp.float32), st["es"])
-        st["t"] = np.where(reset, t_start, st["t"]) + s.unroll
+        st["t"] = np.minimum(np.where(reset, t_start, st["t"]) + s.unroll, horizon)
         st["horizon"] = horizon
         # a slot restarts when its carried run diverged (the leader's, or any member's for PES)
         restart = np.zeros(s.population, bool)
