@@ -42,7 +42,7 @@ def test_delta_vs_gradient_shapes_and_adam_like_signs(curves):
     m, g = len(view.MOMENTA), view.POINTS
     assert curves["g"].shape == (g,) and curves["momentum"].shape == (m,)
     assert curves["delta"].shape == (m, g) and np.all(np.isfinite(curves["delta"]))
-    # the "adam" init steps against the normalized momentum m0.9 * rsqrt(v) (plus a small MLP)
+    # the "adam" init steps against Adam's direction m_hat / sqrt(v_hat) (plus a small MLP)
     down, zero, up = curves["delta"]
     assert np.all(up < 0) and np.all(down > 0)
     big = np.abs(curves["g"]) >= 0.5
@@ -53,8 +53,8 @@ def test_delta_vs_gradient_shapes_and_adam_like_signs(curves):
 
 @pytest.mark.parametrize("scale", [1.0, 0.01])
 def test_delta_vs_gradient_closed_form_without_mlp(rule, scale):
-    """Output layer zeroed: delta = -lr * step * clip(u_0 / rms(u)), u = m0.9 * rsqrt(v) after
-    this gradient, over the probe tensor (probe element 0 and the seeded background)."""
+    """Output layer zeroed: delta = -lr * step * clip(m_hat / sqrt(v_hat)) of the probe element
+    after this gradient (the "adam" feature: Adam's bias-corrected direction at step 100)."""
     genome = dict(rule.genome)
     genome["w1"], genome["b1"] = 0 * genome["w1"], 0 * genome["b1"]
     lr, size = 0.5, 256
@@ -68,9 +68,9 @@ def test_delta_vs_gradient_closed_form_without_mlp(rule, scale):
             grad = np.concatenate([[g], bg["g"]])
             mom = 0.9 * np.concatenate([[m], bg["m"]]) + 0.1 * grad
             v = 0.999 * np.concatenate([[m * m + scale**2 / 2], bg["v"]]) + 0.001 * grad ** 2
-            u = mom / np.sqrt(v + 1e-30)
-            want = -lr * FEATURES.step * np.clip(u[0] / np.sqrt(np.mean(u ** 2) + 1e-12),
-                                                  -10, 10)
+            t = 101  # the probe's step 100, counted from 1 for bias correction
+            u = (mom / (1 - 0.9**t)) / np.sqrt(v / (1 - 0.999**t) + 1e-30)
+            want = -lr * FEATURES.step * np.clip(u[0], -10, 10)
             np.testing.assert_allclose(d, want, rtol=2e-4, atol=1e-9)
 
 
