@@ -286,8 +286,13 @@ class Store:
 
     # The cache and generations ----------------------------------------------------------------
 
-    def lookup(self, hashes: Sequence[str], context: str) -> dict[str, dict]:
+    def lookup(self, hashes: Sequence[str], context: str,
+               as_of: tuple[str, int] | None = None) -> dict[str, dict]:
         """Cached evaluations of ``hashes`` in ``context``; only hits are returned.
+
+        ``as_of=(run_id, g)`` leaves out what that run itself evaluated in generation ``g`` or
+        later: the store as an uninterrupted run saw it at generation ``g``, which a resumed run
+        redoing generations it had already recorded must see to retrace its steps exactly.
 
         Returns:
           ``{hash: {"fitness": float (NaN if stored as NULL), "diverged": bool,
@@ -298,8 +303,9 @@ class Store:
             chunk = unique[i : i + _MAX_VARS]
             for r in self.conn.execute(
                 "SELECT hash, fitness, diverged, metrics FROM evaluations "
-                f"WHERE context = ? AND hash IN ({','.join('?' * len(chunk))})",
-                (context, *chunk),
+                f"WHERE context = ? AND hash IN ({','.join('?' * len(chunk))})"
+                + (" AND NOT (first_run IS ? AND first_generation >= ?)" if as_of else ""),
+                (context, *chunk, *(as_of or ())),
             ):
                 fitness = math.nan if r["fitness"] is None else r["fitness"]
                 hits[r["hash"]] = {"fitness": fitness, "diverged": bool(r["diverged"]),

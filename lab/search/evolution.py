@@ -62,6 +62,7 @@ class FunctionCache:
         self.scores: dict[str, list[float]] = {}
         self.metrics: dict[str, dict] = {}
         self.failed: dict[str, float] = {}  # cut by the hurdle -> the fitness it stands at
+        self.as_of: tuple[str, int] | None = None  # (run, generation) the store is read as of
 
     def load(self, keys: list[str], stage: str) -> None:
         """Fills the scores of ``keys`` not seen in this process from the store."""
@@ -69,7 +70,7 @@ class FunctionCache:
         if not todo:
             return
         for j in range(self.max_evals):
-            rows = self.store.lookup(todo, self.contexts(stage, j))
+            rows = self.store.lookup(todo, self.contexts(stage, j), self.as_of)
             for k in todo:
                 if k in rows:
                     self.scores.setdefault(k, []).append(float(rows[k]["fitness"]))
@@ -79,7 +80,7 @@ class FunctionCache:
         """Metrics (the chosen lr multiplier) of ``keys`` that have none here, from the store."""
         todo = [k for k in dict.fromkeys(keys) if k not in self.metrics]
         if todo:
-            for k, row in self.store.lookup(todo, self.contexts(stage, 0)).items():
+            for k, row in self.store.lookup(todo, self.contexts(stage, 0), self.as_of).items():
                 self.metrics[k] = row["metrics"]
 
     def fitness(self, key: str) -> float:
@@ -285,6 +286,7 @@ class Evolution:
     def step(self, generation: int) -> dict:
         """One generation; returns what the store and the log need."""
         start = time.perf_counter()
+        self.cache.as_of = (self.run_id, generation)
         parents, kids, keys, seen = self.children()
         self.cache.load(keys, "full")
         todo: dict[str, Program] = {}

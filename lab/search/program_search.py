@@ -65,6 +65,7 @@ def run_program_search(cfg, store, run_id: str, setup) -> float:
                                if short else ""))
     seeded = evo.seed_population() if first == 0 else []
     if first:  # what the lost process had in memory: scores and lr multipliers from the store
+        evo.cache.as_of = (run_id, first)
         evo.cache.load([m.key for m in [*evo.population, evo.best]], "full")
     metrics_path = run_dir / "metrics.jsonl"
     truncate_metrics(metrics_path, first)
