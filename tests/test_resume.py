@@ -150,7 +150,12 @@ def _wait_for_generations(proc, db: Path, name: str, n: int, log: Path, timeout:
     raise AssertionError(f"no {n} generations within {timeout} s:\n{log.read_text()}")
 
 
-@pytest.mark.parametrize("kind,config,overrides", CASES, ids=[c[0] for c in CASES])
+# the every-2 case repeats the program case's work: it runs with ``-m slow``
+SLOW = {"program-checkpoint-every-2"}
+
+
+@pytest.mark.parametrize("kind,config,overrides", [
+    pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in SLOW else []) for c in CASES])
 def test_sigkill_mid_generation_then_resume_matches_uninterrupted(kind, config, overrides, env,
                                                                    tmp_path):
     args = [config, *[a for o in ["output.checkpoint_every=1", *overrides] for a in ("--set", o)]]
