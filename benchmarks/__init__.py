@@ -18,6 +18,7 @@ BENCHMARKS: dict[str, str] = {
     "lopt": "benchmarks.lopt",
     "population": "benchmarks.population",
     "programs": "benchmarks.programs",
+    "rl": "benchmarks.rl",
 }
 
 

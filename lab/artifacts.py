@@ -63,20 +63,31 @@ def write_artifact(out_dir: Path, name: str, target: Target, function: dict, met
 
 
 def readme(name: str, rule: dict, metrics: dict, extra: str = "") -> str:
-    lines = [f"# {name}", "", f"A discovered update rule of kind `{rule['kind']}` "
+    drift = rule["kind"] == "drift"
+    what = "PPO objective (a drift function D(r, A, n/N))" if drift else "update rule"
+    noun = "objective" if drift else "rule"
+    lines = [f"# {name}", "", f"A discovered {what} of kind `{rule['kind']}` "
              f"(family `{rule['name']}`), exported by the lab {__version__}.", "",
              "```", rule.get("source") or rule["readable"], "```", "",
              f"- hash: `{rule['hash']}`",
-             f"- equals: {', '.join(rule['equals']) or 'no known rule'}",
-             f"- closest known rule: {rule['closest']['name']} "
-             f"(distance {rule['closest']['distance']:.3g})",
-             f"- outer learning rate: {rule['lr']}"]
+             f"- equals: {', '.join(rule['equals']) or 'no known ' + noun}",
+             f"- closest known {noun}: {rule['closest']['name']} "
+             f"(distance {rule['closest']['distance']:.3g}"
+             + (", relative RMS gap between drift surfaces)" if drift else ")")]
+    if drift:
+        lines.append("- drift surface: `lab inspect` draws `surface.png` (D(r, A) beside "
+                     "PPO-clip's and DPO's)")
+    else:
+        lines.append(f"- outer learning rate: {rule['lr']}")
     run = metrics.get("run")
     if run:
         lines.append(f"- training run: `{run.get('id')}` (config {run.get('config_hash')}, "
                      f"fitness {run.get('fitness')})")
     for key, held in metrics.items():
         if not (key.startswith("heldout") and isinstance(held, dict) and held.get("rows")):
+            continue
+        if held["suite"].startswith("rl-"):
+            lines += _rl_rows(held)
             continue
         scale = held.get("horizon_scale", 1)
         lines += ["", f"## Held-out scores ({held['suite']}, {held['seeds']} seeds"
@@ -96,6 +107,24 @@ def readme(name: str, rule: dict, metrics: dict, extra: str = "") -> str:
     lines += ["", "Load it with `lab replay discovered/" + name + "` or "
               "`lab.artifacts.load_artifact`.", extra, ""]
     return "\n".join(lines)
+
+
+def _rl_rows(held: dict) -> list[str]:
+    """The README table of a drift objective's held-out replay (``lab.rl.replay``)."""
+    lines = ["", f"## Held-out scores ({held['suite']}, {held['seeds']} seeds)", "",
+             "PPO trained with each objective on environments the search never saw. Final "
+             "return: mean over seeds with a 95% interval. Score: 1 - (R - R_random) / "
+             "(R_PPO-clip - R_random); lower is better, 0 = PPO-clip, 1 = a random policy.", "",
+             "| environment | objective | env steps | final return | 95% interval | "
+             "mean return | score |", "|---|---|---|---|---|---|---|"]
+    for r in held["rows"]:
+        lo, hi = r["ci95"]
+        ci = f"[{lo:.4g}, {hi:.4g}]" if lo is not None else "n/a"
+        lines.append(f"| {r['task']} | {r['rule']} | {r['steps']} | {r['final_return']:.4g} | "
+                     f"{ci} | {r['mean_return']:.4g} | {r['score']:+.3f} |")
+    lines += ["", "Mean score: " + ", ".join(f"{k} {v:+.3f}" for k, v in
+                                             held["summary"].items())]
+    return lines
 
 
 def load_artifact(path: Path) -> Target:

@@ -79,25 +79,47 @@ def cmd_replay(args) -> int:
     from lab.evaluate import make_mesh
     from lab.replay import replay
     from lab.targets import resolve
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: must be at least 1")
     if args.horizon_scale < 1:
         raise UsageError(f"--horizon-scale {args.horizon_scale}: must be at least 1")
-    baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    from lab.rules.baselines import spec_for
-    for b in baselines:
-        spec_for(b)
     import tasks
-    tasks.get_suite(args.suite)
+    if args.suite is not None:
+        tasks.get_suite(args.suite)
     with _store(args) as store:
         target = resolve(args.target, store)
+        drift = target.rule.kind == "drift"
+        suite = args.suite or ("rl-heldout" if drift else "heldout")
+        if drift != tasks.is_rl_suite(suite):
+            raise UsageError(f"--suite {suite}: a {target.rule.kind} candidate replays on "
+                             + ("an RL suite (rl-heldout, rl-train, rl-smoke)" if drift else
+                                "a supervised suite (heldout, train, smoke)"))
+        baselines = [b.strip() for b in (args.baselines or (
+            "ppo_clip,dpo" if drift else "adam,adamw,lion")).split(",") if b.strip()]
+        if drift:
+            from lab.rl.objectives import objective_from_name
+            for b in baselines:
+                objective_from_name(b)
+            if args.horizon_scale != 1 or args.tune_lr:
+                raise UsageError("--horizon-scale and --tune-lr apply to update rules, not to "
+                                 "drift objectives")
+        else:
+            from lab.rules.baselines import spec_for
+            for b in baselines:
+                spec_for(b)
         folder = (store.run_dir(target.run["id"]) if target.run is not None
                   else store.path.parent / "replays")
         slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.label)[:60]
         scale = f"-x{args.horizon_scale}" if args.horizon_scale > 1 else ""
-        plot = Path(folder) / f"replay-{slug}-{args.suite}{scale}.png"
-        doc = replay(target, args.suite, args.seeds, baselines, store, make_mesh(args.devices),
-                     plot=plot, tune_lr=args.tune_lr, horizon_scale=args.horizon_scale)
+        plot = Path(folder) / f"replay-{slug}-{suite}{scale}.png"
+        if drift:
+            from lab.rl.replay import replay_rl
+            doc = replay_rl(target, suite, args.seeds or 8, baselines, make_mesh(args.devices),
+                            plot=plot)
+        else:
+            doc = replay(target, suite, args.seeds or 5, baselines, store,
+                         make_mesh(args.devices), plot=plot, tune_lr=args.tune_lr,
+                         horizon_scale=args.horizon_scale)
 
     def human(doc):
         from lab.tables import replay_table
@@ -108,7 +130,7 @@ def cmd_replay(args) -> int:
 
 def cmd_export(args) -> int:
     from lab.export import export
-    if args.seeds < 1:
+    if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: must be at least 1")
     with _store(args) as store:
         folder = export(args.target, args.name, Path(args.out), store, seeds=args.seeds,
@@ -137,10 +159,10 @@ def cmd_references(args) -> int:
     from lab.evaluate import make_mesh
     from lab.references import OPTIMIZERS, build
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
-    chosen = {}
+    chosen, rl = {}, {}
     for s in suites:
         for t in tasks.get_suite(s):
-            chosen[t.name] = t
+            (rl if tasks.is_rl_suite(s) else chosen)[t.name] = t
     try:
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
@@ -153,9 +175,11 @@ def cmd_references(args) -> int:
     out = Path(args.out)
 
     def progress(task, opt, n, r):
-        log(f"{task:28s} {opt:6s} seeds={n}  lr={r['lr']:.3g}  final loss={r['final_loss']:.4g}")
-    doc = build(list(chosen.values()), seeds, OPTIMIZERS, out, make_mesh(0), progress)
-    print(f"wrote {len(doc['entries'])} references to {out}")
+        what = "final return" if task in rl else "final loss"
+        log(f"{task:28s} {opt:8s} seeds={n}  lr={r['lr']:.3g}  {what}={r['final_loss']:.4g}")
+    doc = build(list(chosen.values()), seeds, OPTIMIZERS, out, make_mesh(0), progress,
+                rl_tasks=list(rl.values()))
+    print(f"wrote {len(doc['entries'])} references and {len(doc['rl'])} RL references to {out}")
     return 0
 
 
@@ -197,9 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = common(sub.add_parser("replay", help="re-run a candidate on held-out tasks: "
                               "normalized scores and speedups against tuned baselines"))
     s.add_argument("target")
-    s.add_argument("--suite", default="heldout")
-    s.add_argument("--seeds", type=int, default=5)
-    s.add_argument("--baselines", default="adam,adamw,lion")
+    s.add_argument("--suite", default=None,
+                   help="default: heldout (update rules), rl-heldout (drift objectives)")
+    s.add_argument("--seeds", type=int, default=None, help="default: 5 (8 for drift)")
+    s.add_argument("--baselines", default=None,
+                   help="default: adam,adamw,lion (update rules), ppo_clip,dpo (drift)")
     s.add_argument("--tune-lr", action="store_true",
                    help="also tune the target's learning rate per task (programs)")
     s.add_argument("--horizon-scale", type=int, default=1, metavar="K",
@@ -214,8 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target", help="RUN or RUN:RANK (or any target form)")
     s.add_argument("--name", required=True)
     s.add_argument("--out", default="discovered")
-    s.add_argument("--suite", default="heldout", help="suite of the held-out scores")
-    s.add_argument("--seeds", type=int, default=5)
+    s.add_argument("--suite", default=None, help="suite of the held-out scores (default: "
+                   "heldout; rl-heldout for drift objectives)")
+    s.add_argument("--seeds", type=int, default=None, help="default: 5 (8 for drift)")
     s.set_defaults(fn=cmd_export)
 
     s = common(sub.add_parser("tasks", help="list tasks and suites"))

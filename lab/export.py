@@ -15,14 +15,26 @@ from lab.targets import resolve
 LONGER = 4  # a learned rule is also replayed at this multiple of every task's horizon
 
 
-def export(text: str, name: str, out: Path, store: Store, seeds: int = 5,
-           suite: str = "heldout") -> Path:
-    """Resolves ``text``, replays it on ``suite`` against tuned baselines, writes the folder."""
+def export(text: str, name: str, out: Path, store: Store, seeds: int | None = None,
+           suite: str | None = None) -> Path:
+    """Resolves ``text``, replays it on ``suite`` against tuned baselines (a drift objective:
+    against PPO-clip and DPO on ``rl-heldout``, 8 seeds by default), writes the folder."""
+    import tasks
     target = resolve(text, store)
+    drift = target.rule.kind == "drift"
+    suite = suite or ("rl-heldout" if drift else "heldout")
+    seeds = seeds or (8 if drift else 5)
+    if drift != tasks.is_rl_suite(suite):
+        raise ValueError(f"suite {suite!r}: a {target.rule.kind} candidate is scored on "
+                         + ("an RL suite" if drift else "a supervised suite"))
     info = function_info(target, store)
     log(f"export {target.label}: hash {info['hash']}, replaying on {suite} ({seeds} seeds)")
-    # a program is also replayed with its learning rate tuned per task, like the baselines
-    held = replay(target, suite, seeds, store=store, tune_lr=target.rule.kind == "program")
+    if drift:
+        from lab.rl.replay import replay_rl
+        held = replay_rl(target, suite, seeds)
+    else:
+        # a program is also replayed with its learning rate tuned per task, like the baselines
+        held = replay(target, suite, seeds, store=store, tune_lr=target.rule.kind == "program")
     longer = None
     if target.rule.kind == "learned":  # and at horizons 4x the tasks' (speedup vs tuned Adam)
         log(f"export {target.label}: replaying on {suite} at {LONGER}x the horizons")

@@ -156,7 +156,11 @@ class SuiteScorer:
 
 
 def row_metrics(result: dict, i: int) -> dict:
-    """Per-task metrics of candidate i, JSON-able (means over seeds, curves kept)."""
+    """Per-task metrics of candidate i, JSON-able (means over seeds, curves kept); for RL
+    results (returns, not losses) ``lab.rl.scoring.row_metrics``."""
+    if "rejected" in result:
+        from lab.rl.scoring import row_metrics as rl_rows
+        return rl_rows(result, i)
     out = {}
     for name, m in result["tasks"].items():
         with np.errstate(all="ignore"):  # a diverged seed's curve holds inf or nan

@@ -265,6 +265,10 @@ def closest(fp: np.ndarray) -> dict:
 
 
 def describe_function(rule: UpdateRule, genome=None) -> dict:
-    """``{"hash", "equals", "closest", "fingerprint"}`` for one genome."""
+    """``{"hash", "equals", "closest", "fingerprint"}`` for one genome (a drift objective's
+    from its values on the drift grid: ``lab.rl.objectives.describe_function``)."""
+    if rule.kind == "drift":
+        from lab.rl.objectives import describe_function as describe_drift
+        return describe_drift(rule, rule.genome if genome is None else genome)
     fp, h = fingerprint(rule, genome)
     return {"hash": h, "equals": equals(fp), "closest": closest(fp), "fingerprint": fp}

@@ -1,6 +1,8 @@
 """`lab inspect`: a run's best candidates, or one candidate: readable form, hash, equals,
 closest, scores, lineage; for a run also a PNG of fitness over generations; for a learned rule
-its features, a summary of its behaviour and a PNG of it (``lab.rules.learned_view``)."""
+its features, a summary of its behaviour and a PNG of it (``lab.rules.learned_view``); for a
+drift objective its constraints, distances to PPO-clip and DPO and a PNG of its surface
+D(r, A) (``lab.rl.view``)."""
 
 from __future__ import annotations
 
@@ -60,6 +62,25 @@ def candidate_doc(target: Target, store: Store | None) -> dict:
     doc.update(_text_forms(target))
     if target.rule.kind == "learned":
         doc.update(_learned_behaviour(target, store, info["hash"]))
+    if target.rule.kind == "drift":
+        doc.update(_drift_view(target, store, info))
+    return doc
+
+
+def _drift_view(target: Target, store: Store | None, info: dict) -> dict:
+    """``features``, ``constraints`` (checked on the grid), ``distances`` to the known
+    objectives, ``surface`` (drift at a few points) and ``plot`` (the PNG of D(r, A))."""
+    from lab.plots import drift_surface
+    from lab.rl import view
+    surf = view.surface(target.rule, target.genome)
+    doc = {"features": list(target.rule.features), "constraints": info["constraints"],
+           "distances": info["distances"], "surface": view.summary(surf), "plot": None}
+    for path in _plot_paths(target, store, info["hash"], "surface"):
+        try:
+            doc["plot"] = str(drift_surface(surf, path, f"{target.label} ({target.rule.name})"))
+            break
+        except OSError as e:  # e.g. a read-only artifact folder: try the next place
+            log(f"inspect: cannot write {path} ({e})")
     return doc
 
 
@@ -92,13 +113,14 @@ def _learned_behaviour(target: Target, store: Store | None, hash_: str) -> dict:
     return doc
 
 
-def _plot_paths(target: Target, store: Store | None, hash_: str) -> list[Path]:
-    """Where a learned rule's behaviour PNG goes, in order of preference: beside its artifact,
-    in its run's folder, in ``<store folder>/inspect/``."""
-    name = f"behaviour-{hash_[:16]}.png"
+def _plot_paths(target: Target, store: Store | None, hash_: str,
+                what: str = "behaviour") -> list[Path]:
+    """Where a learned rule's behaviour PNG (a drift's surface PNG) goes, in order of
+    preference: beside its artifact, in its run's folder, in ``<store folder>/inspect/``."""
+    name = f"{what}-{hash_[:16]}.png"
     paths = []
     if target.artifact is not None:
-        paths.append(Path(target.artifact) / "behaviour.png")
+        paths.append(Path(target.artifact) / f"{what}.png")
     if store is not None:
         if target.run is not None:
             paths.append(store.run_dir(target.run["id"]) / name)

@@ -45,6 +45,9 @@ def rule_from_config(cfg: Config) -> UpdateRule:
         genome = init_genome(features, jax.random.key(cfg.rule.init_seed),
                              skip="adam" if cfg.rule.init == "adam" else None)
         return learned_rule(features, genome)
+    if cfg.kind == "drift":
+        from lab.rl.objectives import objective_from_name
+        return objective_from_name(cfg.rule.family_name())
     raise ValueError(f"kind {cfg.kind!r} has no search yet")
 
 
@@ -75,6 +78,14 @@ def build_setup(cfg: Config, store: Store, rule: UpdateRule | None = None) -> Se
     rule = rule or rule_from_config(cfg)
     mesh = make_mesh(cfg.evaluator.devices)
     tasks = task_registry.get_suite(cfg.suite)
+    if cfg.kind == "drift":
+        from lab.rl.scoring import RLReferences, RLScorer
+        refs = RLReferences(store, mesh)
+        pairs = {t.name: refs.pair(t, cfg.budget or t.steps, cfg.seeds) for t in tasks}
+        scorer = RLScorer(cfg.suite, task_registry.suite_version(cfg.suite), tasks, rule,
+                          cfg.budget, cfg.seeds, pairs, cfg.search.fitness, mesh,
+                          cfg.evaluator.chunk)
+        return Setup(rule, scorer, mesh, store)
     refs = References(store, mesh)
     ref_loss = {t.name: refs.adam_loss(t, cfg.budget or t.steps, cfg.seeds) for t in tasks}
     scorer = SuiteScorer(cfg.suite, task_registry.suite_version(cfg.suite), tasks, rule,
@@ -118,7 +129,10 @@ def launch(cfg: Config, store: Store, name: str | None = None, resume: str | Non
         raise
     run = store.get_run(run_id)
     store.finish_run(run_id, "done", run["best"], run["best_hash"])
-    log(f"done: run {run_id} best fitness {best:.4f} (lower is better; 0 = tuned Adam)")
+    zero = "PPO-clip" if cfg.kind == "drift" else "tuned Adam"
+    if cfg.kind == "drift" and cfg.search.fitness != "ppo_normalized":
+        zero = f"minus the {cfg.search.fitness.replace('_', ' ')}"
+    log(f"done: run {run_id} best fitness {best:.4f} (lower is better; 0 = {zero})")
     return run_id
 
 
@@ -153,9 +167,11 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
             ctx_key = scorer.context.for_generation(g, slots, cfg.search.seed).key()
             cached = store.lookup(sorted(set(hashes)), ctx_key)
             misses = [h for h in dict.fromkeys(hashes) if h not in cached]
-            evaluations = []
+            result = None
+            evaluations, rejected = [], 0
             if misses:
                 result = scorer.score(genomes, generation=g, slots=slots, stream=cfg.search.seed)
+                rejected = int(np.sum(result.get("rejected", 0)))
                 index = {h: i for i, h in reversed(list(enumerate(hashes)))}
                 evaluations = [_evaluation(h, ctx_key, result, index[h]) for h in misses]
             fresh = {e["hash"]: e["fitness"] for e in evaluations}
@@ -178,15 +194,20 @@ def run_es(cfg: Config, store: Store, run_id: str, setup: Setup) -> float:
             store.record_generation(run_id, g, candidates, evaluations, members, stats, hits,
                                     context=ctx_key)
             best_so_far = min(best_so_far, stats["best"])
-            mf.write(json.dumps({"generation": g, **stats, "best_so_far": best_so_far}) + "\n")
+            extra = {"rejected": rejected} if "rejected" in (result or {}) else {}
+            mf.write(json.dumps({"generation": g, **stats, **extra,
+                                 "best_so_far": best_so_far}) + "\n")
             mf.flush()
             progress.update(g, stats, best_so_far)
     final = _finalists(cfg, store, run_id, setup, flat.unravel(es.mean_of(spec, state)),
                        spec.population)
     if cfg.output.plots:
         from lab.plots import fitness_over_generations
+        label = {} if cfg.kind != "drift" else {"ylabel": f"fitness ({cfg.search.fitness}; "
+                                                         "lower is better, 0 = PPO-clip)"}
         fitness_over_generations(store.generations(run_id),
-                                 store.run_dir(run_id) / "fitness.png", f"{cfg.name} ({run_id})")
+                                 store.run_dir(run_id) / "fitness.png", f"{cfg.name} ({run_id})",
+                                 **label)
     return final
 
 
@@ -200,8 +221,10 @@ def _meta_training(cfg: Config, store: Store, run_id: str, setup: Setup) -> floa
     return run_meta_training(cfg, store, run_id, setup)
 
 
-# kind -> the search loop: (cfg, store, run id, setup) -> best final score
-SEARCHES = {"baseline": run_es, "program": _program_search, "learned": _meta_training}
+# kind -> the search loop: (cfg, store, run id, setup) -> best final score. Drift objectives
+# are continuous genomes scored by whole PPO runs: the same ES loop with ``RLScorer``.
+SEARCHES = {"baseline": run_es, "program": _program_search, "learned": _meta_training,
+            "drift": run_es}
 
 
 def resume_state(cfg: Config, store: Store, run_id: str, setup: Setup,

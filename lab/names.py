@@ -29,3 +29,46 @@ def hint(word: Any, choices: Collection[Any]) -> str:
         return f"; did you mean {' or '.join(close)}?"
     names = sorted(str(c) for c in choices)
     return f" (valid: {', '.join(names)})" if len(names) <= 16 else ""
+
+
+def family_name(spec: Any, family: str) -> str:
+    """``family`` at a dataclass's defaults, else ``family(key=value,...)`` with the fields that
+    differ (tuples joined by ``/``, booleans as 0/1): the name stored with candidates and
+    artifacts, read back by ``parse_family``."""
+    import dataclasses
+    parts = []
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        if value != f.default:
+            text = "/".join(f"{x:g}" for x in value) if isinstance(value, tuple) else (
+                str(int(value)) if isinstance(value, bool) else f"{value:g}")
+            parts.append(f"{f.name}={text}")
+    return family + (f"({','.join(parts)})" if parts else "")
+
+
+def parse_family(cls: type, family: str, name: str, what: str) -> Any:
+    """Inverse of ``family_name`` for dataclass ``cls``; ValueError naming the bad part
+    (``what`` names the thing in messages, e.g. "learned rule family")."""
+    import dataclasses
+    import re
+    m = re.fullmatch(rf"{re.escape(family)}(?:\((.*)\))?", name.strip())
+    if m is None:
+        raise ValueError(f"{what} {name!r}: expected {family!r} or {family}(key=value,...)")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (m.group(1) or "").split(",")):
+        key, eq, text = part.partition("=")
+        key = key.strip()
+        if not eq or key not in fields:
+            raise ValueError(f"{what} {name!r}: unknown setting {part!r}" + hint(key, fields))
+        default = fields[key].default
+        try:
+            if isinstance(default, tuple):
+                kwargs[key] = tuple(float(x) for x in text.split("/"))
+            elif isinstance(default, bool):
+                kwargs[key] = bool(int(text))
+            else:
+                kwargs[key] = type(default)(float(text))
+        except ValueError:
+            raise ValueError(f"{what} {name!r}: bad value in {part!r}") from None
+    return cls(**kwargs)

@@ -1,5 +1,5 @@
 """matplotlib (Agg) PNGs: fitness over generations, loss curves per task, a learned rule's
-behaviour."""
+behaviour, a drift objective's surface, return curves per environment."""
 
 from __future__ import annotations
 
@@ -10,8 +10,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+FITNESS_LABEL = "fitness (log loss ratio vs tuned Adam; lower is better)"
 
-def fitness_over_generations(generations: list[dict], path: Path, title: str) -> Path:
+
+def fitness_over_generations(generations: list[dict], path: Path, title: str,
+                             ylabel: str = FITNESS_LABEL) -> Path:
     """Best, mean and best-so-far fitness per generation."""
     g = [r["idx"] for r in generations]
     best = [r["best"] for r in generations]
@@ -26,7 +29,7 @@ def fitness_over_generations(generations: list[dict], path: Path, title: str) ->
     ax.plot(g, so_far, label="best so far", color="tab:green", linestyle="--")
     ax.axhline(0.0, color="black", linewidth=0.5)
     ax.set_xlabel("generation")
-    ax.set_ylabel("fitness (log loss ratio vs tuned Adam; lower is better)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     return _save(fig, path)
@@ -34,17 +37,25 @@ def fitness_over_generations(generations: list[dict], path: Path, title: str) ->
 
 def loss_curves(rows: list[dict], path: Path, title: str) -> Path:
     """One panel per task: the mean training-loss curve of every rule (log scale)."""
+    return _panels(rows, path, title, "", log=True)
+
+
+def _panels(rows: list[dict], path: Path, title: str, ylabel: str, log: bool) -> Path:
+    """One panel per ``task`` of ``rows``, one line per ``rule`` (its ``curve``)."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     cols = min(3, len(tasks))
     nrows = (len(tasks) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(4.5 * cols, 3.2 * nrows), squeeze=False)
     for ax, task in zip(axes.flat, tasks, strict=False):
         for r in (r for r in rows if r["task"] == task):
-            ys = [y if y is not None and y > 0 else float("nan") for y in r["curve"]]
+            ys = [float("nan") if y is None or (log and y <= 0) else y for y in r["curve"]]
             ax.plot(range(1, len(ys) + 1), ys, label=r["rule"], marker=".")
-        ax.set_yscale("log")
+        if log:
+            ax.set_yscale("log")
         ax.set_title(task, fontsize=9)
         ax.set_xlabel("training segment")
+        if ylabel:
+            ax.set_ylabel(ylabel)
     for ax in list(axes.flat)[len(tasks):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
@@ -78,6 +89,45 @@ def learned_behaviour(curves: dict, steps: dict, path: Path, title: str,
     right.set_title("effective step size over training", fontsize=9)
     right.legend(fontsize=8)
     return _save(fig, path, title)
+
+
+def drift_surface(view: dict, path: Path, title: str) -> Path:
+    """Heatmaps of D(r, A) (one per progress slice, from ``lab.rl.view.surface``) beside
+    PPO-clip's and DPO's, and D against r at A = -1 and +1 for all three."""
+    slices = view["slices"]
+    panels = len(slices) + len(view["known"]) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(3.6 * panels, 3.4))
+    r, a = view["r"], view["a"]
+    vmax = max(max(float(s["values"].max()) for s in slices),
+               max(float(k["values"].max()) for k in view["known"].values()), 1e-6)
+    extent = (r[0], r[-1], a[0], a[-1])
+    pairs = [(f"candidate, n/N = {s['progress']:g}", s["values"]) for s in slices] + \
+        [(name, k["values"]) for name, k in view["known"].items()]
+    for ax, (label, values) in zip(axes, pairs, strict=False):
+        im = ax.imshow(values.T, origin="lower", aspect="auto", extent=extent, vmin=0.0,
+                       vmax=vmax, cmap="viridis")
+        ax.set_xlabel("ratio r")
+        ax.set_ylabel("advantage A")
+        ax.set_title(label, fontsize=9)
+    fig.colorbar(im, ax=axes[len(pairs) - 1], label="drift D")
+    ax = axes[-1]
+    mid = slices[len(slices) // 2]
+    for name, values, style in [("candidate", mid["values"], "-")] + \
+            [(n, k["values"], "--") for n, k in view["known"].items()]:
+        for av, color in ((-1.0, "tab:red"), (1.0, "tab:blue")):
+            j = int(abs(a - av).argmin())
+            ax.plot(r, values[:, j], style, color=color, alpha=1.0 if style == "-" else 0.5,
+                    label=f"{name} A={av:+g}")
+    ax.set_xlabel("ratio r")
+    ax.set_ylabel("drift D")
+    ax.set_title("slices at A = -1 and +1", fontsize=9)
+    ax.legend(fontsize=6)
+    return _save(fig, path, title)
+
+
+def return_curves(rows: list[dict], path: Path, title: str) -> Path:
+    """One panel per environment: the mean return over training of every objective."""
+    return _panels(rows, path, title, "mean episode return", log=False)
 
 
 def _save(fig, path: Path, title: str | None = None) -> Path:

@@ -59,13 +59,24 @@ def _entry_key(task: str, version: str, budget: int, seeds: int, optimizer: str)
 
 
 @functools.lru_cache(maxsize=1)
-def shipped() -> dict[tuple, dict]:
-    """The entries of the packaged ``tasks/references.json`` that match this code's versions."""
+def shipped_doc() -> dict:
+    """The packaged ``tasks/references.json`` as a document ({} when absent)."""
     try:
         text = resources.files("tasks").joinpath("references.json").read_text()
     except FileNotFoundError:
         return {}
-    return parse(text, "tasks/references.json")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"tasks/references.json: not valid JSON (line {e.lineno}): "
+                         f"{e.msg}") from None
+
+
+@functools.lru_cache(maxsize=1)
+def shipped() -> dict[tuple, dict]:
+    """The entries of the packaged ``tasks/references.json`` that match this code's versions."""
+    doc = shipped_doc()
+    return parse(json.dumps(doc), "tasks/references.json") if doc else {}
 
 
 def parse(text: str, where: str) -> dict[tuple, dict]:
@@ -108,8 +119,17 @@ class References:
 
 
 def build(tasks: list[Task], seeds: tuple[int, ...] = (2,), optimizers=OPTIMIZERS,
-          path: Path | None = None, mesh: Mesh | None = None, progress=None) -> dict:
-    """Regenerates the references file for ``tasks`` at their default budgets."""
+          path: Path | None = None, mesh: Mesh | None = None, progress=None,
+          rl_tasks: list | None = None) -> dict:
+    """Regenerates the references file for ``tasks`` at their default budgets (and, for
+    ``rl_tasks``, PPO-clip's and the random policy's returns: section ``rl``). Entries of the
+    other section that the file at ``path`` already holds are kept."""
+    old = {}
+    if path is not None and Path(path).exists():
+        try:
+            old = json.loads(Path(path).read_text())
+        except json.JSONDecodeError:
+            old = {}
     entries = []
     for task in tasks:
         for n in seeds:
@@ -119,11 +139,28 @@ def build(tasks: list[Task], seeds: tuple[int, ...] = (2,), optimizers=OPTIMIZER
                                 "budget": task.steps, "seeds": n, "optimizer": opt, **r})
                 if progress is not None:
                     progress(task.name, opt, n, r)
+    rl = []
+    for task in rl_tasks or []:
+        from lab.rl.scoring import RLReferences, compute_reference
+        ctx = RLReferences().context(task)
+        for n in seeds:
+            for which in ("ppo_clip", "random"):
+                r = compute_reference(task, which, task.steps, n, mesh)
+                rl.append({"task": task.name, "context": ctx, "budget": task.steps,
+                           "seeds": n, "which": which, **r})
+                if progress is not None:
+                    progress(task.name, which, n, {"lr": float("nan"),
+                                                   "final_loss": r["final_return"]})
+    if not tasks and old.get("format") == FORMAT:
+        entries = old.get("entries", [])
+    if not rl_tasks:
+        rl = old.get("rl", [])
     doc = {"format": FORMAT, "grid_id": grid_id(), "evaluator": EVALUATOR_VERSION,
-           "lr_grid": list(LR_GRID), "seed_base": SEED_BASE, "entries": entries}
+           "lr_grid": list(LR_GRID), "seed_base": SEED_BASE, "entries": entries, "rl": rl}
     if path is not None:
         tmp = Path(path).with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
         tmp.replace(path)
+        shipped_doc.cache_clear()
         shipped.cache_clear()
     return doc

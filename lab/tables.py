@@ -30,7 +30,8 @@ def tasks_table(rows: list[dict]) -> None:
     for c in ("name", "family", "suites", "params", "steps"):
         t.add_column(c)
     for r in rows:
-        t.add_row(r["name"], r["family"], ",".join(r["suites"]), str(r["params"]),
+        family = f"{r['family']}:{r['env']}" if r.get("env") else r["family"]
+        t.add_row(r["name"], family, ",".join(r["suites"]), str(r["params"]),
                   str(r["steps"]))
     _OUT.print(t)
 
@@ -69,6 +70,8 @@ def inspect_view(doc: dict) -> None:
 
 
 def replay_table(doc: dict) -> None:
+    if doc["suite"].startswith("rl-"):
+        return rl_replay_table(doc)
     scale = doc.get("horizon_scale", 1)
     t = Table(title=f"{doc['label']} on {doc['suite']} ({doc['seeds']} seeds"
                     + (f", {scale}x steps" if scale != 1 else "") + "): normalized score "
@@ -90,3 +93,23 @@ def replay_table(doc: dict) -> None:
         _OUT.print(f"mean score {rule}: {s:+.3f}")
     if doc.get("plot"):
         _OUT.print(f"loss curves: {doc['plot']}")
+
+
+def rl_replay_table(doc: dict) -> None:
+    t = Table(title=f"{doc['label']} on {doc['suite']} ({doc['seeds']} seeds): final return "
+                    "with 95% interval; score = 1 - (R - random) / (PPO-clip - random), lower "
+                    "is better, 0 = PPO-clip")
+    for c in ("env", "rule", "env steps", "final return", "95% interval", "mean return",
+              "score", "score 95%"):
+        t.add_column(c)
+    for r in doc["rows"]:
+        lo, hi = r["ci95"]
+        slo, shi = r["score_ci95"]
+        t.add_row(r["task"], r["rule"], str(r["steps"]), f"{r['final_return']:.4g}",
+                  "-" if lo is None else f"[{lo:.4g}, {hi:.4g}]", f"{r['mean_return']:.4g}",
+                  f"{r['score']:+.3f}", "-" if slo is None else f"[{slo:+.3f}, {shi:+.3f}]")
+    _OUT.print(t)
+    for rule, s in doc["summary"].items():
+        _OUT.print(f"mean score {rule}: {s:+.3f}")
+    if doc.get("plot"):
+        _OUT.print(f"return curves: {doc['plot']}")

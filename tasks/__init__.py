@@ -8,7 +8,8 @@ Usage::
     loss = task.loss(params, task.batch(key, step))
 
 Families: ``quadratic``, ``rosenbrock``, ``teacher_student``, ``digits``, ``mnist1d``,
-``charlm``. Supervised suites: ``smoke``, ``train``, ``heldout`` (see ``tasks.suites``).
+``charlm``. Supervised suites: ``smoke``, ``train``, ``heldout``; RL suites (gymnax
+environments trained by PPO, ``tasks.rl``): ``rl-smoke``, ``rl-train``, ``rl-heldout``.
 """
 
 from .base import Task
@@ -18,6 +19,7 @@ from .suites import (
     TASKS_CODE_VERSION,
     get_suite,
     get_task,
+    is_rl_suite,
     suite_version,
     suites_of,
     task_rows,
@@ -32,6 +34,7 @@ __all__ = [
     "Task",
     "get_suite",
     "get_task",
+    "is_rl_suite",
     "suite_version",
     "suites_of",
     "task_rows",

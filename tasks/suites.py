@@ -21,6 +21,7 @@ from .charlm import make_charlm_mlp, make_charlm_transformer
 from .digits import make_digits
 from .mnist1d import make_mnist1d_cnn, make_mnist1d_mlp
 from .quadratic import make_quadratic
+from .rl import make_env_task
 from .rosenbrock import make_rosenbrock
 from .teacher_student import make_teacher_student
 
@@ -57,6 +58,18 @@ TASKS: dict[str, Callable[[], Task]] = {
                            scale=0.05, steps=200),
     "charlm_mlp": _p(make_charlm_mlp, "charlm_mlp", steps=300),
     "charlm_transformer": _p(make_charlm_transformer, "charlm_transformer", steps=300),
+    # RL (gymnax + PPO, budgets in environment steps; PureJaxRL's settings, tanh 64x2)
+    "cartpole_smoke": _p(make_env_task, "cartpole_smoke", "CartPole-v1", steps=16_384),
+    "cartpole": _p(make_env_task, "cartpole", "CartPole-v1", steps=49_152),
+    "acrobot": _p(make_env_task, "acrobot", "Acrobot-v1", steps=49_152),
+    "catch": _p(make_env_task, "catch", "Catch-bsuite", steps=24_576),
+    # held out: MinAtar at short budgets (16 envs x 128 steps per update)
+    "breakout_minatar": _p(make_env_task, "breakout_minatar", "Breakout-MinAtar",
+                           steps=98_304, num_envs=16, lr=1e-3),
+    "space_invaders_minatar": _p(make_env_task, "space_invaders_minatar",
+                                 "SpaceInvaders-MinAtar", steps=98_304, num_envs=16, lr=1e-3),
+    "asterix_minatar": _p(make_env_task, "asterix_minatar", "Asterix-MinAtar", steps=98_304,
+                          num_envs=16, lr=1e-3),
 }
 
 SUITES: dict[str, tuple[str, ...]] = {
@@ -65,7 +78,15 @@ SUITES: dict[str, tuple[str, ...]] = {
               "digits_mlp", "mnist1d_mlp"),
     "heldout": ("digits_mlp_long", "mnist1d_mlp_deep", "mnist1d_cnn", "rosenbrock_chain_8",
                 "quadratic_ill_64", "charlm_mlp", "charlm_transformer"),
+    "rl-smoke": ("cartpole_smoke",),
+    "rl-train": ("cartpole", "acrobot", "catch"),
+    "rl-heldout": ("breakout_minatar", "space_invaders_minatar", "asterix_minatar"),
 }
+
+
+def is_rl_suite(name: str) -> bool:
+    """RL suites are prefixed ``rl-`` (DESIGN.md); their tasks are ``tasks.rl.EnvTask``."""
+    return name.startswith("rl-")
 
 _CACHE: dict[str, Task] = {}
 
@@ -141,10 +162,13 @@ def suites_of(name: str) -> list[str]:
 
 
 def task_rows() -> list[dict]:
-    """One row per registered task: name, family, suites, parameter count and budget."""
+    """One row per registered task: name, family, suites, parameter count and budget (inner
+    steps; environment steps for RL tasks, which also give their environment)."""
     rows = []
     for name in TASKS:
         task = get_task(name)
         rows.append({"name": name, "family": task.family, "suites": suites_of(name),
                      "params": task.param_count(), "steps": int(task.steps)})
+        if getattr(task, "env_id", None):
+            rows[-1]["env"] = task.env_id
     return rows

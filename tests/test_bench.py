@@ -297,3 +297,118 @@ def test_lopt_bad_arguments(capsys, argv, message):
 
 def test_lopt_registered():
     assert benchmarks.BENCHMARKS["lopt"] == "benchmarks.lopt"
+
+
+# ---- rl ------------------------------------------------------------------------------------
+from benchmarks import rl  # noqa: E402
+
+RL_GATED = ("env_steps_per_second", "population_env_steps_per_second", "drift_cost_vs_clip")
+RL_NUMBERS = ("lpo_env_steps_per_second", "population_speedup_vs_single", "clip_seconds",
+              "lpo_seconds", "population_seconds", "clip_compile_seconds",
+              "lpo_compile_seconds", "population_compile_seconds", "clip_first_call_seconds",
+              "lpo_first_call_seconds", "population_first_call_seconds", "total_seconds")
+
+
+@pytest.fixture(scope="module")
+def rl_result():
+    # 4 updates of 4 envs x 128 steps; the three compilations dominate
+    return rl.run(steps=2048, population=2, repeats=1, population_repeats=1, hidden=4,
+                  devices=1)
+
+
+def test_rl_result_contract(rl_result):
+    r = rl_result
+    assert r["benchmark"] == "rl" and r["env"] == "CartPole-v1"
+    assert (r["steps"], r["population"], r["repeats"], r["population_repeats"], r["hidden"],
+            r["devices"]) == (2048, 2, 1, 1, 4, 1)
+    assert (r["updates"], r["num_envs"], r["num_steps"], r["env_steps"]) == (4, 4, 128, 2048)
+    assert r["objective"] == "lpo(hidden=4)"
+    assert r["lpo_weights"] == 8 * 4 + 4
+    assert r["sigma"] == rl.SIGMA == 0.03
+    for key in ("device", "backend", "jax_version"):
+        assert isinstance(r[key], str) and r[key], key
+    import jax
+    assert r["jax_version"] == jax.__version__
+    for key in RL_GATED + RL_NUMBERS:
+        assert _plain_number(r[key]) and r[key] > 0, (key, r[key])
+    for key in ("final_return", "lpo_final_return", "population_final_return", "diverged"):
+        assert _plain_number(r[key]), (key, r[key])
+    assert r["final_return"] > 0  # CartPole pays 1 per step
+    assert r["diverged"] == 0
+    assert r["env_steps_per_second"] == pytest.approx(2048 / r["clip_seconds"])
+    assert r["lpo_env_steps_per_second"] == pytest.approx(2048 / r["lpo_seconds"])
+    assert r["population_env_steps_per_second"] == pytest.approx(
+        2 * 2048 / r["population_seconds"])
+    assert r["drift_cost_vs_clip"] == pytest.approx(r["lpo_seconds"] / r["clip_seconds"])
+    assert r["population_speedup_vs_single"] == pytest.approx(
+        r["population_env_steps_per_second"] / r["lpo_env_steps_per_second"])
+    for name in ("clip", "lpo", "population"):
+        assert r[f"{name}_compile_seconds"] == pytest.approx(
+            max(r[f"{name}_first_call_seconds"] - r[f"{name}_seconds"], 1e-6))
+    assert json.loads(json.dumps(r, allow_nan=False)) == r
+
+
+def test_rl_population_is_noisy_lpo():
+    import numpy as np
+
+    from lab.rl.objectives import LPOSpec, lpo
+
+    objective, g = rl.lpo_population(3, hidden=128)
+    assert objective.name == lpo().name == "lpo"  # the family default, 1,152 weights
+    assert objective is lpo(LPOSpec(hidden=128))
+    assert g["w0"].shape == (3, 8, 128) and g["w1"].shape == (3, 128)
+    assert sum(np.size(x) for x in objective.genome.values()) == 1152
+    for name, x in g.items():
+        noise = np.asarray(x) - np.asarray(objective.genome[name])[None]
+        assert np.std(noise) == pytest.approx(rl.SIGMA, rel=0.2), name
+        assert not np.allclose(noise[0], noise[1]), name  # the candidates differ
+
+
+def test_rl_main_json_stdout(monkeypatch, capsys, rl_result):
+    seen = {}
+
+    def fake_run(**kwargs):
+        seen.update(kwargs)
+        return rl_result
+
+    monkeypatch.setattr(rl, "run", fake_run)
+    code = benchmarks.run_benchmark("rl", ["--json", "--steps", "2048", "--population", "2",
+                                           "--repeats", "1", "--hidden", "4"])
+    assert code == 0
+    assert seen == {"steps": 2048, "population": 2, "repeats": 1,
+                    "population_repeats": rl.DEFAULT_POPULATION_REPEATS, "hidden": 4,
+                    "devices": 0}
+    out = capsys.readouterr().out
+    assert json.loads(out) == rl_result  # exactly one document, nothing else on stdout
+    assert out.count("\n") == 1
+
+
+def test_rl_defaults_are_the_reference_configuration(monkeypatch, capsys, rl_result):
+    seen = {}
+    monkeypatch.setattr(rl, "run", lambda **kw: seen.update(kw) or rl_result)
+    assert benchmarks.run_benchmark("rl", []) == 0  # the table, on stdout
+    assert seen == {"steps": 500_000, "population": 16, "repeats": 2, "population_repeats": 1,
+                    "hidden": 128, "devices": 0}
+    assert "drift cost vs clip" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--json", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--json", "--population", "0"], "expected a positive integer"),
+    (["--steps", "x"], "expected a positive integer"),
+    (["--json", "--devices", "999"], "999"),  # more devices than JAX sees: one line
+])
+def test_rl_bad_arguments(capsys, argv, message):
+    try:
+        code = benchmarks.run_benchmark("rl", argv)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err
+
+
+def test_rl_registered():
+    assert benchmarks.BENCHMARKS["rl"] == "benchmarks.rl"
+    with pytest.raises(ValueError, match="known benchmarks: lopt, population, programs, rl"):
+        benchmarks.run_benchmark("zzz", [])

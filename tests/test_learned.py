@@ -47,7 +47,7 @@ def test_family_name_round_trips(features):
 
 
 @pytest.mark.parametrize("name, match", [("mlp(hidden=)", "bad value"),
-                                         ("mlp(width=3)", "unknown feature setting"),
+                                         ("mlp(width=3)", "unknown setting"),
                                          ("lstm", "expected 'mlp'"),
                                          ("mlp(momenta=1.5)", "decays")])
 def test_bad_family_names_are_refused(name, match):

@@ -48,6 +48,9 @@ CASES = [
     ("learned", "configs/lopt_smoke.yaml",
      ["search.population=4", "search.generations=6", "search.validate_every=2", "seeds=1",
       "search.unroll=4", "search.horizon_min=8", "search.horizon_max=24", "output.plots=false"]),
+    ("drift", "configs/lpo_smoke.yaml",
+     ["search.population=4", "search.generations=6", "seeds=1", "budget=1024", "rule.hidden=4",
+      "output.top_k=2", "output.plots=false"]),
 ]
 
 

@@ -69,3 +69,11 @@ def _learned(name: str) -> UpdateRule:
 register_kind("baseline", _baseline)
 register_kind("program", _program, (_program_source, _program_from_source))
 register_kind("learned", _learned)
+
+
+def _drift(name: str):
+    from lab.rl.objectives import objective_from_name
+    return objective_from_name(name)
+
+
+register_kind("drift", _drift)  # PPO objectives (lab.rl.objectives.Objective), not update rules

@@ -20,8 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,42 +97,14 @@ class Features:
     def name(self) -> str:
         """``mlp`` at the defaults, else ``mlp(key=value,...)`` with the keys that differ
         (tuples joined by ``/``): the family name stored with candidates and artifacts."""
-        parts = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value != f.default:
-                text = "/".join(f"{x:g}" for x in value) if isinstance(value, tuple) else (
-                    str(int(value)) if isinstance(value, bool) else f"{value:g}")
-                parts.append(f"{f.name}={text}")
-        return FAMILY + (f"({','.join(parts)})" if parts else "")
+        from lab.names import family_name
+        return family_name(self, FAMILY)
 
     @classmethod
     def parse(cls, name: str) -> Features:
         """Inverse of ``name``; ValueError naming the bad part."""
-        m = re.fullmatch(rf"{FAMILY}(?:\((.*)\))?", name.strip())
-        if m is None:
-            raise ValueError(f"learned rule family {name!r}: expected {FAMILY!r} or "
-                             f"{FAMILY}(key=value,...)")
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for part in filter(None, (m.group(1) or "").split(",")):
-            key, eq, text = part.partition("=")
-            key = key.strip()
-            if not eq or key not in fields:
-                from lab.names import hint
-                raise ValueError(f"learned rule family {name!r}: unknown feature setting "
-                                 f"{part!r}" + hint(key, fields))
-            default = fields[key].default
-            try:
-                if isinstance(default, tuple):
-                    kwargs[key] = tuple(float(x) for x in text.split("/"))
-                elif isinstance(default, bool):
-                    kwargs[key] = bool(int(text))
-                else:
-                    kwargs[key] = type(default)(float(text))
-            except ValueError:
-                raise ValueError(f"learned rule family {name!r}: bad value in {part!r}") from None
-        return cls(**kwargs)
+        from lab.names import parse_family
+        return parse_family(cls, FAMILY, name, "learned rule family")
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "names": list(self.names)}

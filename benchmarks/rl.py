@@ -1,0 +1,280 @@
+"""RL benchmark: PPO on gymnax (the lab's RL inner loop), one agent, a population, and LPO's cost.
+
+What a drift search (``kind: drift``) spends its time on: whole PPO runs, ``lab.rl.ppo.make_train``,
+vmapped over candidates by the core's evaluator (``lab.evaluate.evaluate`` with ``make_mesh``).
+Every measurement here goes through that very path; a single agent is a population of 1. The task
+is CartPole-v1 with the PureJaxRL reference configuration (``tasks.rl.make_env_task``'s defaults:
+4 envs x 128 steps per update, 4 epochs x 4 minibatches, Adam 2.5e-4 annealed, separate tanh
+64x2 actor and critic), ``steps`` environment steps per run (5e5 by default). Three runs are timed:
+
+* clip: one PPO-clip agent (``ppo_clip()``, eps 0.2), one seed;
+* lpo: one LPO agent (``lpo(LPOSpec(hidden))``'s default genome: a residual on PPO-clip with a
+  zero output layer, 8 x hidden + hidden weights, 1,152 at hidden 128), one seed;
+* population: ``population`` LPO candidates vmapped, the default genome plus Gaussian noise
+  (``SIGMA``, 0.03) on every weight (an LPO search's generation), one seed each (shared, as the
+  evaluation seeds are).
+
+A run does ``env_steps = updates x num_envs x num_steps`` environment steps, ``updates = steps //
+512`` (at least 1): 499,712 for 5e5. The first call of each (warm-up) compiles;
+``*compile_seconds`` is that first call minus a steady-state call (floored at 1e-6;
+``*first_call_seconds`` is the raw figure). Steady-state seconds are the median of ``repeats``
+later calls (``population_repeats`` for the population), clip and lpo interleaved so drift hits
+both alike; ``evaluate`` returns numpy arrays, so every call is blocked on its results.
+
+Keys (plain numbers unless said):
+
+* ``env_steps_per_second``: the clip agent's ``env_steps / seconds`` (headline);
+* ``population_env_steps_per_second``: ``population x env_steps / population_seconds``
+  (headline);
+* ``drift_cost_vs_clip``: ``lpo_seconds / clip_seconds`` (> 1: the drift network costs more);
+* ``lpo_env_steps_per_second``: the lpo agent's ``env_steps / seconds``;
+* ``population_speedup_vs_single``: ``population_env_steps_per_second /
+  lpo_env_steps_per_second`` (what vmapping candidates buys over running them one by one);
+* ``clip_seconds``, ``lpo_seconds``, ``population_seconds``: steady-state seconds per call;
+* ``clip_compile_seconds``, ``lpo_compile_seconds``, ``population_compile_seconds`` and the
+  matching ``*_first_call_seconds``;
+* ``final_return``: the clip agent's final return (mean return of the episodes ending in the last
+  tenth of the run: a sanity number, several hundred for CartPole at 5e5 steps; the maximum is
+  500); ``lpo_final_return``, ``population_final_return`` (the candidates' mean) likewise;
+* ``diverged``: the fraction of all timed runs that diverged (0 expected);
+* ``steps`` (asked), ``env_steps`` (done), ``updates``, ``num_envs``, ``num_steps``,
+  ``population``, ``repeats``, ``population_repeats``, ``hidden``, ``lpo_weights``, ``sigma``,
+  ``devices``, ``total_seconds``;
+* strings: ``benchmark`` ("rl"), ``env`` ("CartPole-v1"), ``objective`` (the lpo family name),
+  ``device``, ``backend``, ``jax_version``.
+
+The persistent XLA compilation cache is off, so compile times are real ones.
+
+Usage::
+
+    python -m benchmarks.rl                       # a table
+    lab bench rl --json                           # one strict JSON document on stdout
+    lab bench rl --steps 20000 --population 4 --repeats 1   # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+import lab  # noqa: F401  (sets an XLA CPU flag that must be in place before a backend starts)
+from benchmarks import positive_int
+
+ENV_ID = "CartPole-v1"
+DEFAULT_STEPS = 500_000   # PureJaxRL's CartPole budget
+DEFAULT_POPULATION = 16
+DEFAULT_REPEATS = 2       # steady-state calls of each single agent
+DEFAULT_POPULATION_REPEATS = 1
+DEFAULT_HIDDEN = 128      # lpo()'s default: 8 x 128 + 128 = 1,152 weights
+SIGMA = 0.03              # the spread of the LPO population
+SEED = 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def lpo_population(population: int, hidden: int = DEFAULT_HIDDEN, sigma: float = SIGMA,
+                   seed: int = SEED):
+    """(objective, genomes): ``population`` LPO drifts around the family's default genome."""
+    from lab.rl.objectives import LPOSpec, lpo
+
+    objective = lpo(LPOSpec(hidden=hidden))
+    leaves, treedef = jax.tree.flatten(objective.genome)
+    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
+    genomes = treedef.unflatten([
+        np.asarray(x, np.float32)[None]
+        + sigma * np.asarray(jax.random.normal(k, (population, *np.shape(x))), np.float32)
+        for x, k in zip(leaves, keys, strict=True)])
+    return objective, genomes
+
+
+class _Agent:
+    """One timed population (1 for a single agent) of PPO runs through ``evaluate``."""
+
+    def __init__(self, name, task, objective, genomes, steps, mesh):
+        from lab.fitness import task_keys
+        from lab.rl.ppo import make_train
+
+        self.name, self.genomes, self.mesh = name, genomes, mesh
+        self.population = int(jax.tree.leaves(genomes)[0].shape[0])
+        self.train = make_train(task, objective, steps)
+        self.keys = task_keys(1, self.population)  # one seed each, drawn before any timing
+        jax.block_until_ready(self.keys)
+        self.metrics: dict[str, np.ndarray] = {}
+
+    def call(self) -> float:
+        """One evaluation of every candidate; returns its wall-clock seconds (blocked)."""
+        from lab.evaluate import evaluate
+
+        t0 = time.perf_counter()
+        self.metrics = evaluate(self.train, self.genomes, self.keys, self.mesh)
+        return time.perf_counter() - t0
+
+
+def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
+        repeats: int = DEFAULT_REPEATS, population_repeats: int = DEFAULT_POPULATION_REPEATS,
+        hidden: int = DEFAULT_HIDDEN, devices: int = 0) -> dict:
+    """Times one PPO-clip agent, one LPO agent and an LPO population on CartPole.
+
+    Args:
+      steps: environment steps per run (rounded down to whole updates of 512, at least one).
+      population: LPO candidates evaluated together.
+      repeats: steady-state calls of each single agent; the median is reported.
+      population_repeats: steady-state calls of the population; the median is reported.
+      hidden: the LPO drift network's hidden units.
+      devices: devices in the mesh (0 = all).
+
+    Returns:
+      A strict-JSON-able dict (see the module docstring).
+    """
+    from lab.evaluate import make_mesh
+    from lab.rl.objectives import ppo_clip
+    from lab.rules.base import stack_genomes
+    from tasks.rl import make_env_task
+
+    if min(steps, population, repeats, population_repeats, hidden) < 1:
+        raise ValueError(f"steps, population, repeats, population_repeats and hidden must be "
+                         f">= 1, got {steps}, {population}, {repeats}, {population_repeats}, "
+                         f"{hidden}")
+    # real compile times: no persistent compilation cache (the lab CLI leaves it off for bench)
+    jax.config.update("jax_enable_compilation_cache", False)
+    mesh = make_mesh(devices)
+    t0 = time.perf_counter()
+
+    task = make_env_task("cartpole_bench", ENV_ID, steps=steps)
+    updates = task.updates(steps)
+    env_steps = updates * task.batch_size
+    clip = ppo_clip()
+    objective, genomes = lpo_population(population, hidden)
+    clip_agent = _Agent("clip", task, clip, stack_genomes([clip.genome]), steps, mesh)
+    lpo_agent = _Agent("lpo", task, objective, stack_genomes([objective.genome]), steps, mesh)
+    pop_agent = _Agent("population", task, objective, genomes, steps, mesh)
+    _log(f"rl benchmark: {ENV_ID}, {env_steps:,} env steps per run ({updates} updates), "
+         f"population {population}, {objective.name}, {mesh.devices.size} device(s)")
+
+    first, times = {}, {}
+    for a in (clip_agent, lpo_agent):
+        first[a.name] = a.call()  # warm-up: compiles
+        _log(f"{a.name}: first call {first[a.name]:.2f}s")
+    times = {"clip": [], "lpo": []}
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        for a in (clip_agent, lpo_agent):
+            times[a.name].append(a.call())
+    first["population"] = pop_agent.call()
+    _log(f"population: first call {first['population']:.2f}s")
+    times["population"] = [pop_agent.call() for _ in range(population_repeats)]
+
+    steady = {name: float(statistics.median(ts)) for name, ts in times.items()}
+    diverged = np.concatenate([np.ravel(a.metrics["diverged"]).astype(np.float64)
+                               for a in (clip_agent, lpo_agent, pop_agent)])
+    result = {
+        "benchmark": "rl",
+        "env": ENV_ID,
+        "device": str(jax.devices()[0].device_kind),
+        "backend": jax.default_backend(),
+        "jax_version": jax.__version__,
+        "devices": int(mesh.devices.size),
+        "steps": int(steps),
+        "env_steps": int(env_steps),
+        "updates": int(updates),
+        "num_envs": int(task.num_envs),
+        "num_steps": int(task.num_steps),
+        "population": int(population),
+        "repeats": int(repeats),
+        "population_repeats": int(population_repeats),
+        "objective": objective.name,
+        "hidden": int(hidden),
+        "lpo_weights": int(sum(np.size(x) for x in jax.tree.leaves(objective.genome))),
+        "sigma": float(SIGMA),
+        "env_steps_per_second": env_steps / steady["clip"],
+        "lpo_env_steps_per_second": env_steps / steady["lpo"],
+        "population_env_steps_per_second": population * env_steps / steady["population"],
+        "drift_cost_vs_clip": steady["lpo"] / steady["clip"],
+    }
+    result["population_speedup_vs_single"] = (result["population_env_steps_per_second"]
+                                              / result["lpo_env_steps_per_second"])
+    for name in ("clip", "lpo", "population"):
+        result[f"{name}_seconds"] = steady[name]
+        result[f"{name}_first_call_seconds"] = float(first[name])
+        # the first call compiles; a tiny floor keeps the key positive under timing noise
+        result[f"{name}_compile_seconds"] = max(float(first[name]) - steady[name], 1e-6)
+    result["final_return"] = float(np.mean(clip_agent.metrics["final_return"]))
+    result["lpo_final_return"] = float(np.mean(lpo_agent.metrics["final_return"]))
+    result["population_final_return"] = float(np.mean(pop_agent.metrics["final_return"]))
+    result["diverged"] = float(np.mean(diverged))
+    result["total_seconds"] = time.perf_counter() - t0
+    _log(f"clip {steady['clip']:.3f}s ({result['env_steps_per_second']:,.0f} env steps/s, final "
+         f"return {result['final_return']:.1f}); lpo {steady['lpo']:.3f}s; population "
+         f"{steady['population']:.3f}s ({result['population_env_steps_per_second']:,.0f} env "
+         f"steps/s); drift cost vs clip {result['drift_cost_vs_clip']:.2f}x")
+    return result
+
+
+def _table(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"rl benchmark: PPO on {result['env']}, {result['env_steps']:,} env steps "
+                        f"per run, {result['backend']} ({result['device']}) x{result['devices']}")
+    for col in ("agent", "env steps/s", "s/call", "compile s", "final return"):
+        table.add_column(col, justify="right")
+    rows = (("ppo_clip x1", result["env_steps_per_second"], "clip", result["final_return"]),
+            (f"{result['objective']} x1", result["lpo_env_steps_per_second"], "lpo",
+             result["lpo_final_return"]),
+            (f"{result['objective']} x{result['population']}",
+             result["population_env_steps_per_second"], "population",
+             result["population_final_return"]))
+    for label, rate, key, ret in rows:
+        table.add_row(label, f"{rate:,.0f}", f"{result[key + '_seconds']:.3f}",
+                      f"{result[key + '_compile_seconds']:.2f}", f"{ret:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(f"drift cost vs clip: {result['drift_cost_vs_clip']:.2f}x per run; population "
+                  f"speedup vs single: {result['population_speedup_vs_single']:.2f}x (median of "
+                  f"{result['repeats']}, population {result['population_repeats']}; jax "
+                  f"{result['jax_version']})", markup=False, highlight=False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m benchmarks.rl [--json] [--steps 500000] [--population 16] ...``; exits 0, or 2
+    for bad arguments (one line on stderr, no document)."""
+    parser = argparse.ArgumentParser(prog="lab bench rl", description=__doc__.split("\n")[0])
+    parser.add_argument("--json", action="store_true",
+                        help="print one strict JSON document on stdout")
+    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS,
+                        help=f"environment steps per run (default {DEFAULT_STEPS})")
+    parser.add_argument("--population", type=positive_int, default=DEFAULT_POPULATION,
+                        help=f"LPO candidates vmapped together (default {DEFAULT_POPULATION})")
+    parser.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
+                        help=f"steady-state calls of each single agent (default "
+                             f"{DEFAULT_REPEATS})")
+    parser.add_argument("--population-repeats", type=positive_int,
+                        default=DEFAULT_POPULATION_REPEATS,
+                        help=f"steady-state calls of the population (default "
+                             f"{DEFAULT_POPULATION_REPEATS})")
+    parser.add_argument("--hidden", type=positive_int, default=DEFAULT_HIDDEN,
+                        help=f"the LPO drift network's hidden units (default {DEFAULT_HIDDEN})")
+    parser.add_argument("--devices", type=int, default=0, help="devices in the mesh (0 = all)")
+    args = parser.parse_args(list(argv) if argv is not None else None)
+
+    try:
+        result = run(steps=args.steps, population=args.population, repeats=args.repeats,
+                     population_repeats=args.population_repeats, hidden=args.hidden,
+                     devices=args.devices)
+    except (KeyError, ValueError) as e:
+        _log(f"rl benchmark: {e.args[0] if e.args else e}")
+        return 2
+    from benchmarks import emit
+    emit(result, args.json, _table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

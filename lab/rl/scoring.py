@@ -1,0 +1,233 @@
+"""Scoring drift objectives on an RL suite: fitness choices, PPO references, constraint rejection.
+
+``RLScorer`` has the interface of ``lab.fitness.SuiteScorer`` (``score``, ``context``, ``trains``,
+``tasks``), so the lab's ES driver (``lab.launch.run_es``), cache and store run a drift search as
+they run any other continuous one. Before any RL run, every member is checked on the drift grid
+(``lab.rl.objectives.check``); a violating member is rejected: it is not trained, it scores the
+worst fitness ``+C`` and its reason is recorded. The valid members are packed to the front, so
+with ``evaluator.chunk`` set, chunks that would only hold rejected members are not run.
+
+Fitness (``search.fitness``), lower is better as everywhere in the lab:
+
+* ``final_return``: minus the mean over environments (and seeds) of the final return;
+* ``mean_return``: minus the mean of the mean return over training (the area under the learning
+  curve: for environments such as CartPole where the final return saturates);
+* ``ppo_normalized`` (default): the mean over environments of ``1 - (R - R_random) / (R_ppo -
+  R_random)`` on the final return, clipped to +-C: 0 = PPO-clip at the same budget and seeds,
+  1 = a uniformly random policy, negative = better than PPO.
+
+References (``RLReferences``): PPO-clip's and the random policy's mean final return per
+(environment, budget, seeds) on the fixed evaluation seeds; shipped in ``tasks/references.json``
+(section ``rl``), else computed once and cached in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from lab.evaluate import evaluate
+from lab.fitness import CLIP, EvalContext, task_keys
+from lab.rl.objectives import Objective, check, ppo_clip
+from lab.rl.ppo import RL_VERSION, make_train, random_returns
+from lab.rules.base import population_size, stack_genomes
+from tasks.rl import EnvTask
+
+FITNESS = ("ppo_normalized", "final_return", "mean_return")
+MIN_GAP = 1e-6  # |R_ppo - R_random| below this makes a normalized score undefined
+
+
+def normalized_return(returns, ppo: float, random: float) -> np.ndarray:
+    """``clip(1 - (R - R_random) / (R_ppo - R_random), -C, C)`` elementwise (0 = PPO-clip, 1 =
+    random policy, lower is better); non-finite returns score +C."""
+    returns = np.asarray(returns, np.float64)
+    gap = ppo - random
+    if not abs(gap) > MIN_GAP:
+        gap = MIN_GAP if gap >= 0 else -MIN_GAP
+    with np.errstate(all="ignore"):
+        s = 1.0 - (returns - random) / gap
+    return np.where(np.isfinite(s), np.clip(s, -CLIP, CLIP), CLIP)
+
+
+def worst(fitness: str, ref: dict) -> float:
+    """The fitness of a diverged or rejected member: +C for ``ppo_normalized``; for raw returns
+    the return that +C normalizes to (finite, so means, ranks and the store stay defined)."""
+    if fitness == "ppo_normalized":
+        return CLIP
+    return -(ref["random"] + (1.0 - CLIP) * (ref["ppo"] - ref["random"])) \
+        if ref["ppo"] >= ref["random"] else -ref["random"] + CLIP
+
+
+def task_fitness(m: dict, fitness: str, ref: dict) -> np.ndarray:
+    """[pop] fitness of one environment from its ``[pop, seeds]`` metrics; a member with any
+    diverged seed scores ``worst``."""
+    bad = np.any(np.asarray(m["diverged"]), axis=-1)
+    if fitness == "ppo_normalized":
+        with np.errstate(all="ignore"):
+            r = np.mean(np.asarray(m["final_return"], np.float64), axis=-1)
+        f = normalized_return(r, ref["ppo"], ref["random"])
+    else:
+        key = "final_return" if fitness == "final_return" else "mean_return"
+        with np.errstate(all="ignore"):
+            f = -np.mean(np.asarray(m[key], np.float64), axis=-1)
+    w = worst(fitness, ref)
+    return np.where(bad | ~np.isfinite(f), w, f)
+
+
+class RLReferences:
+    """PPO-clip's and the random policy's mean final return per (env, budget, seeds)."""
+
+    def __init__(self, store=None, mesh: Mesh | None = None):
+        self.store, self.mesh = store, mesh
+
+    def context(self, task: EnvTask) -> str:
+        from tasks import task_version
+        return f"rl-{task_version(task)}-{RL_VERSION}"
+
+    def get(self, task: EnvTask, which: str, budget: int, seeds: int) -> dict:
+        """``{"final_return", "returns"}`` of ``which`` (``ppo_clip`` or ``random``)."""
+        budget = int(budget or task.steps)
+        hit = shipped_rl().get((task.name, self.context(task), budget, int(seeds), which))
+        if hit is not None:
+            return hit
+        ctx = self.context(task)
+        if self.store is not None:
+            row = self.store.get_ref(task.name, budget, seeds, which, ctx)
+            if row is not None:
+                return {"final_return": row["final_loss"], "returns": row["losses"]}
+        result = compute_reference(task, which, budget, seeds, self.mesh)
+        if self.store is not None:  # the refs table's final_loss column holds the return here
+            self.store.put_ref(task.name, budget, seeds, which, ctx, 0.0,
+                               result["final_return"], result["returns"])
+        return result
+
+    def pair(self, task: EnvTask, budget: int, seeds: int) -> dict:
+        """``{"ppo", "random"}`` mean final returns: what normalized scores divide by."""
+        return {"ppo": float(self.get(task, "ppo_clip", budget, seeds)["final_return"]),
+                "random": float(self.get(task, "random", budget, seeds)["final_return"])}
+
+
+def compute_reference(task: EnvTask, which: str, budget: int, seeds: int,
+                      mesh: Mesh | None = None) -> dict:
+    """PPO-clip (eps 0.2) or the random policy on the fixed evaluation seeds."""
+    keys = task_keys(seeds, 1)
+    if which == "random":
+        returns = random_returns(task, budget, keys[0])
+    elif which == "ppo_clip":
+        o = ppo_clip()
+        m = evaluate(make_train(task, o, budget), stack_genomes([o.genome]), keys, mesh)
+        returns = np.asarray(m["final_return"][0], np.float64)
+    else:
+        raise ValueError(f"unknown RL reference {which!r} (ppo_clip or random)")
+    return {"final_return": float(np.mean(returns)), "returns": [float(x) for x in returns]}
+
+
+def shipped_rl() -> dict[tuple, dict]:
+    """The ``rl`` entries of the packaged ``tasks/references.json``."""
+    from lab.references import shipped_doc
+    doc = shipped_doc()
+    return {(e["task"], e["context"], int(e["budget"]), int(e["seeds"]), e["which"]): e
+            for e in doc.get("rl", [])}
+
+
+class RLScorer:
+    """Scores populations of one drift family on one RL suite (one compiled function per
+    environment). The interface of ``lab.fitness.SuiteScorer``."""
+
+    def __init__(self, suite: str, suite_version: str, tasks: list[EnvTask],
+                 objective: Objective, budget: int, seeds: int, refs: dict[str, dict],
+                 fitness: str = "ppo_normalized", mesh: Mesh | None = None, chunk: int = 0):
+        if fitness not in FITNESS:
+            raise ValueError(f"unknown RL fitness {fitness!r} (one of {', '.join(FITNESS)})")
+        self.tasks, self.rule, self.seeds, self.refs = tasks, objective, seeds, refs
+        self.fitness, self.mesh, self.chunk, self.budget = fitness, mesh, chunk, budget
+        self.trains = {t.name: make_train(t, objective, self.steps(t)) for t in tasks}
+        refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
+        self.context = EvalContext(suite, suite_version, budget, seeds, 0.0, (),
+                                   meta_loss=f"rl-{fitness}", evaluator=f"rl-{RL_VERSION}",
+                                   refs=refs_digest)
+
+    def steps(self, task: EnvTask) -> int:
+        return int(self.budget or task.steps)
+
+    def score(self, genomes: Any, generation: int | None = None,
+              slots: np.ndarray | None = None, stream: int = 0) -> dict[str, Any]:
+        """Checks, then trains every valid member on every environment.
+
+        Returns:
+          ``{"fitness": [pop], "tasks": {name: {"fitness": [pop], "final_return": [pop, seeds],
+          "mean_return", "episodes", "curve": [pop, seeds, K], "diverged"}}, "rejected": [pop]
+          bool, "reasons": [pop] str, "seconds"}``; rejected members hold NaN returns.
+        """
+        start = time.perf_counter()
+        pop = population_size(genomes)
+        genomes = jax.tree.map(np.asarray, genomes)
+        valid, reasons = check(self.rule, genomes)
+        keys = task_keys(self.seeds, pop, generation, slots, stream)
+        order = np.flatnonzero(valid)
+        per_task = {}
+        for task in self.tasks:
+            m = self._evaluate(task, genomes, keys, order, pop) if order.size else None
+            full = _scatter(m, order, pop, self.seeds)
+            full["fitness"] = task_fitness(full, self.fitness, self.refs[task.name])
+            full["fitness"] = np.where(valid, full["fitness"],
+                                       worst(self.fitness, self.refs[task.name]))
+            per_task[task.name] = full
+        fitness = np.mean([m["fitness"] for m in per_task.values()], axis=0)
+        return {"fitness": fitness, "tasks": per_task, "rejected": ~valid, "reasons": reasons,
+                "seconds": time.perf_counter() - start}
+
+    def _evaluate(self, task, genomes, keys, order, pop):
+        """The valid members (``order``), packed to the front and padded back to ``pop`` rows
+        (one compiled shape); chunks of padding only are skipped."""
+        n = order.size
+        if self.chunk > 0:
+            size = self.chunk
+            rows = int(np.ceil(n / size)) * size
+        else:
+            rows = pop
+        idx = np.concatenate([order, np.repeat(order[-1:], rows - n)])
+        packed = jax.tree.map(lambda x: x[idx], genomes)
+        m = evaluate(self.trains[task.name], packed, keys[idx], self.mesh, self.chunk)
+        return {k: v[:n] for k, v in m.items()}
+
+
+def _scatter(m: dict | None, order: np.ndarray, pop: int, seeds: int) -> dict:
+    """Metrics of the evaluated members back at their rows; rejected rows NaN (diverged)."""
+    shapes = {"final_return": (seeds,), "mean_return": (seeds,), "episodes": (seeds,),
+              "diverged": (seeds,)}
+    if m is not None:
+        shapes["curve"] = m["curve"].shape[2:]
+        shapes["curve"] = (seeds, *shapes["curve"])
+    else:
+        shapes["curve"] = (seeds, 1)
+    out = {}
+    for k, shape in shapes.items():
+        fill = True if k == "diverged" else np.nan
+        arr = np.full((pop, *shape), fill, bool if k == "diverged" else np.float64)
+        if m is not None:
+            arr[order] = m[k]
+        out[k] = arr
+    return out
+
+
+def row_metrics(result: dict, i: int) -> dict:
+    """Per-environment metrics of member i, JSON-able (``lab.fitness.row_metrics`` for RL)."""
+    out = {}
+    for name, m in result["tasks"].items():
+        with np.errstate(all="ignore"):
+            curve = np.nanmean(np.asarray(m["curve"][i], np.float64), axis=0).tolist()
+        out[name] = {"fitness": float(m["fitness"][i]),
+                     "final_return": [float(x) for x in m["final_return"][i]],
+                     "mean_return": [float(x) for x in m["mean_return"][i]],
+                     "curve": curve, "diverged": bool(m["diverged"][i].any())}
+        if result.get("rejected") is not None and result["rejected"][i]:
+            out[name]["rejected"] = result["reasons"][i]
+    return out
+
