@@ -36,12 +36,16 @@ def family_name(spec: Any, family: str) -> str:
     differ (tuples joined by ``/``, booleans as 0/1): the name stored with candidates and
     artifacts, read back by ``parse_family``."""
     import dataclasses
+    def num(x) -> str:  # short, and exact: parse_family reads back the same value
+        if isinstance(x, bool | int):
+            return str(int(x))
+        return f"{x:g}" if float(f"{x:g}") == x else repr(float(x))
+
     parts = []
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
         if value != f.default:
-            text = "/".join(f"{x:g}" for x in value) if isinstance(value, tuple) else (
-                str(int(value)) if isinstance(value, bool) else f"{value:g}")
+            text = "/".join(num(x) for x in value) if isinstance(value, tuple) else num(value)
             parts.append(f"{f.name}={text}")
     return family + (f"({','.join(parts)})" if parts else "")
 
@@ -67,8 +71,12 @@ def parse_family(cls: type, family: str, name: str, what: str) -> Any:
                 kwargs[key] = tuple(float(x) for x in text.split("/"))
             elif isinstance(default, bool):
                 kwargs[key] = bool(int(text))
+            elif isinstance(default, int):
+                if not float(text).is_integer():
+                    raise ValueError(text)
+                kwargs[key] = int(float(text))
             else:
-                kwargs[key] = type(default)(float(text))
+                kwargs[key] = float(text)
         except ValueError:
             raise ValueError(f"{what} {name!r}: bad value in {part!r}") from None
     return cls(**kwargs)

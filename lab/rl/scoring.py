@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from typing import Any
 
 import jax
@@ -221,7 +222,8 @@ def row_metrics(result: dict, i: int) -> dict:
     """Per-environment metrics of member i, JSON-able (``lab.fitness.row_metrics`` for RL)."""
     out = {}
     for name, m in result["tasks"].items():
-        with np.errstate(all="ignore"):
+        with warnings.catch_warnings():  # a rejected member's curve is all NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
             curve = np.nanmean(np.asarray(m["curve"][i], np.float64), axis=0).tolist()
         out[name] = {"fitness": float(m["fitness"][i]),
                      "final_return": [float(x) for x in m["final_return"][i]],

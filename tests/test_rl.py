@@ -1,0 +1,444 @@
+"""RL objectives (``kind: drift``): drift families against closed forms, the Mirror-Learning
+constraints and their check, fingerprints, GAE by hand, PPO on a tiny CartPole (deterministic,
+vmapped, compiled once), the scorer's rejection, configs and the CLI.
+
+PPO budgets are tiny (8 updates of 4 envs x 32 steps): every test here runs on CPU in seconds,
+and the few compiled PPO runs are shared through module fixtures."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lab.config import ConfigError, load_config
+from lab.evaluate import _compiled, evaluate
+from lab.fitness import CLIP
+from lab.rl.objectives import (
+    DEAD_ZONE,
+    DPO_ALPHA,
+    DPO_BETA,
+    LPOSpec,
+    check,
+    describe_function,
+    dpo,
+    fingerprint,
+    lpo,
+    objective_from_name,
+    ppo_clip,
+)
+from lab.rl.ppo import Transition, gae, make_train, policy_loss, ppo_clip_loss
+from lab.rl.scoring import RLScorer, normalized_return, worst
+from lab.rules.base import stack_genomes
+from tasks.rl import make_env_task
+
+pytest.importorskip("gymnax")
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = LPOSpec(hidden=16)
+# 1024 env steps = 8 updates of 4 envs x 32 steps, one epoch of 2 minibatches
+TASK = make_env_task("cp_tiny", "CartPole-v1", steps=1024, num_envs=4, num_steps=32, epochs=1,
+                     minibatches=2)
+METRICS = {"final_return": (), "mean_return": (), "episodes": (), "curve": (8,),
+           "diverged": ()}
+
+
+def stack(genomes):
+    return jax.tree.map(np.asarray, stack_genomes(genomes))
+
+
+def random_genomes(objective, n: int, seed: int):
+    """``n`` genomes shaped like the family's default, every weight N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    return [jax.tree.map(lambda x: rng.standard_normal(np.shape(x)).astype(np.float32),
+                         objective.genome) for _ in range(n)]
+
+
+def logp_sample(n: int = 256, seed: int = 0):
+    k1, k2, k3 = jax.random.split(jax.random.key(seed), 3)
+    old = jax.random.normal(k1, (n,)) - 1.0
+    logp = old + 0.4 * jax.random.normal(k2, (n,))  # ratios off both ends of the clip range
+    adv = 2.0 * jax.random.normal(k3, (n,)) + 0.3
+    return logp, old, adv
+
+
+# ---- drift families against closed forms -------------------------------------------------------
+
+def test_ppo_clip_drift_is_the_clipped_surrogate():
+    logp, old, adv = logp_sample()
+    r = np.exp(np.asarray(logp - old))
+    assert (r < 0.8).any() and (r > 1.2).any()  # both clipped sides are exercised
+    o = ppo_clip()
+    ours = policy_loss(o, o.genome, logp, old, adv, 0.3)
+    ref = ppo_clip_loss(logp, old, adv, 0.2)
+    np.testing.assert_allclose(ours, ref, rtol=1e-6, atol=1e-7)
+    g_ours = jax.grad(lambda lp: policy_loss(o, o.genome, lp, old, adv, 0.3))(logp)
+    g_ref = jax.grad(lambda lp: ppo_clip_loss(lp, old, adv, 0.2))(logp)
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-8)
+    assert np.count_nonzero(np.asarray(g_ref)) < logp.shape[0]  # clipped samples have no gradient
+    # LPO started at PPO (zero output layer): the same loss but for the 1e-4 dead zone
+    lo = lpo(SMALL)
+    assert not np.any(lo.genome["w1"])
+    lpo_loss = policy_loss(lo, lo.genome, logp, old, adv, 0.3)
+    assert abs(float(lpo_loss) - float(ref)) <= DEAD_ZONE * 1.01
+    assert float(lpo_loss) != float(ref)  # the dead zone is there (LPO's drift is smaller)
+
+
+def test_dpo_drift_closed_form():
+    o = dpo()
+    assert float(o.genome["alpha"]) == DPO_ALPHA == 2.0
+    assert float(o.genome["beta"]) == pytest.approx(DPO_BETA) and DPO_BETA == 0.6
+    r = np.array([0.5, 0.9, 1.0, 1.3, 2.0, 3.0, 0.4, 1.7])
+    a = np.array([1.5, -2.0, -1.0, 0.7, 3.0, -2.0, -0.5, 0.0])
+
+    def expected(r, a, alpha=2.0, beta=0.6):
+        if a >= 0:
+            x = (r - 1.0) * a
+            return max(x - alpha * np.tanh(x / alpha), 0.0)
+        x = np.log(r) * a
+        return max(x - beta * np.tanh(x / beta), 0.0)
+
+    want = np.array([expected(x, y) for x, y in zip(r, a, strict=True)])
+    got = np.asarray(o.drift(o.genome, jnp.asarray(r, jnp.float32), jnp.asarray(a, jnp.float32),
+                             0.0), np.float64)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    # x - c tanh(x / c) has the sign of x: the drift is positive only where the update moves
+    # r in the advantage's direction ((r - 1) A > 0), zero otherwise
+    moving = np.where(a >= 0, (r - 1.0) * a, np.log(r) * a) > 0
+    assert moving.sum() == 4 and np.array_equal(want > 0, moving)
+
+
+# ---- the Mirror-Learning constraints -----------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [SMALL, LPOSpec(hidden=16, progress=True),
+                                  LPOSpec(hidden=16, ppo_init=False),
+                                  LPOSpec(hidden=16, ppo_init=False, progress=True)],
+                         ids=lambda s: s.name)
+def test_lpo_constraints_hold_for_random_genomes(spec):
+    o = lpo(spec)
+    genomes = random_genomes(o, 8, seed=1)
+    valid, reasons = check(o, stack(genomes))
+    assert valid.tolist() == [True] * 8 and reasons == [""] * 8
+    rng = np.random.default_rng(2)
+    r = jnp.asarray(np.exp(rng.uniform(-2.0, 2.0, 512)), jnp.float32)
+    a = jnp.asarray(3.0 * rng.standard_normal(512), jnp.float32)
+    p = jnp.asarray(rng.uniform(0.0, 1.0, 512), jnp.float32)
+    one = jnp.ones_like(a)
+    for g in genomes:
+        d = np.asarray(o.drift(g, r, a, p))
+        assert np.all(np.isfinite(d)) and d.min() >= 0.0
+        assert np.all(np.asarray(o.drift(g, one, a, p)) == 0.0)
+        slope = jax.vmap(jax.grad(lambda rr, aa, pp, g=g: o.drift(g, rr, aa, pp)))(one, a, p)
+        assert np.all(np.asarray(slope) == 0.0)
+    # the random networks are not all flat: the drift is positive somewhere
+    assert max(float(np.asarray(o.drift(g, r, a, p)).max()) for g in genomes) > 0.1
+
+
+def test_check_rejects_violators_naming_the_constraint():
+    o = ppo_clip()
+    valid, reasons = check(o, stack([{"eps": np.float32(0.2)}, {"eps": np.float32(-0.1)}]))
+    assert valid.tolist() == [True, False] and reasons[0] == ""
+    assert "at r=1 (must be 0)" in reasons[1] and reasons[1].startswith("drift ")
+    d = dpo()
+    valid, reasons = check(d, stack([{"alpha": np.float32(0.0), "beta": np.float32(0.6)}]))
+    assert not valid[0] and reasons[0].startswith("not finite")
+    lo = lpo(SMALL)
+    bad = copy.deepcopy(lo.genome)
+    bad["w1"][3] = np.nan
+    valid, reasons = check(lo, stack([lo.genome, bad]))
+    assert valid.tolist() == [True, False]
+    assert reasons[0] == "" and reasons[1].startswith("not finite")
+
+
+# ---- names ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec", [LPOSpec(), SMALL, LPOSpec(hidden=16, progress=True),
+                                  LPOSpec(hidden=8, ppo_init=False, init_seed=3)])
+def test_lpo_spec_name_round_trips(spec):
+    assert LPOSpec.parse(spec.name) == spec
+    assert objective_from_name(spec.name).name == spec.name
+
+
+def test_lpo_spec_name_round_trips_exactly():
+    """Integers and floats are written so that they read back exactly; a fraction for an
+    integer setting is refused, not truncated."""
+    spec = LPOSpec(hidden=16, init_seed=1234567)
+    assert LPOSpec.parse(spec.name) == spec
+    with pytest.raises(ValueError, match="bad value"):
+        LPOSpec.parse("lpo(hidden=16.5)")
+    from lab.rules.learned import Features
+    f = Features(hidden=4, depth=1, step=0.0123456789, momenta=(0.9, 0.123456789))
+    assert Features.parse(f.name) == f
+
+
+def test_family_names():
+    assert LPOSpec().name == "lpo"
+    assert LPOSpec(hidden=16, progress=True).name == "lpo(hidden=16,progress=1)"
+    assert LPOSpec.parse("lpo(hidden=16,progress=1)") == LPOSpec(hidden=16, progress=True)
+    assert objective_from_name(" ppo_clip ") is ppo_clip()
+    assert objective_from_name("dpo") is dpo()
+    with pytest.raises(ValueError, match=r"unknown drift family 'ppo'; did you mean ppo_clip"):
+        objective_from_name("ppo")
+    with pytest.raises(ValueError, match=r"unknown drift family 'trpo'"):
+        objective_from_name("trpo")
+    with pytest.raises(ValueError, match=r"unknown setting 'width=3'"):
+        objective_from_name("lpo(width=3)")
+    with pytest.raises(ValueError, match=r"hidden must be at least 1"):
+        LPOSpec.parse("lpo(hidden=0)")
+
+
+# ---- fingerprints ------------------------------------------------------------------------------
+
+def test_describe_function_names_known_objectives():
+    o = ppo_clip()
+    doc = describe_function(o, o.genome)
+    assert doc["equals"] == ["ppo_clip"]
+    assert doc["closest"] == {"name": "ppo_clip", "distance": 0.0}
+    assert doc["constraints"] == {"valid": True, "reason": ""}
+    assert describe_function(dpo(), dpo().genome)["equals"] == ["dpo"]
+    assert describe_function(dpo(), dpo().genome)["closest"]["distance"] == 0.0
+    lo = lpo(SMALL)
+    near = describe_function(lo, lo.genome)
+    assert near["closest"]["name"] == "ppo_clip"
+    assert 0.0 < near["closest"]["distance"] < 1e-3
+    assert near["distances"]["dpo"] > 100 * near["closest"]["distance"]
+    bad = describe_function(o, {"eps": np.float32(-0.1)})
+    assert bad["constraints"]["valid"] is False and "r=1" in bad["constraints"]["reason"]
+
+
+def test_fingerprint_hash_is_functional():
+    lo = lpo(SMALL)
+    g = random_genomes(lo, 1, seed=4)[0]
+    fp, h = fingerprint(lo, g)
+    assert len(h) == 32 and np.all(np.isfinite(fp))
+    assert fingerprint(lo, copy.deepcopy(g))[1] == h
+    changed = copy.deepcopy(g)
+    changed["w1"][0] += 0.1
+    assert fingerprint(lo, changed)[1] != h
+    # at the PPO start the output layer is zero: the first layer does not change the function
+    moved = copy.deepcopy(lo.genome)
+    moved["w0"][0, 0] += 1.0
+    assert fingerprint(lo, moved)[1] == fingerprint(lo, lo.genome)[1]
+
+
+# ---- GAE by hand ---------------------------------------------------------------------------------
+
+def traj_of(term, done):
+    """A 3-step, 1-env rollout: values 1, 2, 3; rewards 0.5, 1, 2."""
+    col = lambda xs, dt=jnp.float32: jnp.asarray(xs, dt)[:, None]  # noqa: E731
+    z = jnp.zeros((3, 1))
+    return Transition(obs=z, action=jnp.zeros((3, 1), jnp.int32), log_prob=z,
+                      value=col([1.0, 2.0, 3.0]), reward=col([0.5, 1.0, 2.0]),
+                      terminated=col(term, bool), done=col(done, bool), final_obs=z)
+
+
+@pytest.mark.parametrize("end", ["none", "terminated", "truncated"])
+def test_gae_by_hand(end):
+    g, lam = 0.9, 0.8
+    v, rew = [1.0, 2.0, 3.0], [0.5, 1.0, 2.0]
+    # V of each step's true next state: step 1's is its episode's last state (5) when it ends,
+    # the next step's value otherwise
+    nv = [2.0, 5.0 if end != "none" else 3.0, 4.0]
+    term = [False, end == "terminated", False]
+    done = [False, end != "none", False]
+    d2 = rew[2] + g * nv[2] - v[2]
+    a2 = d2
+    if end == "none":
+        d1 = rew[1] + g * 3.0 - v[1]
+        a1 = d1 + g * lam * a2
+    elif end == "terminated":
+        d1 = rew[1] - v[1]  # no bootstrap, no carry
+        a1 = d1
+    else:
+        d1 = rew[1] + g * 5.0 - v[1]  # bootstrapped from the final state, no carry
+        a1 = d1
+    d0 = rew[0] + g * 2.0 - v[0]
+    a0 = d0 + g * lam * a1
+    adv, ret = gae(traj_of(term, done), jnp.asarray(nv)[:, None], g, lam)
+    assert adv.shape == ret.shape == (3, 1)
+    np.testing.assert_allclose(np.asarray(adv)[:, 0], [a0, a1, a2], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(ret)[:, 0], [a0 + 1.0, a1 + 2.0, a2 + 3.0], rtol=1e-6)
+    if end == "terminated":
+        assert a1 == pytest.approx(-1.0)
+    elif end == "truncated":
+        assert a1 == pytest.approx(3.5)
+
+
+# ---- PPO on a tiny CartPole -------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def ppo_run():
+    """(train, jitted train) of PPO-clip on the tiny CartPole."""
+    train = make_train(TASK, ppo_clip())
+    return train, jax.jit(train)
+
+
+def as_np(m):
+    return {k: np.asarray(v) for k, v in m.items()}
+
+
+def test_make_train_metrics_and_determinism(ppo_run):
+    train, run = ppo_run
+    assert make_train(TASK, ppo_clip(), 1024) is train  # one object: one compiled function
+    g = ppo_clip().genome
+    m = as_np(run(g, jax.random.key(0)))
+    assert {k: v.shape for k, v in m.items()} == METRICS
+    assert not m["diverged"] and m["episodes"] > 0
+    for k in ("final_return", "mean_return", "curve", "episodes"):
+        assert np.all(np.isfinite(m[k])), k
+    assert 8 <= m["mean_return"] <= 500 and 8 <= m["final_return"] <= 500  # CartPole's range
+    again = as_np(run(g, jax.random.key(0)))
+    for k in m:
+        np.testing.assert_array_equal(again[k], m[k], err_msg=k)
+    other = as_np(run(g, jax.random.key(1)))
+    assert not np.array_equal(other["curve"], m["curve"])
+
+
+@pytest.mark.parametrize("spec", [SMALL, LPOSpec(hidden=16, progress=True)],
+                         ids=lambda s: s.name)
+def test_lpo_at_ppo_start_trains_like_ppo(spec, ppo_run):
+    _, run = ppo_run
+    lo = lpo(spec)
+    key = jax.random.key(3)
+    ours = as_np(jax.jit(make_train(TASK, lo))(lo.genome, key))
+    ref = as_np(run(ppo_clip().genome, key))
+    np.testing.assert_allclose(ours["final_return"], ref["final_return"], rtol=1e-3)
+    np.testing.assert_allclose(ours["mean_return"], ref["mean_return"], rtol=1e-3)
+
+
+def test_evaluate_vmaps_like_single_runs_and_compiles_once(ppo_run, one_device_mesh):
+    train, run = ppo_run
+    genomes = [{"eps": np.float32(0.2)}, {"eps": np.float32(0.1)}]
+    keys = jax.random.split(jax.random.key(7), 4).reshape(2, 2)
+    out = evaluate(train, stack(genomes), keys, one_device_mesh)
+    assert {k: v.shape for k, v in out.items()} == {k: (2, 2, *s) for k, s in METRICS.items()}
+    for i, g in enumerate(genomes):
+        for j in range(2):
+            single = as_np(run(g, keys[i, j]))
+            for k in METRICS:
+                np.testing.assert_allclose(out[k][i, j], single[k], rtol=1e-5, err_msg=k)
+    # a second population of the same shape reuses the compiled function
+    fn = _compiled(train, one_device_mesh)
+    assert fn._cache_size() == 1
+    more = [{"eps": np.float32(0.3)}, {"eps": np.float32(0.15)}]
+    out2 = evaluate(train, stack(more), keys[::-1], one_device_mesh)
+    assert fn._cache_size() == 1
+    assert out2["final_return"].shape == (2, 2) and not out2["diverged"].any()
+
+
+# ---- scoring -------------------------------------------------------------------------------------
+
+def test_normalized_return_closed_form():
+    got = normalized_return([20.0, 10.0, 15.0, 5.0, 1e6, -1e6, np.nan, np.inf], 20.0, 10.0)
+    np.testing.assert_allclose(got, [0.0, 1.0, 0.5, 1.5, -CLIP, CLIP, CLIP, CLIP])
+    assert CLIP == 5.0
+    assert worst("ppo_normalized", {"ppo": 20.0, "random": 10.0}) == 5.0
+    # raw returns: the worst is the return that normalizes to +C (negated: lower is better)
+    w = worst("final_return", {"ppo": 20.0, "random": 10.0})
+    assert w == -(10.0 + (1.0 - CLIP) * 10.0) == 30.0
+    assert normalized_return([-w], 20.0, 10.0)[0] == CLIP
+
+
+@pytest.mark.parametrize("fitness", ["ppo_normalized", "final_return"])
+def test_rl_scorer_rejects_violators_before_training(fitness, ppo_run, one_device_mesh):
+    train, _ = ppo_run
+    refs = {TASK.name: {"ppo": 20.0, "random": 10.0}}
+    # chunk 2, seeds 2: the two valid members are one [2, 2] call (the compiled shape above)
+    scorer = RLScorer("test-rl", "0", [TASK], ppo_clip(), 0, 2, refs, fitness=fitness,
+                      mesh=one_device_mesh, chunk=2)
+    assert scorer.trains[TASK.name] is train
+    eps = [0.2, -0.1, 0.1, -0.3]
+    result = scorer.score(stack([{"eps": np.float32(e)} for e in eps]))
+    assert result["rejected"].tolist() == [False, True, False, True]
+    assert result["reasons"][0] == result["reasons"][2] == ""
+    assert "r=1" in result["reasons"][1] and "r=1" in result["reasons"][3]
+    m = result["tasks"][TASK.name]
+    w = worst(fitness, refs[TASK.name])
+    assert w == (5.0 if fitness == "ppo_normalized" else 30.0)
+    f = result["fitness"]
+    assert f[1] == f[3] == w
+    assert np.isfinite(f[[0, 2]]).all() and (f[[0, 2]] != w).all()
+    assert np.isnan(m["final_return"][[1, 3]]).all() and m["diverged"][[1, 3]].all()
+    assert np.isfinite(m["final_return"][[0, 2]]).all() and not m["diverged"][[0, 2]].any()
+    mean = m["final_return"][[0, 2]].mean(axis=1)
+    want = np.clip(1.0 - (mean - 10.0) / 10.0, -CLIP, CLIP) if fitness == "ppo_normalized" \
+        else -mean
+    np.testing.assert_allclose(f[[0, 2]], want, rtol=1e-6)
+    assert _compiled(train, one_device_mesh)._cache_size() == 1
+
+
+def test_rl_scorer_all_rejected_trains_nothing(one_device_mesh, monkeypatch):
+    import lab.rl.scoring as S
+    monkeypatch.setattr(S, "evaluate", lambda *a, **k: pytest.fail("trained a rejected member"))
+    refs = {TASK.name: {"ppo": 20.0, "random": 10.0}}
+    scorer = RLScorer("test-rl", "0", [TASK], ppo_clip(), 0, 2, refs, fitness="mean_return",
+                      mesh=one_device_mesh)
+    result = scorer.score(stack([{"eps": np.float32(-0.1)}, {"eps": np.float32(-0.2)}]))
+    assert result["rejected"].all() and result["fitness"].tolist() == [30.0, 30.0]
+    assert all("r=1" in r for r in result["reasons"])
+
+
+# ---- configs -------------------------------------------------------------------------------------
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_lpo_smoke_config():
+    cfg = load_config(ROOT / "configs" / "lpo_smoke.yaml")
+    assert cfg.kind == "drift" and cfg.suite == "rl-smoke"
+    assert cfg.rule.family == "lpo" and cfg.rule.hidden == 16 and cfg.rule.ppo_init
+    assert cfg.rule.family_name() == "lpo(hidden=16)"
+    assert cfg.search.fitness == "ppo_normalized"
+    assert objective_from_name(cfg.rule.family_name()) is lpo(SMALL)
+
+
+def test_drift_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"suite: kind 'drift' cannot train on suite 'train'"):
+        load_config(write(tmp_path, "kind: drift\nsuite: train\n"))
+    with pytest.raises(ConfigError, match=r"suite: kind 'learned' cannot train on suite "
+                                          r"'rl-train'"):
+        load_config(write(tmp_path, "kind: learned\nsuite: rl-train\n"))
+    with pytest.raises(ConfigError, match=r"run\.yaml:3: rule.hiden: unknown key; did you mean "
+                                          r"hidden"):
+        load_config(write(tmp_path, "kind: drift\nsuite: rl-smoke\nrule: {hiden: 8}\n"))
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "kind: drift\nsuite: rl-smoke\nsearch: {fitness: bogus}\n"))
+    msg = str(e.value)
+    assert "search.fitness: unknown RL fitness 'bogus'" in msg
+    for choice in ("ppo_normalized", "final_return", "mean_return"):
+        assert choice in msg
+    with pytest.raises(ConfigError, match=r"rule.family: unknown drift family 'ppo'"):
+        load_config(None, ["kind=drift", "suite=rl-smoke", "rule.family=ppo"])
+
+
+# ---- the CLI -----------------------------------------------------------------------------------
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path):
+    from lab.cli import main
+    monkeypatch.setenv("LAB_JAX_CACHE", "")  # no persistent compile cache from inside tests
+    store = str(tmp_path / "lab.db")
+    return lambda *args: main([*args, "--store", store])
+
+
+def test_lab_tasks_lists_rl_environments(cli, capsys):
+    assert cli("tasks", "--suite", "rl-heldout", "--json") == 0
+    rows = json.loads(capsys.readouterr().out)
+    envs = {r["env"] for r in rows}
+    assert len(rows) >= 2 and len(envs) == len(rows)
+    assert all("rl-heldout" in r["suites"] and r["env"].endswith("-MinAtar") for r in rows)
+
+
+def test_lab_replay_refuses_update_rule_on_rl_suite(cli, capsys):
+    assert cli("replay", "baseline:adam", "--suite", "rl-heldout") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lab replay: error: --suite rl-heldout")
+    assert "supervised suite" in err and len(err.strip().splitlines()) == 1
