@@ -84,10 +84,12 @@ def readme(name: str, rule: dict, metrics: dict, extra: str = "") -> str:
         lines.append(f"- training run: `{run.get('id')}` (config {run.get('config_hash')}, "
                      f"fitness {run.get('fitness')})")
     for key, held in metrics.items():
-        if not (key.startswith("heldout") and isinstance(held, dict) and held.get("rows")):
+        if not ((key.startswith("heldout") or key == "train") and isinstance(held, dict)
+                and held.get("rows")):
             continue
         if held["suite"].startswith("rl-"):
-            lines += _rl_rows(held)
+            lines += _rl_rows(held, "Training-suite scores" if key == "train" else
+                              "Held-out scores")
             continue
         scale = held.get("horizon_scale", 1)
         lines += ["", f"## Held-out scores ({held['suite']}, {held['seeds']} seeds"
@@ -109,10 +111,13 @@ def readme(name: str, rule: dict, metrics: dict, extra: str = "") -> str:
     return "\n".join(lines)
 
 
-def _rl_rows(held: dict) -> list[str]:
-    """The README table of a drift objective's held-out replay (``lab.rl.replay``)."""
-    lines = ["", f"## Held-out scores ({held['suite']}, {held['seeds']} seeds)", "",
-             "PPO trained with each objective on environments the search never saw. Final "
+def _rl_rows(held: dict, title: str) -> list[str]:
+    """The README table of a drift objective's replay (``lab.rl.replay``)."""
+    where = ("the environments it was meta-trained on (fixed evaluation seeds, not the "
+             "search's)" if title.startswith("Training") else
+             "environments the search never saw")
+    lines = ["", f"## {title} ({held['suite']}, {held['seeds']} seeds)", "",
+             f"PPO trained with each objective on {where}. Final "
              "return: mean over seeds with a 95% interval. Score: 1 - (R - R_random) / "
              "(R_PPO-clip - R_random); lower is better, 0 = PPO-clip, 1 = a random policy.", "",
              "| environment | objective | env steps | final return | 95% interval | "

@@ -175,8 +175,11 @@ def cmd_references(args) -> int:
     out = Path(args.out)
 
     def progress(task, opt, n, r):
-        what = "final return" if task in rl else "final loss"
-        log(f"{task:28s} {opt:8s} seeds={n}  lr={r['lr']:.3g}  {what}={r['final_loss']:.4g}")
+        if task in rl:
+            log(f"{task:28s} {opt:8s} seeds={n}  final return={r['final_loss']:.4g}")
+        else:
+            log(f"{task:28s} {opt:8s} seeds={n}  lr={r['lr']:.3g}  final loss="
+                f"{r['final_loss']:.4g}")
     doc = build(list(chosen.values()), seeds, OPTIMIZERS, out, make_mesh(0), progress,
                 rl_tasks=list(rl.values()))
     print(f"wrote {len(doc['entries'])} references and {len(doc['rl'])} RL references to {out}")

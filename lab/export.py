@@ -29,9 +29,14 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int | None = No
                          + ("an RL suite" if drift else "a supervised suite"))
     info = function_info(target, store)
     log(f"export {target.label}: hash {info['hash']}, replaying on {suite} ({seeds} seeds)")
+    train = None
     if drift:
         from lab.rl.replay import replay_rl
         held = replay_rl(target, suite, seeds)
+        run_suite = (target.run or {}).get("config", {}).get("suite")
+        if run_suite and tasks.is_rl_suite(run_suite) and run_suite != suite:
+            log(f"export {target.label}: replaying on its training suite {run_suite}")
+            train = replay_rl(target, run_suite, seeds)
     else:
         # a program is also replayed with its learning rate tuned per task, like the baselines
         held = replay(target, suite, seeds, store=store, tune_lr=target.rule.kind == "program")
@@ -50,6 +55,8 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int | None = No
                "target": target.text}
     if longer is not None:
         metrics[f"heldout_x{LONGER}"] = longer
+    if train is not None:  # the same comparison on the environments it was trained on
+        metrics["train"] = train
     if target.run is not None:
         metrics["search"] = search_summary(store, target.run["id"])
     return write_artifact(out, name, target, info, metrics)

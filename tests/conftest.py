@@ -17,6 +17,8 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import jax  # noqa: E402
 
+import lab  # noqa: E402,F401  (sets XLA flags of its own before JAX starts a backend)
+
 jax.config.update("jax_num_cpu_devices", 8)
 
 import jax.numpy as jnp  # noqa: E402

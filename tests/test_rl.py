@@ -344,6 +344,18 @@ def test_normalized_return_closed_form():
     assert normalized_return([-w], 20.0, 10.0)[0] == CLIP
 
 
+@pytest.mark.parametrize("ppo,random", [(20.0, 22.0), (20.0, 20.0), (-200.0, -200.0),
+                                        (0.5, -0.6), (-90.0, -500.0)])
+def test_normalized_return_keeps_its_direction(ppo, random):
+    """A higher return always scores lower, also where PPO-clip does not beat a random policy
+    (short budgets), and PPO-clip's own return scores 0."""
+    returns = np.linspace(min(ppo, random) - 5, max(ppo, random) + 5, 41)
+    s = normalized_return(returns, ppo, random)
+    assert np.all(np.diff(s) <= 0) and s[0] > s[-1]
+    assert normalized_return([ppo], ppo, random)[0] == 0.0
+    assert np.isfinite(worst("final_return", {"ppo": ppo, "random": random}))
+
+
 @pytest.mark.parametrize("fitness", ["ppo_normalized", "final_return"])
 def test_rl_scorer_rejects_violators_before_training(fitness, ppo_run, one_device_mesh):
     train, _ = ppo_run

@@ -14,7 +14,8 @@ Fitness (``search.fitness``), lower is better as everywhere in the lab:
   curve: for environments such as CartPole where the final return saturates);
 * ``ppo_normalized`` (default): the mean over environments of ``1 - (R - R_random) / (R_ppo -
   R_random)`` on the final return, clipped to +-C: 0 = PPO-clip at the same budget and seeds,
-  1 = a uniformly random policy, negative = better than PPO.
+  1 = a uniformly random policy, negative = better than PPO (``normalized_return``: where PPO
+  barely beats random, the denominator has a floor, so a higher return always scores lower).
 
 References (``RLReferences``): PPO-clip's and the random policy's mean final return per
 (environment, budget, seeds) on the fixed evaluation seeds; shipped in ``tasks/references.json``
@@ -41,28 +42,35 @@ from lab.rules.base import population_size, stack_genomes
 from tasks.rl import EnvTask
 
 FITNESS = ("ppo_normalized", "final_return", "mean_return")
-MIN_GAP = 1e-6  # |R_ppo - R_random| below this makes a normalized score undefined
+MIN_SCALE = 0.1  # the normalizing gap is at least this fraction of the returns' magnitude
+
+
+def scale(ppo: float, random: float) -> float:
+    """The denominator of normalized scores: ``R_ppo - R_random``, but at least ``MIN_SCALE``
+    times the larger magnitude of the two (and 1e-3), so that a score keeps its direction (a
+    higher return always scores lower) where PPO-clip barely beats a random policy, or does
+    not (very short budgets)."""
+    return max(ppo - random, MIN_SCALE * max(abs(ppo), abs(random)), 1e-3)
 
 
 def normalized_return(returns, ppo: float, random: float) -> np.ndarray:
-    """``clip(1 - (R - R_random) / (R_ppo - R_random), -C, C)`` elementwise (0 = PPO-clip, 1 =
-    random policy, lower is better); non-finite returns score +C."""
+    """``clip((R_ppo - R) / scale, -C, C)`` elementwise, ``scale`` = ``R_ppo - R_random`` where
+    PPO-clip clearly beats a random policy (then this is ``1 - (R - R_random) / (R_ppo -
+    R_random)``): 0 = PPO-clip, 1 = random policy, lower is better; non-finite returns score
+    +C."""
     returns = np.asarray(returns, np.float64)
-    gap = ppo - random
-    if not abs(gap) > MIN_GAP:
-        gap = MIN_GAP if gap >= 0 else -MIN_GAP
     with np.errstate(all="ignore"):
-        s = 1.0 - (returns - random) / gap
+        s = (ppo - returns) / scale(ppo, random)
     return np.where(np.isfinite(s), np.clip(s, -CLIP, CLIP), CLIP)
 
 
 def worst(fitness: str, ref: dict) -> float:
     """The fitness of a diverged or rejected member: +C for ``ppo_normalized``; for raw returns
-    the return that +C normalizes to (finite, so means, ranks and the store stay defined)."""
+    minus the return that normalizes to +C (finite, so means, ranks and the store stay
+    defined)."""
     if fitness == "ppo_normalized":
         return CLIP
-    return -(ref["random"] + (1.0 - CLIP) * (ref["ppo"] - ref["random"])) \
-        if ref["ppo"] >= ref["random"] else -ref["random"] + CLIP
+    return -(ref["ppo"] - CLIP * scale(ref["ppo"], ref["random"]))
 
 
 def task_fitness(m: dict, fitness: str, ref: dict) -> np.ndarray:
