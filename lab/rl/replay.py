@@ -62,6 +62,8 @@ def replay_rl(target: Target, suite: str = "rl-heldout", seeds: int = 8,
     if target.rule.kind != "drift":
         raise ValueError(f"suite {suite!r} is an RL suite: it replays drift objectives, not "
                          f"kind {target.rule.kind!r}")
+    from lab.rl.scoring import rl_mesh
+    mesh = rl_mesh(mesh)
     rows, randoms = [], {}
     for task in task_registry.get_suite(suite):
         budget = task.steps

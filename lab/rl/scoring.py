@@ -93,7 +93,7 @@ class RLReferences:
     """PPO-clip's and the random policy's mean final return per (env, budget, seeds)."""
 
     def __init__(self, store=None, mesh: Mesh | None = None):
-        self.store, self.mesh = store, mesh
+        self.store, self.mesh = store, rl_mesh(mesh)
 
     def context(self, task: EnvTask) -> str:
         from tasks import task_version
@@ -145,6 +145,21 @@ def shipped_rl() -> dict[tuple, dict]:
             for e in doc.get("rl", [])}
 
 
+def rl_mesh(mesh: Mesh | None) -> Mesh | None:
+    """``mesh``, or one device where it spans several CPU devices: PPO sharded over several CPU
+    devices (``jax_num_cpu_devices``) hangs in XLA's CPU runtime (jax 0.10: every thread waits,
+    no collective in the program). GPUs and TPUs keep their mesh."""
+    if mesh is None or mesh.devices.size == 1:
+        return mesh
+    if all(d.platform == "cpu" for d in mesh.devices.flat):
+        from lab.console import log
+        from lab.evaluate import make_mesh
+        log(f"RL evaluation on CPU uses one device, not {mesh.devices.size} (XLA's CPU runtime "
+            "hangs on PPO sharded over several CPU devices)")
+        return make_mesh(1)
+    return mesh
+
+
 class RLScorer:
     """Scores populations of one drift family on one RL suite (one compiled function per
     environment). The interface of ``lab.fitness.SuiteScorer``."""
@@ -155,7 +170,8 @@ class RLScorer:
         if fitness not in FITNESS:
             raise ValueError(f"unknown RL fitness {fitness!r} (one of {', '.join(FITNESS)})")
         self.tasks, self.rule, self.seeds, self.refs = tasks, objective, seeds, refs
-        self.fitness, self.mesh, self.chunk, self.budget = fitness, mesh, chunk, budget
+        self.fitness, self.chunk, self.budget = fitness, chunk, budget
+        self.mesh = rl_mesh(mesh)
         self.trains = {t.name: make_train(t, objective, self.steps(t)) for t in tasks}
         refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
         self.context = EvalContext(suite, suite_version, budget, seeds, 0.0, (),
