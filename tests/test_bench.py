@@ -316,6 +316,7 @@ def rl_result():
                   devices=1)
 
 
+@pytest.mark.slow  # three PPO compiles (~25 s); `lab bench rl` runs in the acceptance check
 def test_rl_result_contract(rl_result):
     r = rl_result
     assert r["benchmark"] == "rl" and r["env"] == "CartPole-v1"
@@ -364,6 +365,7 @@ def test_rl_population_is_noisy_lpo():
         assert not np.allclose(noise[0], noise[1]), name  # the candidates differ
 
 
+@pytest.mark.slow  # three PPO compiles (~25 s); `lab bench rl` runs in the acceptance check
 def test_rl_main_json_stdout(monkeypatch, capsys, rl_result):
     seen = {}
 
@@ -383,6 +385,7 @@ def test_rl_main_json_stdout(monkeypatch, capsys, rl_result):
     assert out.count("\n") == 1
 
 
+@pytest.mark.slow  # three PPO compiles (~25 s); `lab bench rl` runs in the acceptance check
 def test_rl_defaults_are_the_reference_configuration(monkeypatch, capsys, rl_result):
     seen = {}
     monkeypatch.setattr(rl, "run", lambda **kw: seen.update(kw) or rl_result)

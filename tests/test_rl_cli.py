@@ -14,6 +14,9 @@ from lab.artifacts import load_artifact
 from lab.cli import main
 from tasks.rl import make_env_task
 
+# about a minute of compiles: with -m slow (the acceptance check runs the same flow end to end)
+pytestmark = pytest.mark.slow
+
 TINY = make_env_task("cartpole_cli_tiny", "CartPole-v1", steps=512, num_envs=4, num_steps=32,
                      epochs=1, minibatches=2)
 

@@ -29,6 +29,9 @@ ADAM_LR = {"quadratic": 0.1, "rosenbrock": 0.05}
 TRAIN_STEPS = 40
 # Families whose tasks have a held-out split.
 HELD_OUT = {"teacher_student", "digits", "mnist1d", "charlm"}
+# supervised tasks (RL environments, tasks.rl.EnvTask, have their own tests in test_rl*.py)
+SUPERVISED = [n for n in tasks.TASKS
+              if not any(n in v for s, v in tasks.SUITES.items() if tasks.is_rl_suite(s))]
 
 
 def _width_depth(task: tasks.Task) -> tuple[int, int]:
@@ -38,7 +41,7 @@ def _width_depth(task: tasks.Task) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def all_tasks() -> dict[str, tasks.Task]:
-    return {name: tasks.get_task(name) for name in tasks.TASKS}
+    return {name: tasks.get_task(name) for name in SUPERVISED}
 
 
 # ----------------------------------------------------------------------------- every task
@@ -72,7 +75,7 @@ def _check(task: tasks.Task):
     return jax.jit(run)(jax.random.key(0))
 
 
-@pytest.mark.parametrize("name", list(tasks.TASKS))
+@pytest.mark.parametrize("name", SUPERVISED)
 def test_task_inits_samples_and_trains(name: str):
     task = tasks.get_task(name)
     assert task.name == name and task.family in FAMILIES
@@ -188,7 +191,12 @@ def test_conv1d_same_matches_lax():
 
 def test_suites_reference_registered_tasks(all_tasks):
     assert {"smoke", "train", "heldout"} <= set(tasks.SUITES)
-    assert not any(s.startswith("rl-") for s in tasks.SUITES)
+    from tasks.rl import EnvTask
+    rl = {s for s in tasks.SUITES if tasks.is_rl_suite(s)}
+    assert rl == {"rl-smoke", "rl-train", "rl-heldout"}
+    for suite in tasks.SUITES:
+        assert all(isinstance(t, EnvTask) == (suite in rl) for t in tasks.get_suite(suite))
+    assert not set(tasks.SUITES["rl-train"]) & set(tasks.SUITES["rl-heldout"])
     for suite, names in tasks.SUITES.items():
         assert names and len(set(names)) == len(names), suite
         assert [t.name for t in tasks.get_suite(suite)] == list(names)
@@ -255,6 +263,11 @@ def test_task_rows(all_tasks):
     rows = tasks.task_rows()
     assert [r["name"] for r in rows] == list(tasks.TASKS)
     for row in rows:
+        if row["name"] not in all_tasks:  # an RL environment
+            task = tasks.get_task(row["name"])
+            assert row["env"] == task.env_id and row["family"] == "gymnax"
+            assert row["params"] == task.param_count() > 0 and row["steps"] == task.steps
+            continue
         assert set(row) == {"name", "family", "suites", "params", "steps"}
         task = all_tasks[row["name"]]
         assert row["family"] == task.family and row["steps"] == task.steps
