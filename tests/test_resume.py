@@ -153,8 +153,9 @@ def _wait_for_generations(proc, db: Path, name: str, n: int, log: Path, timeout:
     raise AssertionError(f"no {n} generations within {timeout} s:\n{log.read_text()}")
 
 
-# the every-2 case repeats the program case's work: it runs with ``-m slow``
-SLOW = {"program-checkpoint-every-2"}
+# the every-2 case repeats the program case's work, and the drift search runs the same ES loop
+# (``lab.launch.run_es``) as the baseline case: both run with ``-m slow``
+SLOW = {"program-checkpoint-every-2", "drift"}
 
 
 @pytest.mark.parametrize("kind,config,overrides", [
