@@ -1,8 +1,10 @@
 """Benchmarks behind ``lab bench NAME [--json]``.
 
-Each benchmark is a module with ``run(...) -> dict`` (strict-JSON-able, plain numbers) and
-``main(argv) -> int``; with ``--json`` its main prints exactly one strict JSON document on stdout
-and everything else on stderr. Modules are imported lazily, so listing benchmarks costs nothing.
+Each benchmark is a module with ``run(...) -> dict`` (strict-JSON-able, plain numbers),
+``main(argv) -> int``, ``GATED`` (the figures gates read: plain numbers) and ``SMALL`` (arguments
+for a run of seconds, the tests'); with ``--json`` its main prints exactly one strict JSON
+document on stdout and everything else on stderr. Modules are imported lazily, so listing
+benchmarks costs nothing.
 """
 
 from __future__ import annotations

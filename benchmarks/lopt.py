@@ -1,9 +1,10 @@
 """Learned-optimizer benchmark: meta-training throughput, and its cost against optax Adam.
 
-What ``lab.search.lopt`` spends its time on: one truncation of every member's inner run, per task,
-through ``lab.unroll.unroll_population`` (one compiled, vmapped call per task). Two populations go
-through the very same path (``make_unroll`` + ``start_population`` + ``unroll_population``, the same
-tasks, unroll length, outer learning rate 1.0, meta-loss and per-member keys):
+What ``lab.kinds.learned.search`` spends its time on: one truncation of every member's inner run,
+per task, through ``lab.kinds.learned.unroll.unroll_population`` (one compiled, vmapped call per
+task). Two populations go through the very same path (``make_unroll`` + ``start_population`` +
+``unroll_population``, the same tasks, unroll length, outer learning rate 1.0, meta-loss and
+per-member keys):
 
 * learned: ``learned_rule(Features(hidden, depth))`` (the structure of ``configs/lopt.yaml``,
   hidden 16 and depth 2 by default, every other feature at its default), members = the Adam-like
@@ -49,6 +50,10 @@ import numpy as np
 
 from benchmarks import positive_int
 
+# the figures the benchmark gates on (plain numbers), and a run of seconds (the tests')
+GATED = ("inner_steps_per_second", "cost_vs_adam")
+SMALL = ("--tasks", "quadratic_ill_8", "--population", "2", "--unroll", "3", "--repeats", "1",
+         "--hidden", "4", "--depth", "1", "--devices", "1")
 DEFAULT_TASKS = ("digits_mlp", "mnist1d_mlp")  # train suite
 DEFAULT_POPULATION = 32  # configs/lopt.yaml search.population
 DEFAULT_UNROLL = 20      # configs/lopt.yaml search.unroll
@@ -68,7 +73,7 @@ def _log(message: str) -> None:
 def learned_population(population: int, hidden: int = DEFAULT_HIDDEN, depth: int = DEFAULT_DEPTH,
                        sigma: float = SIGMA, seed: int = SEED):
     """(rule, genomes): ``population`` learned optimizers around the Adam-like initial weights."""
-    from lab.rules.learned import Features, init_genome, learned_rule
+    from lab.kinds.learned.rule import Features, init_genome, learned_rule
 
     features = Features(hidden=hidden, depth=depth)
     mean = init_genome(features, jax.random.key(seed))
@@ -84,7 +89,7 @@ def learned_population(population: int, hidden: int = DEFAULT_HIDDEN, depth: int
 def adam_population(population: int):
     """(rule, genomes): ``population`` optax Adam genomes (``benchmarks.population``'s)."""
     from benchmarks.population import adam_population as spread
-    from lab.rules.baselines import make_baseline
+    from lab.core.optimizers import make_baseline
 
     return make_baseline("adam"), spread(population)
 
@@ -93,7 +98,7 @@ class _Side:
     """One rule's population of inner runs, one per task, and its timings."""
 
     def __init__(self, name, rule, genomes, the_tasks, population, unroll, calls, mesh):
-        from lab.unroll import make_unroll, start_population
+        from lab.kinds.learned.unroll import make_unroll, start_population
 
         self.name, self.genomes, self.mesh = name, genomes, mesh
         self.unrolls = [make_unroll(t, rule, unroll, LR, META_LOSS, 1.0) for t in the_tasks]
@@ -116,7 +121,7 @@ class _Side:
 
     def call(self) -> float:
         """One truncation of every task; returns its wall-clock seconds (blocked)."""
-        from lab.unroll import unroll_population
+        from lab.kinds.learned.unroll import unroll_population
 
         keys = self.keys[self.calls]
         t0 = time.perf_counter()
@@ -149,7 +154,7 @@ def run(tasks: Sequence[str] = DEFAULT_TASKS, population: int = DEFAULT_POPULATI
       A strict-JSON-able dict (see the module docstring).
     """
     import tasks as task_registry
-    from lab.evaluate import make_mesh
+    from lab.core.evaluate import make_mesh
 
     tasks = [str(t) for t in tasks]
     if not tasks:

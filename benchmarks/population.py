@@ -3,7 +3,7 @@
 Both sides do the same work: the same task, the same population of Adam genomes (learning rates
 spread log-uniformly), the same ``[population, seeds]`` keys and the same ``train`` function.
 
-* evaluator: ``lab.evaluate.evaluate(train, genomes, keys, mesh)``, one compiled call of
+* evaluator: ``lab.core.evaluate.evaluate(train, genomes, keys, mesh)``, one compiled call of
   ``vmap(vmap(train))`` over candidates x seeds (the candidate axis sharded over all devices);
 * loop: ``jax.jit(jax.vmap(train, in_axes=(None, 0)))`` (vmapped over seeds only), compiled once,
   then called once per candidate from Python.
@@ -29,6 +29,9 @@ from collections.abc import Sequence
 import jax
 import numpy as np
 
+# the figures the benchmark gates on (plain numbers), and a run of seconds (the tests')
+GATED = ("speedup_vs_loop", "compile_seconds")
+SMALL = ("--populations", "4,8", "--steps", "20", "--repeats", "1")
 DEFAULT_POPULATIONS = (16, 64, 256)
 DEFAULT_STEPS = 100  # inner steps; a tiny task at 100 steps keeps the default run well under 2 min
 LR_RANGE = (1e-4, 1e-1)  # Adam learning rates, spread log-uniformly over the population
@@ -52,8 +55,8 @@ def _resolve_task(task):
 
 def adam_population(population: int, lr_range: tuple[float, float] = LR_RANGE):
     """``population`` Adam genomes, learning rates log-uniformly spaced over ``lr_range``."""
-    from lab.rules.base import stack_genomes
-    from lab.rules.baselines import make_baseline
+    from lab.core.optimizers import make_baseline
+    from lab.core.rule import stack_genomes
 
     lrs = np.logspace(np.log10(lr_range[0]), np.log10(lr_range[1]), population)
     return stack_genomes([make_baseline("adam", {"learning_rate": float(lr)}).genome
@@ -88,9 +91,8 @@ def run(populations: Sequence[int] = DEFAULT_POPULATIONS, task=None, seeds: int 
     Returns:
       A strict-JSON-able dict (see the module docstring and ``main``).
     """
-    from lab.evaluate import evaluate, make_mesh, make_train
-    from lab.fitness import task_keys
-    from lab.rules.baselines import make_baseline
+    from lab.core.evaluate import evaluate, make_mesh, make_train, task_keys
+    from lab.core.optimizers import make_baseline
 
     populations = [int(p) for p in populations]
     if not populations or min(populations) < 1:

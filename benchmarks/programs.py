@@ -3,7 +3,7 @@
 A pinned configuration: the train suite's ``digits_mlp`` task at its default batch, genomes padded
 to ``MAX_LEN`` statements, a population of ``P = 256``, ``DEFAULT_STEPS`` inner steps, one seed.
 Every side uses the same task, the same ``[P, seeds]`` keys and the same evaluator
-(``lab.evaluate.evaluate``). Steady-state times are the median of ``repeats`` calls after a
+(``lab.core.evaluate.evaluate``). Steady-state times are the median of ``repeats`` calls after a
 warm-up call, blocked on the results (the evaluator returns numpy arrays). The evaluator's
 functions are compiled ahead of time and timed apart (``interpreter_compile_seconds``,
 ``optax_compile_seconds``); the persistent XLA compilation cache is turned off, so every compile
@@ -54,6 +54,10 @@ import numpy as np
 
 from benchmarks import positive_int
 
+# the figures the benchmark gates on (plain numbers), and a run of seconds (the tests')
+GATED = ("interpreter_overhead", "speedup_vs_compile_each", "n_sampled")
+SMALL = ("--task", "quadratic_ill_8", "--population", "8", "--steps", "10", "--sampled", "2",
+         "--repeats", "1", "--skip-search")
 DEFAULT_TASK = "digits_mlp"  # train suite; its default batch
 DEFAULT_POPULATION = 256
 DEFAULT_STEPS = 100  # inner steps: matches the budget of configs/program_search.yaml
@@ -100,9 +104,9 @@ def distinct_programs(n: int, seed: int = PROGRAM_RNG_SEED) -> list:
     Mutation chains, one per seed program, advanced round robin with one ``np.random`` generator
     seeded ``seed``; the seeds themselves are not included. Deterministic for a given ``n``.
     """
-    from lab.rules.program import MAX_LEN, load_seed, seed_names
-    from lab.rules.program.mutate import mutate
-    from lab.rules.program.program import is_valid, symbolic_hash
+    from lab.kinds.program.ir import is_valid, symbolic_hash
+    from lab.kinds.program.mutate import mutate
+    from lab.kinds.program.programs import MAX_LEN, load_seed, seed_names
 
     rng = np.random.default_rng(seed)
     names = seed_names()
@@ -128,7 +132,7 @@ def distinct_programs(n: int, seed: int = PROGRAM_RNG_SEED) -> list:
 
 
 def _stack(genomes: list):
-    from lab.rules.base import stack_genomes
+    from lab.core.rule import stack_genomes
     return jax.block_until_ready(stack_genomes(genomes))
 
 
@@ -156,12 +160,12 @@ def compile_evaluator(train, genomes, keys, mesh) -> float:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as Spec
 
-    from lab.evaluate import AXIS, _compiled, _pad, padded_size  # the evaluator's own pieces
-    from lab.rules.base import population_size
+    from lab.core.evaluate import AXIS, compiled, pad, padded_size  # the evaluator's own pieces
+    from lab.core.rule import population_size
     _, padded = padded_size(population_size(genomes), mesh)
     shard = NamedSharding(mesh, Spec(AXIS))
-    args = jax.device_put((_pad(genomes, padded), _pad(keys, padded)), shard)
-    t, _ = _timed(lambda: _compiled(train, mesh).lower(*args).compile())
+    args = jax.device_put((pad(genomes, padded), pad(keys, padded)), shard)
+    t, _ = _timed(lambda: compiled(train, mesh).lower(*args).compile())
     return t
 
 
@@ -180,9 +184,9 @@ def _fmt_rel(rel: float | None) -> str:
 def measure_overhead(the_task, population: int, steps: int, keys, mesh, repeats: int,
                      interp_train) -> dict:
     """The Adam seed program through the interpreter vs optax Adam, same population and keys."""
-    from lab.evaluate import evaluate, make_train
-    from lab.rules.baselines import make_baseline
-    from lab.rules.program import genome_of, load_seed
+    from lab.core.evaluate import evaluate, make_train
+    from lab.core.optimizers import make_baseline
+    from lab.kinds.program.programs import genome_of, load_seed
 
     adam_rule = make_baseline("adam")
     adam_train = make_train(the_task, adam_rule, steps)
@@ -222,9 +226,9 @@ def measure_compile_each(the_task, population: int, steps: int, keys, mesh, repe
     generation of a search reuses that one compiled function); ``interp_compile`` is what that
     compilation cost.
     """
-    from lab.evaluate import evaluate, make_train
-    from lab.rules.program import genome_of
-    from lab.rules.program.compile import structure_rule
+    from lab.core.evaluate import evaluate, make_train
+    from lab.kinds.program.compiled import structure_rule
+    from lab.kinds.program.programs import genome_of
 
     t_gen, programs = _timed(lambda: distinct_programs(population))
     _log(f"generated {population} distinct programs in {t_gen:.2f}s "
@@ -271,7 +275,7 @@ def _search_config(config: Path, overrides: Sequence[str]):
         raise SearchUnavailable(
             f"cache_hit_rate: the pinned program search config {config} does not exist "
             f"(use --skip-search to measure the rest)")
-    from lab.config import load_config
+    from lab.core.config import load_config
     try:
         cfg = load_config(str(config), list(overrides))
     except Exception as e:  # noqa: BLE001 - any failure here is reported as one clear error
@@ -285,8 +289,8 @@ def _search_config(config: Path, overrides: Sequence[str]):
 def measure_cache_hit_rate(config: Path = SEARCH_CONFIG,
                            overrides: Sequence[str] = SEARCH_OVERRIDES) -> dict:
     """Runs the pinned short program search in a temporary store; its cache hit rate."""
-    from lab.launch import launch
-    from lab.store import Store
+    from lab.core.loop import launch
+    from lab.core.store import Store
 
     cfg = _search_config(config, overrides)
     with tempfile.TemporaryDirectory(prefix="bench-programs-") as tmp:
@@ -336,9 +340,8 @@ def run(task=None, population: int = DEFAULT_POPULATION, steps: int | None = Non
     Raises:
       SearchUnavailable: the pinned search cannot run (checked before any timing).
     """
-    from lab.evaluate import make_mesh, make_train
-    from lab.fitness import task_keys
-    from lab.rules.program import program_rule
+    from lab.core.evaluate import make_mesh, make_train, task_keys
+    from lab.kinds.program.programs import program_rule
 
     if population < 1 or seeds < 1 or repeats < 1 or n_sampled < 1:
         raise ValueError(f"population, seeds, repeats and sampled must be >= 1, got "

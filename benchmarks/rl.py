@@ -1,11 +1,12 @@
 """RL benchmark: PPO on gymnax (the lab's RL inner loop), one agent, a population, and LPO's cost.
 
-What a drift search (``kind: drift``) spends its time on: whole PPO runs, ``lab.rl.ppo.make_train``,
-vmapped over candidates by the core's evaluator (``lab.evaluate.evaluate`` with ``make_mesh``).
-Every measurement here goes through that very path; a single agent is a population of 1. The task
-is CartPole-v1 with the PureJaxRL reference configuration (``tasks.rl.make_env_task``'s defaults:
-4 envs x 128 steps per update, 4 epochs x 4 minibatches, Adam 2.5e-4 annealed, separate tanh
-64x2 actor and critic), ``steps`` environment steps per run (5e5 by default). Three runs are timed:
+What a drift search (``kind: drift``) spends its time on: whole PPO runs,
+``lab.kinds.drift.ppo.make_train``, vmapped over candidates by the core's evaluator
+(``lab.core.evaluate.evaluate`` with ``make_mesh``). Every measurement here goes through that very
+path; a single agent is a population of 1. The task is CartPole-v1 with the PureJaxRL reference
+configuration (``tasks.rl.make_env_task``'s defaults: 4 envs x 128 steps per update, 4 epochs x 4
+minibatches, Adam 2.5e-4 annealed, separate tanh 64x2 actor and critic), ``steps`` environment steps
+per run (5e5 by default). Three runs are timed:
 
 * clip: one PPO-clip agent (``ppo_clip()``, eps 0.2), one seed;
 * lpo: one LPO agent (``lpo(LPOSpec(hidden))``'s default genome: a residual on PPO-clip with a
@@ -67,6 +68,10 @@ import lab  # noqa: F401  (sets an XLA CPU flag that must be in place before a b
 from benchmarks import positive_int
 
 ENV_ID = "CartPole-v1"
+# the figures the benchmark gates on (plain numbers), and a run of three PPO compiles (the tests')
+GATED = ("env_steps_per_second", "population_env_steps_per_second", "drift_cost_vs_clip")
+SMALL = ("--steps", "2048", "--population", "2", "--repeats", "1", "--population-repeats", "1",
+         "--hidden", "4", "--devices", "1")
 DEFAULT_STEPS = 500_000   # PureJaxRL's CartPole budget
 DEFAULT_POPULATION = 16
 DEFAULT_REPEATS = 2       # steady-state calls of each single agent
@@ -83,7 +88,7 @@ def _log(message: str) -> None:
 def lpo_population(population: int, hidden: int = DEFAULT_HIDDEN, sigma: float = SIGMA,
                    seed: int = SEED):
     """(objective, genomes): ``population`` LPO drifts around the family's default genome."""
-    from lab.rl.objectives import LPOSpec, lpo
+    from lab.kinds.drift.objectives import LPOSpec, lpo
 
     objective = lpo(LPOSpec(hidden=hidden))
     leaves, treedef = jax.tree.flatten(objective.genome)
@@ -99,8 +104,8 @@ class _Agent:
     """One timed population (1 for a single agent) of PPO runs through ``evaluate``."""
 
     def __init__(self, name, task, objective, genomes, steps, mesh):
-        from lab.fitness import task_keys
-        from lab.rl.ppo import make_train
+        from lab.core.evaluate import task_keys
+        from lab.kinds.drift.ppo import make_train
 
         self.name, self.genomes, self.mesh = name, genomes, mesh
         self.population = int(jax.tree.leaves(genomes)[0].shape[0])
@@ -111,7 +116,7 @@ class _Agent:
 
     def call(self) -> float:
         """One evaluation of every candidate; returns its wall-clock seconds (blocked)."""
-        from lab.evaluate import evaluate
+        from lab.core.evaluate import evaluate
 
         t0 = time.perf_counter()
         self.metrics = evaluate(self.train, self.genomes, self.keys, self.mesh)
@@ -134,9 +139,9 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     Returns:
       A strict-JSON-able dict (see the module docstring).
     """
-    from lab.evaluate import make_mesh
-    from lab.rl.objectives import ppo_clip
-    from lab.rules.base import stack_genomes
+    from lab.core.evaluate import make_mesh
+    from lab.core.rule import stack_genomes
+    from lab.kinds.drift.objectives import ppo_clip
     from tasks.rl import make_env_task
 
     if min(steps, population, repeats, population_repeats, hidden) < 1:
@@ -145,7 +150,7 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
                          f"{hidden}")
     # real compile times: no persistent compilation cache (the lab CLI leaves it off for bench)
     jax.config.update("jax_enable_compilation_cache", False)
-    from lab.rl.scoring import rl_mesh
+    from lab.kinds.drift.scoring import rl_mesh
     mesh = rl_mesh(make_mesh(devices))  # one device on CPU (see rl_mesh)
     t0 = time.perf_counter()
 

@@ -1,4 +1,5 @@
-"""The ``lab`` command: launch | runs | inspect | replay | export | tasks | references | bench.
+"""The ``lab`` command: launch | runs | inspect | replay | export | tasks | kinds | references |
+bench.
 
 Reading commands take ``--json``: exactly one strict JSON document on stdout; progress, warnings
 and logs go to stderr. Bad input exits 2 with one line naming what is wrong and where.
@@ -20,7 +21,7 @@ class UsageError(ValueError):
 
 
 def _store(args):
-    from lab.store import Store
+    from lab.core.store import Store
     return Store(args.store)
 
 
@@ -32,8 +33,8 @@ def _emit(args, doc, human) -> None:
 
 
 def cmd_launch(args) -> int:
-    from lab.config import load_config
-    from lab.launch import launch
+    from lab.core.config import load_config
+    from lab.core.loop import launch
     if args.resume is None and args.config is None:
         raise UsageError("give a CONFIG file, or --resume RUN")
     cfg = load_config(args.config, args.set or ()) if args.resume is None else None
@@ -59,10 +60,11 @@ def cmd_runs(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from lab.inspect import inspect_target
-    from lab.store import default_store_path
+    from lab.commands.inspection import inspect_target
+    from lab.commands.targets import needs_store
+    from lab.core.store import default_store_path
     path = Path(args.store) if args.store else default_store_path()
-    if args.target.startswith(("baseline:", "program:")) and not path.exists():
+    if not needs_store(args.target) and not path.exists():
         doc = inspect_target(args.target, None, top=args.top)  # needs no store: create none
     else:
         with _store(args) as store:
@@ -76,50 +78,10 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_replay(args) -> int:
-    from lab.evaluate import make_mesh
-    from lab.replay import replay
-    from lab.targets import resolve
-    if args.seeds is not None and args.seeds < 1:
-        raise UsageError(f"--seeds {args.seeds}: must be at least 1")
-    if args.horizon_scale < 1:
-        raise UsageError(f"--horizon-scale {args.horizon_scale}: must be at least 1")
-    import tasks
-    if args.suite is not None:
-        tasks.get_suite(args.suite)
+    from lab.commands.replay import replay_target
     with _store(args) as store:
-        target = resolve(args.target, store)
-        drift = target.rule.kind == "drift"
-        suite = args.suite or ("rl-heldout" if drift else "heldout")
-        if drift != tasks.is_rl_suite(suite):
-            raise UsageError(f"--suite {suite}: a {target.rule.kind} candidate replays on "
-                             + ("an RL suite (rl-heldout, rl-train, rl-smoke)" if drift else
-                                "a supervised suite (heldout, train, smoke)"))
-        baselines = [b.strip() for b in (args.baselines or (
-            "ppo_clip,dpo" if drift else "adam,adamw,lion")).split(",") if b.strip()]
-        if drift:
-            from lab.rl.objectives import objective_from_name
-            for b in baselines:
-                objective_from_name(b)
-            if args.horizon_scale != 1 or args.tune_lr:
-                raise UsageError("--horizon-scale and --tune-lr apply to update rules, not to "
-                                 "drift objectives")
-        else:
-            from lab.rules.baselines import spec_for
-            for b in baselines:
-                spec_for(b)
-        folder = (store.run_dir(target.run["id"]) if target.run is not None
-                  else store.path.parent / "replays")
-        slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in target.label)[:60]
-        scale = f"-x{args.horizon_scale}" if args.horizon_scale > 1 else ""
-        plot = Path(folder) / f"replay-{slug}-{suite}{scale}.png"
-        if drift:
-            from lab.rl.replay import replay_rl
-            doc = replay_rl(target, suite, args.seeds or 8, baselines, make_mesh(args.devices),
-                            plot=plot)
-        else:
-            doc = replay(target, suite, args.seeds or 5, baselines, store,
-                         make_mesh(args.devices), plot=plot, tune_lr=args.tune_lr,
-                         horizon_scale=args.horizon_scale)
+        doc = replay_target(args.target, store, args.suite, args.seeds, args.baselines,
+                            args.devices, args.tune_lr, args.horizon_scale)
 
     def human(doc):
         from lab.tables import replay_table
@@ -129,7 +91,7 @@ def cmd_replay(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from lab.export import export
+    from lab.commands.export import export
     if args.seeds is not None and args.seeds < 1:
         raise UsageError(f"--seeds {args.seeds}: must be at least 1")
     with _store(args) as store:
@@ -153,16 +115,28 @@ def cmd_tasks(args) -> int:
     return 0
 
 
+def cmd_kinds(args) -> int:
+    from lab.core.kind import registry
+    rows = [{"name": k.name, "summary": k.summary, "domain": k.domain, "prefix": k.prefix,
+             "module": k.make_rule.__module__} for k in registry().values()]
+
+    def human(rows):
+        from lab.tables import kinds_table
+        kinds_table(rows)
+    _emit(args, rows, human)
+    return 0
+
+
 def cmd_references(args) -> int:
     import tasks
     from lab.console import log
-    from lab.evaluate import make_mesh
-    from lab.references import OPTIMIZERS, build
+    from lab.core.evaluate import make_mesh
+    from lab.core.references import build
     suites = [s.strip() for s in args.suites.split(",") if s.strip()]
-    chosen, rl = {}, {}
+    chosen = {}
     for s in suites:
         for t in tasks.get_suite(s):
-            (rl if tasks.is_rl_suite(s) else chosen)[t.name] = t
+            chosen[t.name] = (t, tasks.domain_of(s))
     try:
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
@@ -174,15 +148,12 @@ def cmd_references(args) -> int:
         args.out = "tasks/references.json"
     out = Path(args.out)
 
-    def progress(task, opt, n, r):
-        if task in rl:
-            log(f"{task:28s} {opt:8s} seeds={n}  final return={r['final_loss']:.4g}")
-        else:
-            log(f"{task:28s} {opt:8s} seeds={n}  lr={r['lr']:.3g}  final loss="
-                f"{r['final_loss']:.4g}")
-    doc = build(list(chosen.values()), seeds, OPTIMIZERS, out, make_mesh(0), progress,
-                rl_tasks=list(rl.values()))
-    print(f"wrote {len(doc['entries'])} references and {len(doc['rl'])} RL references to {out}")
+    def progress(task, which, n, metric, r):
+        lr = f"  lr={r['lr']:.3g}" if r.get("lr") is not None else ""
+        log(f"{task:28s} {which:8s} seeds={n}{lr}  {metric.replace('_', ' ')}="
+            f"{r['value']:.4g}")
+    doc = build(list(chosen.values()), seeds, out, make_mesh(0), progress)
+    print(f"wrote {len(doc['entries'])} references to {out}")
     return 0
 
 
@@ -215,8 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_runs)
 
     s = common(sub.add_parser("inspect", help="show a run's best candidates or one candidate"))
-    s.add_argument("target", help="RUN, RUN:RANK, baseline:NAME(...), program:PATH, hash:HEX, "
-                   "or an artifact folder")
+    s.add_argument("target", help="RUN, RUN:RANK, a kind's PREFIX:... (baseline:NAME(...), "
+                   "program:PATH), hash:HEX, or an artifact folder")
     s.add_argument("--top", type=int, default=5, help="candidates shown for a run")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_inspect)
@@ -253,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_tasks)
 
+    s = common(sub.add_parser("kinds", help="list the registered kinds of discovery"))
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_kinds)
+
     s = common(sub.add_parser("references", help="tuned baselines per task (build)"))
     rs = s.add_subparsers(dest="action", required=True, metavar="ACTION")
     b = rs.add_parser("build", help="regenerate tasks/references.json")
@@ -285,6 +260,7 @@ def _compile_cache() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import lab.kinds  # noqa: F401  (registers the lab's own kinds; plugins load on first lookup)
     if args.command != "bench":  # benchmarks report real compile times
         _compile_cache()
     if getattr(args, "store", None) is None:

@@ -36,6 +36,15 @@ def tasks_table(rows: list[dict]) -> None:
     _OUT.print(t)
 
 
+def kinds_table(rows: list[dict]) -> None:
+    t = Table(title="kinds")
+    for c in ("name", "domain", "prefix", "summary", "module"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["name"], r["domain"], r["prefix"] or "-", r["summary"], r["module"])
+    _OUT.print(t)
+
+
 def _candidate(doc: dict) -> None:
     eq = ", ".join(doc["equals"]) or "no known rule"
     _OUT.print(f"[bold]{doc['label']}[/bold]  ({doc['kind']}:{doc['name']})")
@@ -70,7 +79,8 @@ def inspect_view(doc: dict) -> None:
 
 
 def replay_table(doc: dict) -> None:
-    if doc["suite"].startswith("rl-"):
+    import tasks
+    if tasks.domain_of(doc["suite"]) == "rl":
         return rl_replay_table(doc)
     scale = doc.get("horizon_scale", 1)
     t = Table(title=f"{doc['label']} on {doc['suite']} ({doc['seeds']} seeds"

@@ -1,9 +1,9 @@
 """RL environments as inner problems: a gymnax environment plus the PPO settings it is trained with.
 
-An ``EnvTask`` is to the RL inner loop (``lab.rl.ppo.make_train``) what a ``Task`` is to supervised
-training: the name, family, default budget (``steps``: environment steps per run) and the numbers
-that define it (``config``, hashed into its version like a supervised task's). gymnax is imported
-only when an environment is built, so listing tasks and reading configs work without it.
+An ``EnvTask`` is to the RL inner loop (``lab.kinds.drift.ppo.make_train``) what a ``Task`` is to
+supervised training: the name, family, default budget (``steps``: environment steps per run) and the
+numbers that define it (``config``, hashed into its version like a supervised task's). gymnax is
+imported only when an environment is built, so listing tasks and reading configs work without it.
 
 The PPO settings follow PureJaxRL's reference configurations (Lu et al. 2022): separate tanh
 actor and critic MLPs, GAE, epochs of minibatch updates, Adam with a linearly annealed learning

@@ -88,6 +88,15 @@ def is_rl_suite(name: str) -> bool:
     """RL suites are prefixed ``rl-`` (DESIGN.md); their tasks are ``tasks.rl.EnvTask``."""
     return name.startswith("rl-")
 
+
+DOMAINS = ("supervised", "rl")
+
+
+def domain_of(suite: str) -> str:
+    """The domain of a suite: ``rl`` (environments, returns) or ``supervised`` (losses). A kind
+    trains and replays on the suites of its domain (``lab.core.kind.Kind.domain``)."""
+    return "rl" if is_rl_suite(suite) else "supervised"
+
 _CACHE: dict[str, Task] = {}
 
 

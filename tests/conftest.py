@@ -1,64 +1,116 @@
-"""Test-wide JAX setup: CPU only, 8 fake devices, shared tiny task and meshes.
+"""Test-wide setup: CPU only, 8 fake devices, the lab's kinds and the example plugin kind
+registered, tiny suites, and the shared helpers of the CLI and subprocess tests.
 
 This module runs before any test module imports code that touches a device, so the platform and
 the device count are fixed here (``jax_num_cpu_devices`` must be set before the backend starts).
+The example plugin (``examples/kind_plugin``) is registered the way an installed package is: a
+``.dist-info`` folder with its entry point in group ``lab.kinds`` on ``sys.path`` (and on the
+``PYTHONPATH`` of every ``lab`` subprocess).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests run tiny programs many times over: XLA's backend optimizations cost far more compile time
 # than they save at run time here (about 5x faster compiles).
+FAST_XLA = "--xla_backend_optimization_level=0"
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_backend_optimization_level=0").strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_XLA).strip()
+
+ROOT = Path(__file__).resolve().parent.parent
+PLUGIN_SOURCE = ROOT / "examples" / "kind_plugin"
+
+
+def _plugin_path() -> Path:
+    """A folder holding the example plugin's distribution metadata (its entry point)."""
+    folder = Path(tempfile.mkdtemp(prefix="lab-plugin-"))
+    info = folder / "lab_random_search-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-random-search\n"
+                                   "Version: 0.1.0\n")
+    (info / "entry_points.txt").write_text("[lab.kinds]\n"
+                                           "random_search = lab_random_search:KIND\n")
+    return folder
+
+
+PLUGIN_PATH = _plugin_path()
+sys.path[:0] = [str(PLUGIN_PATH), str(PLUGIN_SOURCE)]
+DEVICES = 8
+# One persistent compile cache for the session, shared with the ``lab`` subprocesses: they run
+# with as many CPU devices and the same XLA flags, so what this process compiled (a kind's launch,
+# say) they load instead of compiling again.
+# With pytest-xdist every worker imports this module: the run's id names one folder for them all.
+_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+COMPILE_CACHE = (Path(tempfile.gettempdir()) / f"lab-jax-cache-{_RUN}" if _RUN
+                 else Path(tempfile.mkdtemp(prefix="lab-jax-cache-")))
+COMPILE_CACHE.mkdir(exist_ok=True)
 
 import jax  # noqa: E402
 
 import lab  # noqa: E402,F401  (sets XLA flags of its own before JAX starts a backend)
 
-jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_num_cpu_devices", DEVICES)
+jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import tiny  # noqa: E402  (tests/tiny.py: the tiny suites)
 
+import lab.kinds  # noqa: E402,F401  (registers the lab's own kinds)
 from tasks.base import Task  # noqa: E402
 
-TINY_DIM = 16
-TINY_STEPS = 40
-TINY_NOISE = 0.1
+tiny.register()
+make_tiny_task = tiny.make_tiny_task
 
 
-def make_tiny_task(dim: int = TINY_DIM, steps: int = TINY_STEPS, noise: float = TINY_NOISE,
-                   name: str = "tiny_quadratic") -> Task:
-    """A diagonal quadratic ``0.5 sum(h * (x - y)^2)`` whose target ``y`` is noisy per batch.
+# ---- the lab command, in a subprocess ----------------------------------------------------------
 
-    Curvatures ``h`` are log-spaced in [0.1, 1]; the optimum is fixed; each batch adds
-    ``noise * N(0, 1)`` to the optimum. The eval loss is the exact, noise-free loss (floor 0).
-    """
-    rng = np.random.default_rng(0)
-    h = jnp.asarray(np.logspace(-1.0, 0.0, dim), jnp.float32)
-    optimum = jnp.asarray(rng.standard_normal(dim), jnp.float32)
+def lab_env(**extra: str) -> dict:
+    """The environment of ``lab`` subprocesses: this process's CPU devices, XLA flags and compile
+    cache, the plugin importable, no inherited store."""
+    env = dict(os.environ)
+    env.update({"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(DEVICES),
+                "XLA_FLAGS": FAST_XLA, "LAB_JAX_CACHE": str(COMPILE_CACHE),
+                "PYTHONPATH": os.pathsep.join([str(PLUGIN_PATH), str(PLUGIN_SOURCE),
+                                               env.get("PYTHONPATH", "")]).rstrip(os.pathsep)})
+    env.pop("LAB_STORE", None)
+    env.update(extra)
+    return env
 
-    def init(key):
-        return {"x": jax.random.normal(key, (dim,), jnp.float32)}
 
-    def loss(params, batch):
-        return 0.5 * jnp.sum(h * (params["x"] - batch) ** 2)
+def run_lab(args, env: dict, check: bool = True, timeout: float = 600
+            ) -> subprocess.CompletedProcess:
+    """``lab ARGS`` in a subprocess (with the tiny suites), waited for."""
+    proc = subprocess.run(tiny.lab_command(*args), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lab {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
+    return proc
 
-    def batch(key, step):
-        return optimum + noise * jax.random.normal(key, (dim,), jnp.float32)
 
-    def eval_loss(params):
-        return 0.5 * jnp.sum(h * (params["x"] - optimum) ** 2)
+def spawn_lab(args, env: dict, log: Path) -> subprocess.Popen:
+    """``lab ARGS`` started in a subprocess, its output in ``log`` (a file, not a pipe: a
+    killed child leaves no reader waiting)."""
+    with open(log, "w") as out:
+        return subprocess.Popen(tiny.lab_command(*args), cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
 
-    return Task(name=name, family="test", init=init, loss=loss, batch=batch, steps=steps,
-                eval_loss=eval_loss, floor=0.0,
-                config={"dim": dim, "noise": noise, "steps": steps})
 
+def strict_json(text: str):
+    """One strict JSON document (NaN and Infinity refused)."""
+    def refuse(c):
+        raise ValueError(f"non-strict JSON constant {c}")
+    return json.loads(text, parse_constant=refuse)
+
+
+# ---- fixtures ----------------------------------------------------------------------------------
 
 @pytest.fixture
 def key():
@@ -72,13 +124,38 @@ def tiny_task() -> Task:
 
 @pytest.fixture(scope="session")
 def one_device_mesh():
-    from lab.evaluate import make_mesh
+    from lab.core.evaluate import make_mesh
     return make_mesh(1)
 
 
 @pytest.fixture(scope="session")
 def eight_device_mesh():
-    from lab.evaluate import make_mesh
+    from lab.core.evaluate import make_mesh
     if len(jax.devices()) < 8:
         pytest.skip("needs 8 (fake CPU) devices")
     return make_mesh(8)
+
+
+@pytest.fixture
+def store(tmp_path):
+    from lab.core.store import Store
+    with Store(tmp_path / "lab.db") as s:
+        yield s
+
+
+@pytest.fixture
+def cli(tmp_path, capsys, monkeypatch):
+    """``cli(*args) -> (exit code, stdout, stderr)``: the ``lab`` command in this process, on a
+    store in ``tmp_path``, with no persistent compile cache."""
+    from lab.cli import main
+    monkeypatch.setenv("LAB_JAX_CACHE", "")
+    db = str(tmp_path / "lab.db")
+
+    def run(*args: str):
+        capsys.readouterr()
+        rc = main([*args, "--store", db] if args and args[0] not in ("tasks", "bench", "kinds")
+                  else list(args))
+        out = capsys.readouterr()
+        return rc, out.out, out.err
+    run.store = db
+    return run

@@ -1,8 +1,12 @@
-"""The benchmarks behind ``lab bench``: output contract and registry."""
+"""The benchmarks behind ``lab bench``: every registered benchmark's output contract (one strict
+JSON document on stdout with its gated figures as plain numbers; bad arguments exit 2), then
+what each one measures."""
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -15,18 +19,74 @@ except ImportError:  # plain `pytest` (not `python -m pytest`) without the repo 
     import benchmarks
 from benchmarks import population
 
+# rl's small run is three PPO compiles (~25 s): with -m slow (`lab bench rl` runs in the
+# acceptance check)
+SLOW = {"rl"}
+BENCH = [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
+         for n in sorted(benchmarks.BENCHMARKS)]
+_RESULTS: dict[str, dict] = {}
 
-@pytest.fixture(scope="module")
-def small_result():
-    return population.run(populations=(4, 8), steps=20, repeats=1)
+
+def _plain_number(x) -> bool:
+    return type(x) in (int, float) and math.isfinite(x)
 
 
-def test_population_result_contract(small_result):
-    r = small_result
+def small_result(name: str, capsys) -> dict:
+    """``lab bench NAME --json SMALL``'s document, run once per session."""
+    if name not in _RESULTS:
+        module = importlib.import_module(benchmarks.BENCHMARKS[name])
+        capsys.readouterr()
+        assert benchmarks.run_benchmark(name, ["--json", *module.SMALL]) == 0
+        out = capsys.readouterr().out
+        assert out.count("\n") == 1, "exactly one document, nothing else on stdout"
+        _RESULTS[name] = json.loads(out, parse_constant=lambda c: pytest.fail(c))
+    return _RESULTS[name]
+
+
+@pytest.mark.parametrize("name", sorted(benchmarks.BENCHMARKS))
+def test_registered_benchmarks_are_modules_with_main_run_gated_small(name):
+    module = importlib.import_module(benchmarks.BENCHMARKS[name])
+    assert benchmarks.BENCHMARKS[name] == f"benchmarks.{name}"
+    assert callable(module.main) and callable(module.run)
+    assert module.GATED and all(isinstance(k, str) for k in module.GATED)
+    assert isinstance(module.SMALL, tuple)
+
+
+@pytest.mark.parametrize("name", BENCH)
+def test_small_run_prints_one_strict_json_document_with_its_gated_figures(name, capsys):
+    r = small_result(name, capsys)
+    assert r["benchmark"] == name
+    for key in importlib.import_module(benchmarks.BENCHMARKS[name]).GATED:
+        assert _plain_number(r[key]) and r[key] > 0, (key, r.get(key))
+    assert json.loads(json.dumps(r, allow_nan=False)) == r
+
+
+@pytest.mark.parametrize("name", sorted(benchmarks.BENCHMARKS))
+def test_bad_arguments_exit_2_with_nothing_on_stdout(name, capsys):
+    try:
+        code = benchmarks.run_benchmark(name, ["--json", "--bogus"])
+    except SystemExit as e:
+        code = e.code
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "unrecognized arguments: --bogus" in captured.err
+
+
+def test_unknown_benchmark_names_known_ones():
+    with pytest.raises(ValueError, match="population"):
+        benchmarks.run_benchmark("populaton", [])
+    known = ", ".join(sorted(benchmarks.BENCHMARKS))
+    with pytest.raises(ValueError, match=f"known benchmarks: {known}"):
+        benchmarks.run_benchmark("zzz", [])
+
+
+# ---- population ----------------------------------------------------------------------------
+
+def test_population_result_contract(capsys):
+    r = small_result("population", capsys)
     top = {"benchmark", "task", "seeds", "steps", "device", "devices", "by_population",
            "speedup_vs_loop", "compile_seconds", "loop_compile_seconds", "agree"}
     assert top <= set(r)
-    assert r["benchmark"] == "population"
     assert isinstance(r["task"], str) and r["task"]
     assert r["seeds"] == 2 and r["steps"] == 20
     assert isinstance(r["device"], str)
@@ -44,8 +104,6 @@ def test_population_result_contract(small_result):
             row["population"] / row["evaluator_seconds"])
     # no middle 64 here: the middle population (8) gives the headline speedup
     assert r["speedup_vs_loop"] == r["by_population"][1]["speedup"]
-    doc = json.dumps(r, allow_nan=False)
-    assert json.loads(doc) == r
 
 
 def test_population_genomes_differ():
@@ -57,24 +115,6 @@ def test_population_genomes_differ():
     assert lr[0] == pytest.approx(population.LR_RANGE[0], rel=1e-5)
     assert lr[-1] == pytest.approx(population.LR_RANGE[1], rel=1e-5)
     assert np.allclose(np.diff(np.log(lr)), np.log(lr[1] / lr[0]), rtol=1e-4)
-
-
-def test_population_main_json_stdout(capsys):
-    code = benchmarks.run_benchmark(
-        "population", ["--json", "--populations", "2", "--steps", "10", "--repeats", "1"])
-    assert code == 0
-    out = capsys.readouterr().out
-    doc = json.loads(out)  # exactly one document, nothing else on stdout
-    assert doc["benchmark"] == "population" and doc["agree"] is True
-    assert out.count("\n") == 1
-
-
-def test_unknown_benchmark_names_known_ones():
-    assert "population" in benchmarks.BENCHMARKS
-    with pytest.raises(ValueError, match="population"):
-        benchmarks.run_benchmark("populaton", [])
-    with pytest.raises(ValueError, match="known benchmarks: lopt, population"):
-        benchmarks.run_benchmark("zzz", [])
 
 
 # ---- programs ------------------------------------------------------------------------------
@@ -90,19 +130,8 @@ PROGRAMS_NUMBERS = ("population", "steps", "seeds", "repeats", "devices",
                     "total_seconds")
 
 
-@pytest.fixture(scope="module")
-def programs_result():
-    return programs.run(task="quadratic_ill_8", population=8, steps=10, n_sampled=2, repeats=1,
-                        skip_search=True)
-
-
-def _plain_number(x) -> bool:
-    import math
-    return type(x) in (int, float) and math.isfinite(x)
-
-
-def test_programs_result_contract(programs_result):
-    r = programs_result
+def test_programs_result_contract(capsys):
+    r = small_result("programs", capsys)
     assert r["benchmark"] == "programs"
     assert r["task"] == "quadratic_ill_8"
     assert (r["population"], r["steps"], r["seeds"], r["n_sampled"]) == (8, 10, 1, 2)
@@ -124,8 +153,8 @@ def test_programs_result_contract(programs_result):
 
 
 def test_programs_distinct_and_deterministic():
-    from lab.rules.program import MAX_LEN, genome_of
-    from lab.rules.program.program import is_valid, symbolic_hash
+    from lab.kinds.program.ir import is_valid, symbolic_hash
+    from lab.kinds.program.programs import MAX_LEN, genome_of
 
     ps = programs.distinct_programs(40)
     assert len(ps) == 40
@@ -136,8 +165,10 @@ def test_programs_distinct_and_deterministic():
         [symbolic_hash(p) for p in ps]
 
 
-def test_programs_main_json_stdout(monkeypatch, capsys, programs_result):
+def test_programs_arguments_reach_run(monkeypatch, capsys):
     seen = {}
+    programs_result = {"benchmark": "programs", "agree": True, "backend": "gpu",
+                       "speedup_vs_compile_each": 20.0}
 
     def fake_run(**kwargs):
         seen.update(kwargs)
@@ -168,7 +199,6 @@ def test_programs_defaults_are_the_pinned_configuration(monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--json", "--bogus"], "unrecognized arguments: --bogus"),
     (["--population", "0"], "expected a positive integer"),
     (["--sampled", "x"], "expected a positive integer"),
 ])
@@ -193,8 +223,8 @@ def test_programs_search_unavailable_fails_before_timing(monkeypatch, capsys, tm
 
 
 def test_programs_cache_hit_rate_sums_generations(monkeypatch):
-    import lab.launch
-    import lab.store
+    import lab.core.loop
+    import lab.core.store
 
     class FakeStore:
         def __init__(self, path):
@@ -208,8 +238,8 @@ def test_programs_cache_hit_rate_sums_generations(monkeypatch):
             pass
 
     monkeypatch.setattr(programs, "_search_config", lambda config, overrides: "cfg")
-    monkeypatch.setattr(lab.store, "Store", FakeStore)
-    monkeypatch.setattr(lab.launch, "launch", lambda cfg, store: "run-1")
+    monkeypatch.setattr(lab.core.store, "Store", FakeStore)
+    monkeypatch.setattr(lab.core.loop, "launch", lambda cfg, store: "run-1")
     r = programs.measure_cache_hit_rate()
     assert r["cache_hit_rate"] == pytest.approx(3 / 12)
     assert (r["search_hits"], r["search_misses"], r["search_generations"]) == (3, 9, 3)
@@ -217,17 +247,12 @@ def test_programs_cache_hit_rate_sums_generations(monkeypatch):
     def broken(cfg, store):
         raise ValueError("kind 'program' is not searchable yet")
 
-    monkeypatch.setattr(lab.launch, "launch", broken)
+    monkeypatch.setattr(lab.core.loop, "launch", broken)
     with pytest.raises(programs.SearchUnavailable, match="launching .* failed.*not searchable"):
         programs.measure_cache_hit_rate()
 
 
-def test_programs_registered():
-    assert benchmarks.BENCHMARKS["programs"] == "benchmarks.programs"
-
-
 # ---- lopt ----------------------------------------------------------------------------------
-from benchmarks import lopt  # noqa: E402
 
 LOPT_GATED = ("inner_steps_per_second", "cost_vs_adam")
 LOPT_NUMBERS = ("adam_inner_steps_per_second", "learned_inner_steps_per_second",
@@ -236,14 +261,8 @@ LOPT_NUMBERS = ("adam_inner_steps_per_second", "learned_inner_steps_per_second",
                 "start_seconds", "adam_start_seconds", "total_seconds")
 
 
-@pytest.fixture(scope="module")
-def lopt_result():
-    return lopt.run(tasks=("quadratic_ill_8",), population=2, unroll=3, repeats=1, hidden=4,
-                    depth=1, devices=1)
-
-
-def test_lopt_result_contract(lopt_result):
-    r = lopt_result
+def test_lopt_result_contract(capsys):
+    r = small_result("lopt", capsys)
     assert r["benchmark"] == "lopt"
     assert r["tasks"] == ["quadratic_ill_8"]
     assert (r["population"], r["unroll"], r["repeats"], r["devices"]) == (2, 3, 1, 1)
@@ -261,26 +280,6 @@ def test_lopt_result_contract(lopt_result):
     assert json.loads(json.dumps(r, allow_nan=False)) == r
 
 
-def test_lopt_main_json_stdout(monkeypatch, capsys, lopt_result):
-    seen = {}
-
-    def fake_run(**kwargs):
-        seen.update(kwargs)
-        return lopt_result
-
-    monkeypatch.setattr(lopt, "run", fake_run)
-    code = benchmarks.run_benchmark("lopt", [
-        "--json", "--tasks", "digits_mlp_tiny", "--population", "2", "--unroll", "3",
-        "--repeats", "1"])
-    assert code == 0
-    assert seen == {"tasks": ("digits_mlp_tiny",), "population": 2, "unroll": 3, "repeats": 1,
-                    "hidden": 16, "depth": 2, "devices": 0}
-    out = capsys.readouterr().out
-    assert json.loads(out) == lopt_result  # exactly one document, nothing else on stdout
-    assert out.count("\n") == 1
-    assert lopt.DEFAULT_TASKS == ("digits_mlp", "mnist1d_mlp")
-
-
 @pytest.mark.parametrize("argv, message", [
     (["--json", "--population", "0"], "expected a positive integer"),
     (["--tasks", "digits_mlpp"], "digits_mlp"),  # unknown task: one line, the closest names
@@ -295,10 +294,6 @@ def test_lopt_bad_arguments(capsys, argv, message):
     assert captured.out == "" and message in captured.err
 
 
-def test_lopt_registered():
-    assert benchmarks.BENCHMARKS["lopt"] == "benchmarks.lopt"
-
-
 # ---- rl ------------------------------------------------------------------------------------
 from benchmarks import rl  # noqa: E402
 
@@ -309,16 +304,9 @@ RL_NUMBERS = ("lpo_env_steps_per_second", "population_speedup_vs_single", "clip_
               "lpo_first_call_seconds", "population_first_call_seconds", "total_seconds")
 
 
-@pytest.fixture(scope="module")
-def rl_result():
-    # 4 updates of 4 envs x 128 steps; the three compilations dominate
-    return rl.run(steps=2048, population=2, repeats=1, population_repeats=1, hidden=4,
-                  devices=1)
-
-
 @pytest.mark.slow  # three PPO compiles (~25 s); `lab bench rl` runs in the acceptance check
-def test_rl_result_contract(rl_result):
-    r = rl_result
+def test_rl_result_contract(capsys):
+    r = small_result("rl", capsys)  # 4 updates of 4 envs x 128 steps
     assert r["benchmark"] == "rl" and r["env"] == "CartPole-v1"
     assert (r["steps"], r["population"], r["repeats"], r["population_repeats"], r["hidden"],
             r["devices"]) == (2048, 2, 1, 1, 4, 1)
@@ -352,7 +340,7 @@ def test_rl_result_contract(rl_result):
 def test_rl_population_is_noisy_lpo():
     import numpy as np
 
-    from lab.rl.objectives import LPOSpec, lpo
+    from lab.kinds.drift.objectives import LPOSpec, lpo
 
     objective, g = rl.lpo_population(3, hidden=128)
     assert objective.name == lpo().name == "lpo"  # the family default, 1,152 weights
@@ -365,30 +353,11 @@ def test_rl_population_is_noisy_lpo():
         assert not np.allclose(noise[0], noise[1]), name  # the candidates differ
 
 
-@pytest.mark.slow  # three PPO compiles (~25 s); `lab bench rl` runs in the acceptance check
-def test_rl_main_json_stdout(monkeypatch, capsys, rl_result):
+def test_rl_defaults_are_the_reference_configuration(monkeypatch, capsys):
     seen = {}
-
-    def fake_run(**kwargs):
-        seen.update(kwargs)
-        return rl_result
-
-    monkeypatch.setattr(rl, "run", fake_run)
-    code = benchmarks.run_benchmark("rl", ["--json", "--steps", "2048", "--population", "2",
-                                           "--repeats", "1", "--hidden", "4"])
-    assert code == 0
-    assert seen == {"steps": 2048, "population": 2, "repeats": 1,
-                    "population_repeats": rl.DEFAULT_POPULATION_REPEATS, "hidden": 4,
-                    "devices": 0}
-    out = capsys.readouterr().out
-    assert json.loads(out) == rl_result  # exactly one document, nothing else on stdout
-    assert out.count("\n") == 1
-
-
-@pytest.mark.slow  # three PPO compiles (~25 s); `lab bench rl` runs in the acceptance check
-def test_rl_defaults_are_the_reference_configuration(monkeypatch, capsys, rl_result):
-    seen = {}
-    monkeypatch.setattr(rl, "run", lambda **kw: seen.update(kw) or rl_result)
+    result = {k: 1.0 for k in rl.GATED}
+    monkeypatch.setattr(rl, "run", lambda **kw: seen.update(kw) or result)
+    monkeypatch.setattr(rl, "_table", lambda r: print("drift cost vs clip"))
     assert benchmarks.run_benchmark("rl", []) == 0  # the table, on stdout
     assert seen == {"steps": 500_000, "population": 16, "repeats": 2, "population_repeats": 1,
                     "hidden": 128, "devices": 0}
@@ -396,7 +365,6 @@ def test_rl_defaults_are_the_reference_configuration(monkeypatch, capsys, rl_res
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--json", "--bogus"], "unrecognized arguments: --bogus"),
     (["--json", "--population", "0"], "expected a positive integer"),
     (["--steps", "x"], "expected a positive integer"),
     (["--json", "--devices", "999"], "999"),  # more devices than JAX sees: one line
@@ -411,7 +379,3 @@ def test_rl_bad_arguments(capsys, argv, message):
     assert captured.out == "" and message in captured.err
 
 
-def test_rl_registered():
-    assert benchmarks.BENCHMARKS["rl"] == "benchmarks.rl"
-    with pytest.raises(ValueError, match="known benchmarks: lopt, population, programs, rl"):
-        benchmarks.run_benchmark("zzz", [])

@@ -1,112 +1,82 @@
-"""End to end through the `lab` command, as a user runs it: launch the smoke config, then every
-verb on the run it made; bad input exits 2 with one line naming the problem."""
+"""The `lab` command as a user runs it: a baseline run on the tiny suite, then the verbs on it
+(runs, inspect by id, rank and hash, a relaunch served by the cache, replay intervals, kinds,
+tasks); bad input exits 2 with one line naming the problem, never a traceback. Each kind's whole
+flow (launch, kill, resume, inspect, replay, export) is in ``test_kinds``."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import contextlib
+import io
+import sqlite3
 from pathlib import Path
 
 import pytest
+from conftest import lab_env, run_lab, strict_json
 
-ROOT = Path(__file__).resolve().parent.parent
+from lab.cli import main
 
-
-def lab(args, env, check=True, timeout=600):
-    proc = subprocess.run([sys.executable, "-m", "lab.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"lab {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
-
-
-def strict_json(text: str):
-    def refuse(c):
-        raise ValueError(f"non-strict JSON constant {c}")
-    return json.loads(text, parse_constant=refuse)
+# one worker runs the whole module under pytest-xdist (``--dist loadgroup``): its module fixtures
+# (a launched run) are made once
+pytestmark = pytest.mark.xdist_group("cli")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    base = tmp_path_factory.mktemp("cli")
-    e = dict(os.environ)
-    e.update({"LAB_STORE": str(base / "lab.db"), "JAX_PLATFORMS": "cpu",
-              "JAX_NUM_CPU_DEVICES": "1", "LAB_JAX_CACHE": str(base / "jax-cache")})
-    e.pop("XLA_FLAGS", None)
-    e["XLA_FLAGS"] = "--xla_backend_optimization_level=0"  # compile fast; tiny runs
-    return e
+def lab(tmp_path_factory):
+    """``lab(*args) -> (exit code, stdout, stderr)`` in this process, on a module store."""
+    db = str(tmp_path_factory.mktemp("cli") / "lab.db")
+
+    def run(*args: str):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main([*args, "--store", db] if args[0] != "bench" else list(args))
+        return rc, out.getvalue(), err.getvalue()
+    run.store = db
+    return run
+
+
+SMALL = ["--set", "suite=tiny", "--set", "search.population=4", "--set", "search.generations=3",
+         "--set", "seeds=2", "--set", "evaluator.devices=1"]
 
 
 @pytest.fixture(scope="module")
-def run(env):
-    proc = lab(["launch", "configs/smoke.yaml", "--name", "e2e"], env)
-    assert "gen 3/3" in proc.stderr
-    rows = strict_json(lab(["runs", "--json"], env).stdout)
-    (row,) = [r for r in rows if r["name"] == "e2e"]
-    assert row["id"] in proc.stdout
+def run(lab):
+    rc, out, err = lab("launch", "configs/smoke.yaml", "--name", "e2e", *SMALL)
+    assert rc == 0, err
+    assert "gen 3/3" in err
+    rc, out, _ = lab("runs", "--json")
+    (row,) = [r for r in strict_json(out) if r["name"] == "e2e"]
     return row
 
 
-def test_launch_records_run(run, env):
+def test_launch_records_run(run, lab):
     assert run["status"] == "done" and run["generations"] == 3 and run["kind"] == "baseline"
-    assert isinstance(run["best"], float)
-    import sqlite3
-    conn = sqlite3.connect(env["LAB_STORE"])
+    assert isinstance(run["best"], float) and run["suite"] == "tiny"
+    conn = sqlite3.connect(lab.store)
     assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
     assert conn.execute("select count(*) from generations where run_id = ?",
                         (run["id"],)).fetchone()[0] == 3
-    out = Path(env["LAB_STORE"]).parent / "runs" / run["id"]
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3 and (out / "config.yaml").exists()
+    out = Path(lab.store).parent / "runs" / run["id"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (out / "config.yaml").exists() and (out / "fitness.png").exists()
 
 
-def test_inspect_run_and_rank(run, env):
-    doc = strict_json(lab(["inspect", run["id"], "--json"], env).stdout)
+def test_inspect_run_rank_and_hash(run, lab):
+    doc = strict_json(lab("inspect", run["id"], "--json")[1])
     assert len(doc["hash"]) == 32 and doc["run"]["id"] == run["id"]
     assert doc["best"][0]["fitness"] == pytest.approx(run["best"])
     assert Path(doc["plot"]).exists() and doc["cache_hit_rate"] == 0.0
-    second = strict_json(lab(["inspect", f"{run['id']}:1", "--json"], env).stdout)
+    second = strict_json(lab("inspect", f"{run['id']}:1", "--json")[1])
     assert second["rank"] == 1 and second["fitness"] >= doc["best"][0]["fitness"]
-    by_hash = strict_json(lab(["inspect", f"hash:{doc['hash'][:10]}", "--json"], env).stdout)
+    by_hash = strict_json(lab("inspect", f"hash:{doc['hash'][:10]}", "--json")[1])
     assert by_hash["hash"] == doc["hash"]
+    rc, out, _ = lab("inspect", run["id"])  # the human form
+    assert rc == 0 and run["id"] in out
 
 
-def test_inspect_baselines(env):
-    adam = strict_json(lab(["inspect", "baseline:adam", "--json"], env).stdout)
-    lr = strict_json(lab(["inspect", "baseline:adam(learning_rate=0.01)", "--json"], env).stdout)
-    b1 = strict_json(lab(["inspect", "baseline:adam(b1=0.5)", "--json"], env).stdout)
-    assert adam["hash"] == lr["hash"] != b1["hash"]
-    assert "adam" in adam["equals"] and "adam" not in b1["equals"]
-
-
-def test_replay_and_export_round_trip(run, env, tmp_path):
-    doc = strict_json(lab(["replay", run["id"], "--suite", "smoke", "--seeds", "2", "--json"],
-                          env).stdout)
-    import tasks
-    names = {t.name for t in tasks.get_suite("smoke")}
-    assert {r["task"] for r in doc["rows"]} == names
-    assert {r["rule"] for r in doc["rows"]} >= {"tuned adam", "tuned adamw", "tuned lion"}
-    assert all(len(r["scores"]) == 2 and r["ci95"][0] <= r["score"] <= r["ci95"][1]
-               for r in doc["rows"])
-    assert Path(doc["plot"]).exists()
-    lab(["export", run["id"], "--name", "e2e-best", "--out", str(tmp_path), "--suite", "smoke"],
-        env)
-    folder = tmp_path / "e2e-best"
-    rule = json.loads((folder / "rule.json").read_text())
-    metrics = json.loads((folder / "metrics.json").read_text())
-    assert rule["kind"] == "baseline" and metrics["run"]["id"] == run["id"]
-    assert (folder / "README.md").read_text().startswith("# e2e-best")
-    again = strict_json(lab(["inspect", str(folder), "--json"], env).stdout)
-    best = strict_json(lab(["inspect", f"{run['id']}:0", "--json"], env).stdout)
-    assert again["hash"] == best["hash"] == rule["hash"]
-
-
-def test_relaunch_hits_cache(run, env):
-    lab(["launch", "configs/smoke.yaml", "--name", "e2e-again"], env)
-    import sqlite3
-    conn = sqlite3.connect(env["LAB_STORE"])
+def test_relaunch_hits_cache(run, lab):
+    rc, _, err = lab("launch", "configs/smoke.yaml", "--name", "e2e-again", *SMALL)
+    assert rc == 0, err
+    conn = sqlite3.connect(lab.store)
     rid = conn.execute("select id from runs where name = 'e2e-again'").fetchone()[0]
     rates = [r[0] for r in conn.execute(
         "select hit_rate from generations where run_id = ? order by idx", (rid,))]
@@ -115,12 +85,33 @@ def test_relaunch_hits_cache(run, env):
     assert best == pytest.approx(run["best"], rel=1e-12)
 
 
-def test_tasks_json(env):
-    rows = strict_json(lab(["tasks", "--json"], env).stdout)
+def test_replay_rows_and_intervals(run, lab):
+    doc = strict_json(lab("replay", run["id"], "--suite", "tiny", "--seeds", "3", "--json")[1])
+    assert {r["task"] for r in doc["rows"]} == {"tiny_quadratic"}
+    assert {r["rule"] for r in doc["rows"]} == {"e2e:0", "tuned adam", "tuned adamw",
+                                                 "tuned lion"}
+    assert all(len(r["scores"]) == 3 and r["ci95"][0] <= r["score"] <= r["ci95"][1]
+               for r in doc["rows"])
+    assert Path(doc["plot"]).exists()
+
+
+def test_inspect_baselines(lab):
+    adam = strict_json(lab("inspect", "baseline:adam", "--json")[1])
+    lr = strict_json(lab("inspect", "baseline:adam(learning_rate=0.01)", "--json")[1])
+    b1 = strict_json(lab("inspect", "baseline:adam(b1=0.5)", "--json")[1])
+    assert adam["hash"] == lr["hash"] != b1["hash"]
+    assert "adam" in adam["equals"] and "adam" not in b1["equals"]
+
+
+def test_tasks_and_kinds_json(lab):
+    rows = strict_json(lab("tasks", "--json")[1])
     assert {"name", "family", "suites", "params", "steps"} <= set(rows[0])
     assert len({r["family"] for r in rows}) >= 6
-    smoke = strict_json(lab(["tasks", "--suite", "smoke", "--json"], env).stdout)
+    smoke = strict_json(lab("tasks", "--suite", "smoke", "--json")[1])
     assert smoke and all("smoke" in r["suites"] for r in smoke)
+    kinds = {r["name"]: r for r in strict_json(lab("kinds", "--json")[1])}
+    assert {"baseline", "program", "learned", "drift", "random_search"} <= set(kinds)
+    assert kinds["drift"]["domain"] == "rl" and kinds["program"]["prefix"] == "program"
 
 
 BAD = [
@@ -129,41 +120,60 @@ BAD = [
     ("suite: trian\n", ["train", "suite"]),
     ("seeds: two\n", ["seeds"]),
     ("kind: baseline\nrule: {name: adma}\n", ["adam"]),
+    ("kind: drift\nsuite: smoke\n", ["rl-smoke", "suite"]),
 ]
 
 
 @pytest.mark.parametrize("text,expect", BAD)
-def test_bad_config_exits_2(env, tmp_path, text, expect):
+def test_bad_config_exits_2(lab, tmp_path, text, expect):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    proc = lab(["launch", str(path)], env, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and "bad.yaml" in proc.stderr
+    rc, _, err = lab("launch", str(path))
+    assert rc == 2, err
+    assert "Traceback" not in err and "bad.yaml" in err
     for word in expect:
-        assert word in proc.stderr
+        assert word in err
 
 
 @pytest.mark.parametrize("args,expect", [
     (["launch", "configs/smoke.yaml", "--set", "search.population"], "search.population"),
     (["launch", "configs/smoke.yaml", "--set", "search.popsize=4"], "population"),
     (["launch", "no/such/file.yaml"], "file.yaml"),
+    (["launch"], "CONFIG"),
     (["inspect", "no-such-run"], "no-such-run"),
     (["inspect", "baseline:adamm"], "adam"),
     (["inspect", "baseline:adam(b7=0.5)"], "b7"),
     (["replay", "baseline:adam", "--suite", "heldot"], "heldout"),
+    (["replay", "baseline:adam", "--suite", "rl-smoke"], "supervised"),
+    (["replay", "baseline:adam", "--baselines", "adma"], "adam"),
+    (["replay", "baseline:adam", "--tune-lr", "--suite", "tiny"], "--tune-lr"),
+    (["replay", "baseline:adam", "--seeds", "0"], "--seeds"),
+    (["export", "baseline:adam", "--name", "x", "--suite", "rl-smoke"], "supervised"),
     (["bench", "populaton"], "population"),
 ])
-def test_bad_input_exits_2(env, args, expect):
-    proc = lab(args, env, check=False)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and expect in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) <= 3
+def test_bad_input_exits_2(lab, args, expect):
+    rc, _, err = lab(*args)
+    assert rc == 2, err
+    assert "Traceback" not in err and expect in err
+    assert len(err.strip().splitlines()) <= 3
+
+
+def test_the_command_exits_2_in_a_subprocess(tmp_path):
+    """The installed entry point's path: one line on stderr, exit status 2."""
+    proc = run_lab(["inspect", "baseline:adamm", "--store", str(tmp_path / "lab.db")],
+                   lab_env(), check=False)
+    assert proc.returncode == 2 and "did you mean adam" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_sharded_launch_matches_one_device(run, env, tmp_path):
-    """The same search on 4 fake devices (a fresh store, so nothing comes from the cache)."""
-    e = {**env, "JAX_NUM_CPU_DEVICES": "4", "LAB_STORE": str(tmp_path / "lab.db")}
-    lab(["launch", "configs/smoke.yaml", "--name", "e2e-sharded"], e)
-    (row,) = strict_json(lab(["runs", "--json"], e).stdout)
-    assert row["best"] == pytest.approx(run["best"], rel=1e-5)
+def test_sharded_launch_matches_one_device(tmp_path):
+    """The same search on 1 and on 4 fake devices (fresh stores: nothing from the cache)."""
+    best = {}
+    for n in (1, 4):
+        env = lab_env(JAX_NUM_CPU_DEVICES=str(n), LAB_JAX_CACHE="")
+        db = str(tmp_path / f"d{n}" / "lab.db")
+        run_lab(["launch", "configs/smoke.yaml", "--name", "s", "--store", db], env)
+        (row,) = strict_json(run_lab(["runs", "--json", "--store", db], env).stdout)
+        best[n] = row["best"]
+    assert best[4] == pytest.approx(best[1], rel=1e-5)

@@ -1,5 +1,6 @@
 """Programs through the `lab` command, as a user runs them: seeds identified by behaviour, bad
-program text refused with its line, the smoke search, its inspect document, replay and export."""
+program text refused with its line, a tiny search, its inspect document, replay (with the
+learning rate tuned per task) and export."""
 
 from __future__ import annotations
 
@@ -7,37 +8,33 @@ import json
 import shutil
 
 import pytest
-from test_cli import ROOT, lab, strict_json
+from conftest import ROOT, strict_json
+from test_cli import lab  # noqa: F401  (the module-scoped in-process lab command)
 
-SEEDS = ROOT / "lab" / "rules" / "program" / "seeds"
+SEEDS = ROOT / "lab" / "kinds" / "program" / "seeds"
 
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    import os
-    base = tmp_path_factory.mktemp("cli-programs")
-    e = dict(os.environ)
-    e.update({"LAB_STORE": str(base / "lab.db"), "JAX_PLATFORMS": "cpu",
-              "JAX_NUM_CPU_DEVICES": "1", "LAB_JAX_CACHE": str(base / "jax-cache"),
-              "XLA_FLAGS": "--xla_backend_optimization_level=0"})
-    return e
+# one worker runs the whole module under pytest-xdist (``--dist loadgroup``): its module fixtures
+# (a launched run) are made once
+pytestmark = pytest.mark.xdist_group("cli_programs")
 
 
 @pytest.fixture(scope="module")
-def run(env):
-    proc = lab(["launch", "configs/program_smoke.yaml", "--name", "prog-e2e"], env)
-    assert "gen 4/4" in proc.stderr
-    (row,) = [r for r in strict_json(lab(["runs", "--json"], env).stdout)
-              if r["name"] == "prog-e2e"]
+def run(lab):  # noqa: F811
+    rc, _, err = lab("launch", "configs/program_smoke.yaml", "--name", "prog-e2e",
+                     "--set", "suite=tiny", "--set", "search.generations=3",
+                     "--set", "evaluator.devices=1")
+    assert rc == 0, err
+    assert "gen 3/3" in err
+    (row,) = [r for r in strict_json(lab("runs", "--json")[1]) if r["name"] == "prog-e2e"]
     assert row["kind"] == "program" and row["status"] == "done"
     return row
 
 
-def test_seed_copies_are_identified_by_behaviour(env, tmp_path):
+def test_seed_copies_are_identified_by_behaviour(lab, tmp_path):  # noqa: F811
     shutil.copy(SEEDS / "lion.prog", tmp_path / "cand_a.prog")
     shutil.copy(SEEDS / "adam.prog", tmp_path / "cand_b.prog")
-    a = strict_json(lab(["inspect", f"program:{tmp_path / 'cand_a.prog'}", "--json"], env).stdout)
-    b = strict_json(lab(["inspect", f"program:{tmp_path / 'cand_b.prog'}", "--json"], env).stdout)
+    a = strict_json(lab("inspect", f"program:{tmp_path / 'cand_a.prog'}", "--json")[1])
+    b = strict_json(lab("inspect", f"program:{tmp_path / 'cand_b.prog'}", "--json")[1])
     assert "lion" in a["equals"] and "adam" not in a["equals"]
     assert "adam" in b["equals"] and a["closest"]["name"] == "lion"
     assert a["source"].startswith("def program(g, w, lr, t, m, v):")
@@ -50,33 +47,34 @@ def test_seed_copies_are_identified_by_behaviour(env, tmp_path):
     ("def p(g, w, lr, t, m, v):\n    x = add(g, q)\n    return x, m, v\n",
      "line 2, column 16: 'q' is not defined"),
 ])
-def test_malformed_program_exits_2_naming_the_line(env, tmp_path, text, expect):
+def test_malformed_program_exits_2_naming_the_line(lab, tmp_path, text, expect):  # noqa: F811
     bad = tmp_path / "bad.prog"
     bad.write_text(text)
-    proc = lab(["inspect", f"program:{bad}", "--json"], env, check=False)
-    assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr
-    assert proc.stdout == ""
+    rc, out, err = lab("inspect", f"program:{bad}", "--json")
+    assert rc == 2 and expect in err and "Traceback" not in err
+    assert out == ""
 
 
-def test_inspect_run_shows_parseable_sources_and_hit_rate(run, env, tmp_path):
-    doc = strict_json(lab(["inspect", run["id"], "--json"], env).stdout)
+def test_inspect_run_shows_parseable_sources_and_hit_rate(run, lab, tmp_path):  # noqa: F811
+    doc = strict_json(lab("inspect", run["id"], "--json")[1])
     assert isinstance(doc["cache_hit_rate"], float) and 0 <= doc["cache_hit_rate"] <= 1
     best = doc["best"][0]
     assert {"source", "simplified", "hash", "equals", "closest", "lineage", "scores"} <= set(best)
     assert best["lineage"], "a program found by the search has parents"
     src = tmp_path / "best.prog"
     src.write_text(best["source"])
-    again = strict_json(lab(["inspect", f"program:{src}", "--json"], env).stdout)
+    again = strict_json(lab("inspect", f"program:{src}", "--json")[1])
     assert again["hash"] == best["hash"]
     assert "finalists" in doc["after_search"]
 
 
-def test_replay_rank_and_export_program_artifact(run, env, tmp_path):
-    doc = strict_json(lab(["replay", f"{run['id']}:1", "--suite", "smoke", "--seeds", "2",
-                           "--json"], env).stdout)
-    assert {r["rule"] for r in doc["rows"]} >= {"tuned adam", "tuned adamw", "tuned lion"}
-    lab(["export", run["id"], "--name", "prog-best", "--out", str(tmp_path), "--suite", "smoke",
-         "--seeds", "2"], env)
+def test_replay_rank_and_export_program_artifact(run, lab, tmp_path):  # noqa: F811
+    doc = strict_json(lab("replay", f"{run['id']}:1", "--suite", "tiny", "--seeds", "2",
+                          "--tune-lr", "--json")[1])
+    assert {r["rule"] for r in doc["rows"]} >= {"tuned adam", "tuned adamw", "tuned lion",
+                                                "prog-e2e:1 (lr tuned)"}
+    assert lab("export", run["id"], "--name", "prog-best", "--out", str(tmp_path), "--suite",
+               "tiny", "--seeds", "2")[0] == 0
     folder = tmp_path / "prog-best"
     rule = json.loads((folder / "rule.json").read_text())
     assert rule["kind"] == "program" and rule["source"].startswith("def ")
@@ -86,31 +84,30 @@ def test_replay_rank_and_export_program_artifact(run, env, tmp_path):
     assert 0 <= metrics["search"]["cache_hit_rate"] <= 1
     assert metrics["search"]["after_search"]["finalists"]
     assert "```\ndef " in (folder / "README.md").read_text()
-    again = strict_json(lab(["inspect", str(folder), "--json"], env).stdout)
+    again = strict_json(lab("inspect", str(folder), "--json")[1])
     assert again["hash"] == rule["hash"] and again["source"] == rule["source"]
-    replayed = strict_json(lab(["replay", str(folder), "--suite", "smoke", "--seeds", "2",
-                                "--json"], env).stdout)
+    replayed = strict_json(lab("replay", str(folder), "--suite", "tiny", "--seeds", "2",
+                               "--json")[1])
     assert replayed["rows"][0]["rule"] == "prog-best"
 
 
-def test_artifact_source_is_never_executed(env, tmp_path):
+def test_artifact_source_is_never_executed(lab, tmp_path):  # noqa: F811
     folder = tmp_path / "evil"
     folder.mkdir()
     doc = {"format": 1, "kind": "program", "name": "program", "hash": "0" * 32,
            "fingerprint": [], "lr": 1.0, "source": "__import__('os').system('echo hi')"}
     (folder / "rule.json").write_text(json.dumps(doc))
-    proc = lab(["inspect", str(folder), "--json"], env, check=False)
-    assert proc.returncode == 2 and "key 'source'" in proc.stderr and "line 1" in proc.stderr
+    rc, _, err = lab("inspect", str(folder), "--json")
+    assert rc == 2 and "key 'source'" in err and "line 1" in err
 
 
-def test_program_search_config_errors_exit_2(env, tmp_path):
+def test_program_search_config_errors_exit_2(lab, tmp_path):  # noqa: F811
     cfg = tmp_path / "c.yaml"
     cfg.write_text("kind: program\nrule:\n  seed: adamx\nsearch:\n  sigma: 0.1\n")
-    proc = lab(["launch", str(cfg)], env, check=False)
-    assert proc.returncode == 2 and "search.sigma: unknown key" in proc.stderr
+    rc, _, err = lab("launch", str(cfg))
+    assert rc == 2 and "search.sigma: unknown key" in err
 
 
-def test_tune_lr_is_for_programs(env):
-    proc = lab(["replay", "baseline:adam", "--suite", "smoke", "--seeds", "1", "--tune-lr"], env,
-               check=False)
-    assert proc.returncode == 2 and "--tune-lr" in proc.stderr
+def test_tune_lr_is_for_programs(lab):  # noqa: F811
+    rc, _, err = lab("replay", "baseline:adam", "--suite", "tiny", "--seeds", "1", "--tune-lr")
+    assert rc == 2 and "--tune-lr" in err

@@ -1,34 +1,19 @@
-"""Tests of lab/config.py: loading, strict validation, overrides, round trips."""
+"""Tests of the config loader (lab/core/config.py): loading, strict validation against the
+sections of the config's kind, overrides, round trips."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import textwrap
-from types import SimpleNamespace
 
 import pytest
 
-from lab import config as C
-from lab.config import ConfigError, config_hash, config_to_dict, dump_yaml, load_config
-
-REAL_REGISTRIES = {"_suites": C._suites, "_strategies": C._strategies, "_baselines": C._baselines}
-
-
-def _adam(learning_rate=1e-3, b1=0.9, b2=0.999, eps=1e-8, eps_root=0.0, nesterov=False):
-    """A stand-in for optax.adam: only its signature is read."""
-
-
-@pytest.fixture(autouse=True)
-def fake_registries(monkeypatch):
-    """Small registries, so these tests do not depend on tasks/, evosax or lab.rules."""
-    monkeypatch.setattr(C, "_suites", lambda: ("smoke", "train", "heldout"))
-    monkeypatch.setattr(C, "_strategies", lambda: {n: None for n in
-                                                   ("Open_ES", "PGPE", "SNES", "CMA_ES")})
-    adam = SimpleNamespace(factory=_adam, searchable={"learning_rate": (1e-3, "log"),
-                                                      "b1": (0.9, "log1m"), "b2": (0.999, "log1m"),
-                                                      "eps": (1e-8, "log")})
-    monkeypatch.setattr(C, "_baselines", lambda: {"adam": adam, "sgd": adam, "lion": adam})
+from lab.core import kind as K
+from lab.core.config import ConfigError, config_hash, config_to_dict, dump_yaml, load_config
+from lab.core.es import SearchConfig
+from lab.core.schema import Config, EvaluatorConfig, OutputConfig, field
+from lab.kinds.baseline.config import BaselineRuleConfig
 
 
 def write(tmp_path, text: str, name: str = "run.yaml") -> str:
@@ -44,7 +29,7 @@ suite: smoke
 budget: 50
 seeds: 3
 rule:
-  name: lion
+  name: adam
   lr: 2
   init: {b1: 0.5, learning_rate: 0.001}
   fixed: {nesterov: true}
@@ -64,8 +49,7 @@ output: {checkpoint_every: 1, plots: false, top_k: 3}
 
 def test_defaults():
     cfg = load_config(None)
-    assert cfg == C.Config()
-    assert cfg.rule == C.BaselineRuleConfig()
+    assert cfg == Config(rule=BaselineRuleConfig(), search=SearchConfig())
     assert (cfg.search.strategy, cfg.search.population, cfg.search.optimizer) == ("Open_ES", 16,
                                                                                    "adam")
     hash(cfg)  # frozen and hashable (dict fields are left out of the hash)
@@ -76,12 +60,12 @@ def test_defaults():
 def test_full_file(tmp_path):
     cfg = load_config(write(tmp_path, FULL))
     assert cfg.name == "full" and cfg.suite == "smoke" and cfg.budget == 50 and cfg.seeds == 3
-    assert cfg.rule == C.BaselineRuleConfig("lion", 2.0, {"b1": 0.5, "learning_rate": 0.001},
-                                            {"nesterov": True})
+    assert cfg.rule == BaselineRuleConfig("adam", 2.0, {"b1": 0.5, "learning_rate": 0.001},
+                                          {"nesterov": True})
     assert isinstance(cfg.rule.lr, float) and isinstance(cfg.search.elite_ratio, float)
-    assert cfg.search == C.SearchConfig("PGPE", 8, 3, 0.2, 0.01, "sgd", 1.0, 7)
-    assert cfg.evaluator == C.EvaluatorConfig(4, 512.0, 1, 2)
-    assert cfg.output == C.OutputConfig(1, False, 3)
+    assert cfg.search == SearchConfig("PGPE", 8, 3, 0.2, 0.01, "sgd", 1.0, 7)
+    assert cfg.evaluator == EvaluatorConfig(4, 512.0, 1, 2)
+    assert cfg.output == OutputConfig(1, False, 3)
 
 
 def test_round_trip(tmp_path):
@@ -161,7 +145,7 @@ def test_wrong_types(tmp_path, text, key, expect):
     ("rule.name=Adam", r"rule.name: unknown baseline 'Adam'; did you mean adam"),
     ("rule.init.b1=1.5", r"rule.init.b1: must be in \(0, 1\)"),
     ("rule.init.beta1=0.5", r"rule.init.beta1: baseline 'adam' does not search 'beta1'"),
-    ("rule.fixed.nesterv=true", r"rule.fixed.nesterv: optax._adam has no keyword 'nesterv'; did"),
+    ("rule.fixed.nesterv=true", r"rule.fixed.nesterv: optax.adam has no keyword 'nesterv'; did"),
 ])
 def test_bad_values(override, expect):
     with pytest.raises(ConfigError, match=rf"^--set {override}: {expect}"):
@@ -189,7 +173,7 @@ def test_override_dict_fields(tmp_path):
     assert load_config(None, ["rule.init.b1=0.5"]).rule.init == {"b1": 0.5}
     # a mapping for a section replaces the section: other keys fall back to defaults
     cfg = load_config(path, ["search={population: 4}"])
-    assert cfg.search == C.SearchConfig(population=4)
+    assert cfg.search == SearchConfig(population=4)
 
 
 @pytest.mark.parametrize("override, expect", [
@@ -236,29 +220,37 @@ def test_top_level_must_be_mapping(tmp_path):
 
 
 def test_kind_selects_rule_section(tmp_path, monkeypatch):
+    """The rule and search sections are the dataclasses the kind registers."""
     @dataclasses.dataclass(frozen=True)
-    class ProgramRuleConfig:
+    class ToyRuleConfig:
         source: str = "adam"
-        length: int = C._field(8, ge=1)
+        length: int = field(8, ge=1)
 
-    monkeypatch.setitem(C.RULE_CONFIGS, "program", ProgramRuleConfig)
-    cfg = load_config(write(tmp_path, "kind: program\nrule: {length: 12}\n"))
-    assert cfg.rule == ProgramRuleConfig(length=12)
-    assert load_config(None, ["kind=program"]).rule == ProgramRuleConfig()
+    toy = dataclasses.replace(K.get("baseline"), name="toy", rule_config=ToyRuleConfig)
+    monkeypatch.setitem(K._REGISTERED, "toy", toy)
+    cfg = load_config(write(tmp_path, "kind: toy\nrule: {length: 12}\n"))
+    assert cfg.rule == ToyRuleConfig(length=12) and cfg.search == SearchConfig()
+    assert load_config(None, ["kind=toy"]).rule == ToyRuleConfig()
     # the rule section is checked against the kind's own keys
     with pytest.raises(ConfigError, match=r"run\.yaml:2: rule.name: unknown key"):
-        load_config(write(tmp_path, "kind: program\nrule: {name: adam}\n"))
+        load_config(write(tmp_path, "kind: toy\nrule: {name: adam}\n"))
     with pytest.raises(ConfigError, match=r"rule.length: must be >= 1"):
-        load_config(None, ["kind=program", "rule.length=0"])
+        load_config(None, ["kind=toy", "rule.length=0"])
     # an unknown kind is reported with its closest names, and the rule section is skipped
     with pytest.raises(ConfigError, match=r"run\.yaml:1: kind: unknown kind 'programm'; did you "
                                           r"mean program"):
         load_config(write(tmp_path, "kind: programm\nrule: {whatever: 1}\n"))
 
 
-def test_real_baselines(monkeypatch):
-    pytest.importorskip("lab.rules.baselines")
-    monkeypatch.setattr(C, "_baselines", REAL_REGISTRIES["_baselines"])
+def test_kind_trains_on_the_suites_of_its_domain():
+    with pytest.raises(ConfigError, match=r"suite: kind 'baseline' cannot train on suite "
+                                          r"'rl-smoke'; use one of smoke, train, heldout"):
+        load_config(None, ["suite=rl-smoke"])
+    with pytest.raises(ConfigError, match=r"kind 'drift' cannot train on suite 'smoke'"):
+        load_config(None, ["kind=drift", "suite=smoke"])
+
+
+def test_baseline_sections_against_optax():
     cfg = load_config(None, ["rule.name=adamw", "rule.init.weight_decay=1e-3",
                              "rule.fixed.eps_root=0.0"])
     assert cfg.rule.init == {"weight_decay": 1e-3} and cfg.rule.fixed == {"eps_root": 0.0}
@@ -266,19 +258,5 @@ def test_real_baselines(monkeypatch):
         load_config(None, ["rule.name=Lion"])
     with pytest.raises(ConfigError, match=r"rule.fixed.b11: optax.adam has no keyword 'b11'"):
         load_config(None, ["rule.fixed.b11=0.5"])
-
-
-def test_real_registries(monkeypatch):
-    """The defaults are valid against the real registries, once they exist."""
-    pytest.importorskip("tasks")
-    pytest.importorskip("lab.search.es")
-    for name, fn in REAL_REGISTRIES.items():
-        monkeypatch.setattr(C, name, fn)
-    try:
-        C._suites(), C._strategies()
-    except AttributeError as e:
-        pytest.skip(f"registry not there yet: {e}")
-    cfg = load_config(None)
-    assert cfg == C.Config()
     with pytest.raises(ConfigError, match=r"did you mean Open_ES"):
         load_config(None, ["search.strategy=Open_Es"])

@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.search import es
-from lab.search.es import STRATEGIES, ESSpec, Flattener, task_key_index
+from lab.core import es
+from lab.core.es import STRATEGIES, ESSpec, Flattener, task_key_index
 
 POP, DIMS, SIGMA, LR = 16, 5, 0.5, 0.1
 GENERATIONS = 100

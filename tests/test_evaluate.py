@@ -15,8 +15,8 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lab import evaluate as E
-from lab.evaluate import (
+from lab.core import evaluate as E
+from lab.core.evaluate import (
     CURVE_POINTS,
     chunk_for_memory,
     evaluate,
@@ -24,8 +24,8 @@ from lab.evaluate import (
     make_train,
     padded_size,
 )
-from lab.rules.base import stack_genomes
-from lab.rules.baselines import make_baseline
+from lab.core.optimizers import make_baseline
+from lab.core.rule import stack_genomes
 
 SEEDS = 2
 LRS = (0.01, 0.03, 0.1, 0.3, 1.0)  # a population of 5: it pads to 8 on 8 devices
@@ -123,7 +123,7 @@ def test_compiles_once_across_generations(tiny_task, rule, one_device_mesh):
                        chunk=chunk)
         assert out["final_loss"].shape == (pop, SEEDS)
         assert len(traces) == first, f"population {pop} retraced"
-    assert E._compiled(train, one_device_mesh)._cache_size() == 1
+    assert E.compiled(train, one_device_mesh)._cache_size() == 1
 
 
 def test_padded_size():
@@ -149,7 +149,7 @@ def test_eight_devices_equal_one_device(train, rule, reference, eight_device_mes
 
 
 def test_population_is_laid_out_over_all_devices(train, rule, eight_device_mesh):
-    fn = E._compiled(train, eight_device_mesh)
+    fn = E.compiled(train, eight_device_mesh)
     genomes = population(rule, np.geomspace(1e-3, 1.0, 8))
     out = fn(genomes, keys_for(8))
     for name, x in out.items():

@@ -9,9 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from lab.fitness import CLIP, EPS, EvalContext, SuiteScorer, task_fitness, task_keys
-from lab.rules.base import stack_genomes
-from lab.rules.baselines import make_baseline
+from lab.core.fitness import CLIP, EPS, EvalContext, SuiteScorer, task_fitness, task_keys
+from lab.core.optimizers import make_baseline
+from lab.core.rule import stack_genomes
 
 
 def keys_equal(a: jax.Array, b: jax.Array) -> bool:

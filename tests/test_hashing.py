@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from lab import hashing
-from lab.hashing import (
+from lab.core import hashing
+from lab.core.hashing import (
     MANTISSA_BITS,
     closest,
     digest,
@@ -22,8 +22,8 @@ from lab.hashing import (
     known_rules,
     round_mantissa,
 )
-from lab.rules.base import UpdateRule
-from lab.rules.baselines import BASELINES, baseline_from_target, make_baseline
+from lab.core.optimizers import BASELINES, baseline_from_target, make_baseline
+from lab.core.rule import UpdateRule
 
 
 @pytest.fixture(scope="module")

@@ -12,9 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from lab.rules import rule_from_name
-from lab.rules.base import make_ctx
-from lab.rules.learned import (
+from lab.core.kind import get
+from lab.core.rule import make_ctx
+from lab.kinds.learned.rule import (
     Features,
     _mlp,
     features_of,
@@ -41,7 +41,7 @@ def params_and_grads(scale: float = 1.0):
                                       Features(hidden=32, depth=3, step=0.01, exp_mult=1.0)])
 def test_family_name_round_trips(features):
     assert Features.parse(features.name) == features
-    rule = rule_from_name("learned", features.name)
+    rule = get("learned").rule_from_name(features.name)
     assert rule.kind == "learned" and features_of(rule) == features
     assert Features().name == "mlp"
 
@@ -166,7 +166,7 @@ def test_exported_optax_transform_trains_like_the_rule():
 
 
 def test_fingerprint_is_stable_and_names_a_closest_rule():
-    from lab.hashing import describe_function
+    from lab.core.hashing import describe_function
     rule = learned_rule(SMALL)
     a, b = describe_function(rule), describe_function(rule, rule.genome)
     assert a["hash"] == b["hash"] and a["closest"]["name"]

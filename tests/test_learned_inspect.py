@@ -1,4 +1,4 @@
-"""What a learned rule does (lab.rules.learned_view) and how `lab inspect` shows it: update
+"""What a learned rule does (lab.kinds.learned.views) and how `lab inspect` shows it: update
 against gradient per momentum value (the jitted sweep against a NumPy closed form where the MLP
 is switched off), effective step per training step (exactly lr for Adam), the PNG, and the
 inspect document of a learned artifact."""
@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from lab.rules import learned_view as view
-from lab.rules.learned import Features, init_genome, learned_rule
+from lab.kinds.learned import views as view
+from lab.kinds.learned.rule import Features, init_genome, learned_rule
 
 FEATURES = Features(hidden=4, depth=1)
 
@@ -84,7 +84,7 @@ def test_effective_step_one_value_per_step(steps, behaviour_task):
 
 
 def test_effective_step_of_adam_is_its_learning_rate(tiny_task):
-    from lab.rules.baselines import make_baseline
+    from lab.core.optimizers import make_baseline
     adam = make_baseline("adam", {"learning_rate": 0.01})
     out = view.effective_step(adam, adam.genome, tiny_task, seeds=1)
     np.testing.assert_allclose(out["step"], 0.01, rtol=1e-4)
@@ -92,8 +92,8 @@ def test_effective_step_of_adam_is_its_learning_rate(tiny_task):
 
 
 def test_summary_and_plot(curves, steps, tmp_path):
-    from lab.plots import learned_behaviour
-    s = view.summary(curves, steps, {"lr": 0.02, "final_loss": 0.1})
+    from lab.kinds.learned.plots import learned_behaviour
+    s = view.summary(curves, steps, {"lr": 0.02, "value": 0.1})
     json.dumps(s, allow_nan=False)
     d = s["delta_vs_gradient"]
     assert len(d["g"]) == view.SUMMARY_G and len(d["delta"]) == len(view.MOMENTA)
@@ -106,16 +106,16 @@ def test_summary_and_plot(curves, steps, tmp_path):
 
 @pytest.fixture
 def cheap_inspect(monkeypatch):
-    import lab.inspect
-    monkeypatch.setattr(lab.inspect, "BEHAVIOUR_TASK", "digits_mlp_tiny")  # = behaviour_task
+    import lab.kinds.learned.views
+    monkeypatch.setattr(lab.kinds.learned.views, "BEHAVIOUR_TASK", "digits_mlp_tiny")
     monkeypatch.setenv("LAB_JAX_CACHE", "")
 
 
 def test_lab_inspect_learned_artifact(rule, tmp_path, capsys, cheap_inspect):
-    from lab.artifacts import write_artifact
     from lab.cli import main
+    from lab.commands.artifacts import write_artifact
+    from lab.core.target import Target
     from lab.tables import inspect_view
-    from lab.targets import Target
     # inspect fingerprints the loaded rule itself: the artifact's own fingerprint is not read
     function = {"hash": "0" * 32, "fingerprint": [], "equals": [],
                 "closest": {"name": "adam", "distance": 0.0}}
@@ -136,16 +136,15 @@ def test_lab_inspect_learned_artifact(rule, tmp_path, capsys, cheap_inspect):
 
 
 def test_plot_paths(rule, tmp_path):
-    from lab.inspect import _plot_paths
-    from lab.store import Store
-    from lab.targets import Target
+    from lab.core.store import Store
+    from lab.core.target import Target, plot_paths
     target = Target("x", rule, rule.genome, 1.0, "x")
-    assert _plot_paths(target, None, "ab" * 16) == []
+    assert plot_paths(target, None, "ab" * 16, "behaviour") == []
     with Store(tmp_path / "lab.db") as store:
-        (only,) = _plot_paths(target, store, "ab" * 16)
+        (only,) = plot_paths(target, store, "ab" * 16, "behaviour")
         assert only == tmp_path / "inspect" / f"behaviour-{'ab' * 8}.png"
         run = {"id": "r1"}
         art = tmp_path / "discovered" / "x"
-        paths = _plot_paths(Target("x", rule, rule.genome, 1.0, "x", run=run, artifact=art),
-                            store, "ab" * 16)
+        paths = plot_paths(Target("x", rule, rule.genome, 1.0, "x", run=run, artifact=art),
+                           store, "ab" * 16, "behaviour")
     assert paths == [art / "behaviour.png", tmp_path / "runs" / "r1" / only.name, only]

@@ -1,25 +1,22 @@
-"""Meta-training learned optimizers: truncated unrolls (dynamic horizons, one compilation,
-common random numbers, the NaN policy), per-slot resets, persistent ES's accumulators, and the
-loop through the store."""
+"""Meta-training learned optimizers (lab/kinds/learned): truncated unrolls (dynamic horizons, one
+compilation, common random numbers, the NaN policy), per-slot resets, persistent ES's
+accumulators, other strategies. The whole run through the core's loop is in ``test_kinds``."""
 
 from __future__ import annotations
-
-import json
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.config import ConfigError, load_config
-from lab.fitness import CLIP, normalized_score
-from lab.launch import build_setup, launch
-from lab.rules.base import stack_genomes
-from lab.rules.learned import Features, init_genome, learned_rule
-from lab.search.lopt import MetaTraining, sample_horizon
-from lab.store import Store
-from lab.unroll import (
-    _compiled,
+from lab.core.config import ConfigError, load_config
+from lab.core.fitness import CLIP, normalized_score
+from lab.core.loop import build_setup
+from lab.core.rule import stack_genomes
+from lab.kinds.learned.rule import Features, init_genome, learned_rule
+from lab.kinds.learned.search import LearnedDriver, sample_horizon
+from lab.kinds.learned.unroll import (
+    compiled,
     make_unroll,
     normalized,
     start_population,
@@ -27,15 +24,9 @@ from lab.unroll import (
 )
 
 SMOKE = "configs/lopt_smoke.yaml"
-FAST = ["search.generations=2", "search.population=4", "search.validate_every=0",
+FAST = ["suite=tiny", "search.generations=2", "search.population=4", "search.validate_every=0",
         "evaluator.devices=1", "output.plots=false"]
 FEATURES = Features(hidden=4, depth=1)
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "lab.db") as s:
-        yield s
 
 
 def population(n: int, log_step: float = np.log(1e-2)):
@@ -67,7 +58,7 @@ def test_unroll_carries_state_compiles_once_and_shares_data_within_a_slot(tiny_t
                                    np.zeros(4), keys, one_device_mesh)
     assert np.asarray(inner2.t).tolist() == [10] * 4
     assert np.all(np.asarray(m2["loss"]) < np.asarray(m1["loss"]))  # training goes on
-    assert _compiled(u.unroll, one_device_mesh, True)._cache_size() == 1
+    assert compiled(u.unroll, one_device_mesh, True)._cache_size() == 1
     # the same genome with the same key is the same run (common random numbers)
     same = jax.tree.map(lambda x: x[np.array([0, 0, 2, 2])], genomes)
     fresh = start_population(u, same, keys, one_device_mesh)
@@ -139,9 +130,9 @@ def test_config_refuses_inconsistent_meta_training(tmp_path):
 
 def test_slots_reset_together_on_divergence_and_at_their_horizon(store):
     cfg = load_config(SMOKE, FAST)
-    mt = MetaTraining(cfg, build_setup(cfg, store))
-    st = mt.state
-    mt.step(0)
+    mt = LearnedDriver(cfg, build_setup(cfg, store))
+    st = mt.tree
+    mt.generation(0)
     assert np.all(st["t"] > 0) and not st["reset"].any()
     slots = mt.slots
     # runs of a slot share horizon and step
@@ -150,7 +141,7 @@ def test_slots_reset_together_on_divergence_and_at_their_horizon(store):
     # make slot 0's run end now: it restarts next generation, the others continue
     st["t"][slots == 0] = st["horizon"][slots == 0]
     before = st["t"].copy()
-    out = mt.step(1)
+    out = mt.generation(1)
     assert out["extra"]["resets"] == int(np.sum(slots == 0))
     np.testing.assert_array_equal(st["t"][slots != 0], before[slots != 0] + cfg.search.unroll)
     # a diverging mean: every member diverges, every slot restarts, the fraction is counted
@@ -158,81 +149,42 @@ def test_slots_reset_together_on_divergence_and_at_their_horizon(store):
     marker = mt.flat.unravel(jnp.arange(flat.size, dtype=jnp.float32))
     flat[int(marker["log_step"])] = 80.0
     st["es"] = st["es"].replace(mean=jnp.asarray(flat))
-    out = mt.step(2)
+    out = mt.generation(2)
     assert out["stats"]["diverged"] == 1.0 and out["stats"]["best"] == CLIP
     assert st["reset"].all()
 
 
 def test_persistent_es_accumulates_perturbations_until_the_slot_resets(store, monkeypatch):
-    from lab.search import es
+    from lab.core import es
     cfg = load_config(SMOKE, [*FAST, "search.persistent=true", "search.horizon_min=1000",
                               "search.horizon_max=1000", "search.unroll=5"])
-    mt = MetaTraining(cfg, build_setup(cfg, store))
-    st, seen, ask = mt.state, [], es.ask
+    mt = LearnedDriver(cfg, build_setup(cfg, store))
+    st, seen, ask = mt.tree, [], es.ask
 
     def spy(spec, key, state):
         pop, state = ask(spec, key, state)
         seen.append(np.asarray(pop) - np.asarray(state.mean))
         return pop, state
     monkeypatch.setattr(es, "ask", spy)
-    mt.step(0)
+    mt.generation(0)
     np.testing.assert_allclose(st["accum"], seen[0], atol=1e-6)
     st["t"][:] = 0  # whatever the first offsets, no run ends within the next generations
-    mt.step(1)
+    mt.generation(1)
     np.testing.assert_allclose(st["accum"], seen[0] + seen[1], atol=1e-6)
     st["reset"][mt.slots == 1] = True  # slot 1's run restarts: its members start over
-    mt.step(2)
+    mt.generation(2)
     ones = mt.slots == 1
     np.testing.assert_allclose(st["accum"][ones], seen[2][ones], atol=1e-6)
     np.testing.assert_allclose(st["accum"][~ones], (seen[0] + seen[1] + seen[2])[~ones],
                                atol=1e-6)
 
 
-def test_meta_training_run_is_recorded_and_compiles_once(store, monkeypatch):
-    from lab.search import lopt
-    made = []
-
-    sizes = []
-
-    class Spy(lopt.MetaTraining):
-        def __init__(self, *a, **k):
-            super().__init__(*a, **k)
-            made.append(self)
-
-        def step(self, g):
-            out = super().step(g)
-            sizes.append([_compiled(u.unroll, self.setup.mesh, True)._cache_size()
-                          for u in self.unrolls.values()])
-            return out
-    monkeypatch.setattr(lopt, "MetaTraining", Spy)
-    cfg = load_config(SMOKE, ["search.generations=3", "search.validate_every=2",
-                              "evaluator.devices=1", "output.checkpoint_every=1"])
-    run_id = launch(cfg, store, name="lopt")
-    run = store.get_run(run_id)
-    assert run["status"] == "done" and run["kind"] == "learned" and np.isfinite(run["best"])
-    gens = store.generations(run_id)
-    assert [g["idx"] for g in gens] == [0, 1, 2]
-    assert all(g["diverged"] is not None and 0 <= g["diverged"] <= 1 for g in gens)
-    assert all(g["checkpoint"] for g in gens)
-    lines = [json.loads(x) for x in
-             (store.run_dir(run_id) / "metrics.jsonl").read_text().splitlines()]
-    assert [ln["generation"] for ln in lines] == [0, 1, 2]
-    assert all(ln["inner_steps_per_s"] > 0 for ln in lines)
-    assert "validation" in lines[1] and "validation" in lines[2]
-    finals = [m for m in store.best_members(run_id, k=10) if m["final"] is not None]
-    assert finals and run["best"] == min(m["final"] for m in finals)
-    assert finals[0]["kind"] == "learned" and finals[0]["name"] == cfg.rule.features().name
-    # the first generation compiles one unroll per task (if no earlier test in this process
-    # did); the others compile nothing
-    assert len(sizes) == 3 and sizes[1] == sizes[0] and sizes[2] == sizes[0]
-
-
 @pytest.mark.parametrize("strategy", ["PGPE", "SNES", "CMA_ES"])
 def test_other_strategies_meta_train(store, strategy):
     cfg = load_config(SMOKE, [*FAST, f"search.strategy={strategy}"])
-    mt = MetaTraining(cfg, build_setup(cfg, store))
+    mt = LearnedDriver(cfg, build_setup(cfg, store))
     before = np.asarray(mt.flat.flat)
-    out = mt.step(0)
+    out = mt.generation(0)
     assert np.isfinite(out["stats"]["best"]) and out["stats"]["diverged"] == 0.0
-    mt.step(1)
+    mt.generation(1)
     assert not np.allclose(np.asarray(mt.mean_genome()["w0"]), mt.flat.unravel(before)["w0"])

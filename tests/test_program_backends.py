@@ -14,14 +14,15 @@ import numpy as np
 import optax
 import pytest
 
-from lab import hashing
-from lab.rules.base import make_ctx, stack_genomes, to_optax
-from lab.rules.baselines import BASELINES, make_baseline
-from lab.rules.program import compile as C
-from lab.rules.program import genome_of, load_seed, parse, program_rule, seed_names
-from lab.rules.program import mutate as M
-from lab.rules.program import program as P
-from lab.rules.program.ops import OPS
+from lab.core import hashing
+from lab.core.optimizers import BASELINES, make_baseline
+from lab.core.rule import make_ctx, stack_genomes, to_optax
+from lab.kinds.program import compiled as C
+from lab.kinds.program import ir as P
+from lab.kinds.program import mutate as M
+from lab.kinds.program.ops import OPS
+from lab.kinds.program.programs import genome_of, load_seed, parse, program_rule, seed_names
+from lab.kinds.program.text import to_source
 
 L = 24  # padded genome length of the whole sample
 STEPS = 5
@@ -407,4 +408,4 @@ def test_describe_shows_the_constants():
     assert "interp(g, m, 1.8)" in text and "scale_k(x4, 0.0002)" in text
     assert parse(text) == C.with_constants(P.simplify(load_seed("lion")), ks)
     adamw = load_seed("adamw")
-    assert program_rule().describe(genome_of(adamw)) == P.to_source(adamw, "program")
+    assert program_rule().describe(genome_of(adamw)) == to_source(adamw, "program")

@@ -1,4 +1,4 @@
-"""Tests of the program IR (lab/rules/program/program.py, mutate.py): the text form and its
+"""Tests of the program IR (lab/kinds/program/ir.py, text.py, mutate.py): the text form and its
 errors, liveness across steps, dead code, constant folding, the symbolic hash, validity, arrays,
 and mutations."""
 
@@ -10,7 +10,10 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from lab.rules.program import (
+from lab.kinds.program import ir as P
+from lab.kinds.program import mutate as M
+from lab.kinds.program.ops import NOP, OP_INDEX, OPS
+from lab.kinds.program.programs import (
     MAX_LEN,
     ProgramError,
     from_source,
@@ -23,9 +26,6 @@ from lab.rules.program import (
     source_of,
     to_source,
 )
-from lab.rules.program import mutate as M
-from lab.rules.program import program as P
-from lab.rules.program.ops import NOP, OP_INDEX, OPS
 
 HEAD = "def f(g, w, lr, t, m, v):\n"
 
@@ -67,7 +67,7 @@ def test_seed_file_round_trips(name):
     p = load_seed(name)
     assert p.name == name and P.is_valid(p)
     assert parse(to_source(p)) == p
-    text = (resources.files("lab.rules.program") / "seeds" / f"{name}.prog").read_text()
+    text = (resources.files("lab.kinds.program") / "seeds" / f"{name}.prog").read_text()
     body = "".join(ln + "\n" for ln in text.splitlines() if not ln.lstrip().startswith("#"))
     assert to_source(p) == body
 

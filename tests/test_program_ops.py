@@ -1,4 +1,4 @@
-"""Tests of lab/rules/program/ops.py: every op against a numpy closed form, the protected cases,
+"""Tests of lab/kinds/program/ops.py: every op against a numpy closed form, the protected cases,
 no NaN or Inf from finite inputs, and the interpreter's fused ops equal to the reference ones."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.rules.program import interpret, ops
-from lab.rules.program.ops import OP_INDEX, OPS
+from lab.kinds.program import interpreted as interpret
+from lab.kinds.program import ops
+from lab.kinds.program.ops import OP_INDEX, OPS
 
 NAMES = [op.name for op in OPS]
 

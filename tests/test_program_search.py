@@ -1,31 +1,25 @@
-"""Program search in-process: compile once (hurdles on), the cache and its hit rate, one cache
-across representations, resume, the stages after the search."""
+"""Program search in-process: compile before generation 0 (hurdles on), the cache and its hit
+rate, one cache across representations, hurdles, repeats, the stages after the search. The whole
+run with a kill and a resume is in ``test_kinds``."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from lab import hashing
-from lab.config import load_config
-from lab.evaluate import _compiled
-from lab.fitness import CLIP
-from lab.launch import build_setup, launch
-from lab.rules.baselines import make_baseline
-from lab.rules.program import genome_of, load_seed, parse, program_rule
-from lab.rules.program.program import live_statements, simplify, symbolic_hash
-from lab.search import evolution, finalize, program_search
-from lab.store import Store
+from lab.core import hashing
+from lab.core.config import load_config
+from lab.core.evaluate import compiled
+from lab.core.fitness import CLIP
+from lab.core.loop import build_setup, launch, score_fixed
+from lab.core.optimizers import make_baseline
+from lab.kinds.program import evolution, finalize
+from lab.kinds.program.ir import live_statements, simplify, symbolic_hash
+from lab.kinds.program.programs import genome_of, load_seed, parse, program_rule
 
-SMALL = ["kind=program", "suite=smoke", "budget=8", "seeds=1", "search.population=8",
+SMALL = ["kind=program", "suite=tiny", "budget=8", "seeds=1", "search.population=8",
          "search.children=4", "search.generations=3", "evaluator.devices=1", "rule.lr=20",
          "search.lr_grid=[1.0, 3.0]", "output.top_k=2", "search.simplify=false"]
-
-
-@pytest.fixture
-def store(tmp_path):
-    with Store(tmp_path / "lab.db") as s:
-        yield s
 
 
 def _spy(monkeypatch, module, name, into):
@@ -39,14 +33,14 @@ def _spy(monkeypatch, module, name, into):
 
 def test_three_generations_with_hurdles_compile_before_generation_0(store, monkeypatch):
     setups, shorts, sizes = [], [], []
-    _spy(monkeypatch, __import__("lab.launch", fromlist=["x"]), "build_setup", setups)
-    _spy(monkeypatch, program_search, "short_scorer", shorts)
+    _spy(monkeypatch, __import__("lab.core.loop", fromlist=["x"]), "build_setup", setups)
+    _spy(monkeypatch, evolution, "short_scorer", shorts)
     real_step = evolution.Evolution.step
 
     def step(self, g):
         out = real_step(self, g)
         trains = list(self.scorer.trains.values()) + list(self.short.trains.values())
-        sizes.append([_compiled(t, setups[0].mesh)._cache_size() for t in trains])
+        sizes.append([compiled(t, setups[0].mesh)._cache_size() for t in trains])
         return out
     monkeypatch.setattr(evolution.Evolution, "step", step)
     cfg = load_config(None, [*SMALL, "search.hurdle=0.5", "search.hurdle_budget=4"])
@@ -64,12 +58,12 @@ def test_three_generations_with_hurdles_compile_before_generation_0(store, monke
 def test_cache_hits_skip_evaluation_and_children_join(store, monkeypatch):
     cfg = load_config(None, SMALL)
     calls = []
-    real = evolution.Evolution._score
+    real = evolution.Evolution.score_programs
 
     def counting(self, scorer, programs, *a, **k):
         calls.append(len(programs))
         return real(self, scorer, programs, *a, **k)
-    monkeypatch.setattr(evolution.Evolution, "_score", counting)
+    monkeypatch.setattr(evolution.Evolution, "score_programs", counting)
     run_id = launch(cfg, store, name="a")
     first = sum(calls)
     calls.clear()
@@ -88,8 +82,8 @@ def test_adam_program_hits_the_cached_evaluation_of_baseline_adam(store):
     key = hashing.function_key(rule)
     assert key == hashing.function_key(program_rule(), genome_of(load_seed("adam")))
     ctx = setup.scorer.context.key()
-    base_setup = build_setup(load_config(None, ["suite=smoke", "budget=8", "seeds=1",
-                                                "evaluator.devices=1"]), store, rule)
+    base_setup = build_setup(load_config(None, ["suite=tiny", "budget=8", "seeds=1",
+                                                "evaluator.devices=1"]), store)
     assert base_setup.scorer.context.key() == ctx  # the context does not depend on the form
     result = base_setup.scorer.score({k: np.stack([v]) for k, v in rule.genome.items()})
     run = store.create_run("base", "baseline", {}, "h", "v", ctx, {})
@@ -99,39 +93,17 @@ def test_adam_program_hits_the_cached_evaluation_of_baseline_adam(store):
                               "diverged": False, "metrics": {}}],
                             [{"hash": key, "fitness": float(result["fitness"][0])}], {})
     evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adam"))
-    finals = {evo.keys([load_seed("adam")])[0]: (load_seed("adam"), None, "seed")}
-    scores = finalize._score_finals(evo, store, finals, setup)
-    assert list(scores) == [key] and evo.final_fresh == {}  # served from the cache
+    finals = {evo.keys([load_seed("adam")])[0]: evolution.source_genome(load_seed("adam"),
+                                                                          evo.length)}
+    scores, fresh, hits = score_fixed(setup.scorer, store, finals, evo.full_batch)
+    assert list(scores) == [key] and fresh == [] and hits == [key]  # served from the cache
     assert scores[key] == pytest.approx(float(result["fitness"][0]))
-
-
-def test_resume_continues_like_an_uninterrupted_run(store, monkeypatch, tmp_path):
-    cfg = load_config(None, [*SMALL, "output.checkpoint_every=1"])
-    straight = launch(cfg, store, name="straight")
-    with Store(tmp_path / "other.db") as other:
-        real_step = evolution.Evolution.step
-
-        def dying(self, g):
-            if g == 2:
-                raise KeyboardInterrupt
-            return real_step(self, g)
-        monkeypatch.setattr(evolution.Evolution, "step", dying)
-        with pytest.raises(KeyboardInterrupt):
-            launch(cfg, other, name="cut")
-        monkeypatch.setattr(evolution.Evolution, "step", real_step)
-        cut = other.get_run("cut")
-        assert cut["status"] == "interrupted" and cut["generations"] == 2
-        resumed = launch(cfg, other, resume=cut["id"])
-        a = [[g["best"], g["mean"], g["misses"]] for g in store.generations(straight)]
-        b = [[g["best"], g["mean"], g["misses"]] for g in other.generations(resumed)]
-        np.testing.assert_allclose(a, b, rtol=1e-12)
-        assert other.get_run(resumed)["best"] == pytest.approx(store.get_run(straight)["best"])
 
 
 def test_hurdle_failures_score_worst_and_batches_are_fixed(store):
     cfg = load_config(None, [*SMALL, "search.hurdle=0.75", "search.hurdle_budget=4"])
     setup = build_setup(cfg, store)
-    short = program_search.short_scorer(cfg, setup)
+    short = evolution.short_scorer(cfg, setup)
     evo = evolution.Evolution(cfg, store, "r", setup.scorer, short, load_seed("adamw"))
     assert evo.full_batch == 1  # ceil(4 x (1 - 0.75))
     evo.seed_population()
@@ -164,8 +136,8 @@ def test_knock_out_drops_one_statement_and_rewires():
 
 
 def test_constants_rule_at_its_start_equals_the_program():
-    from lab.rules.base import make_ctx
-    from lab.rules.program.compile import structure_rule
+    from lab.core.rule import make_ctx
+    from lab.kinds.program.compiled import structure_rule
     p = simplify(load_seed("lion"))
     rule, idx, signs = finalize.constants_rule(p, 1.0)
     base = structure_rule(p, simplify_first=False)
@@ -179,7 +151,7 @@ def test_constants_rule_at_its_start_equals_the_program():
 
 
 def test_program_configs_are_checked():
-    from lab.config import ConfigError
+    from lab.core.config import ConfigError
     with pytest.raises(ConfigError, match="unknown seed program 'adamm'.*adam"):
         load_config(None, ["kind=program", "rule.seed=adamm"])
     with pytest.raises(ConfigError, match="lr_grid"):
@@ -192,7 +164,7 @@ def test_program_configs_are_checked():
 
 
 def test_bad_start_file_names_line(tmp_path):
-    from lab.config import ConfigError
+    from lab.core.config import ConfigError
     bad = tmp_path / "bad.prog"
     bad.write_text("def p(g, w, lr, t, m, v):\n    x = frob(g)\n    return x, m, v\n")
     with pytest.raises(ConfigError, match=r"bad.prog: line 2, column 9: unknown op 'frob'"):

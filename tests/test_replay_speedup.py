@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 
 import tasks
-from lab.evaluate import CURVE_POINTS, evaluate, make_train
-from lab.fitness import task_keys
-from lab.references import References
-from lab.replay import REACH_TOL, replay, smoothed, speedup
-from lab.rules.base import stack_genomes
-from lab.rules.baselines import make_baseline
-from lab.store import Store
-from lab.targets import resolve
+from lab.commands.targets import resolve
+from lab.core.evaluate import CURVE_POINTS, evaluate, make_train
+from lab.core.fitness import task_keys
+from lab.core.optimizers import make_baseline
+from lab.core.references import References
+from lab.core.replay import REACH_TOL, replay, smoothed, speedup
+from lab.core.rule import stack_genomes
+from lab.core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = [t.name for t in tasks.get_suite("smoke")]

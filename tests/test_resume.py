@@ -1,8 +1,9 @@
-"""Resume after SIGKILL, through the `lab` command: a run killed mid-generation and resumed with
-`lab launch --resume RUN` ends with the same best candidate and the same fitness history as the
-same config run without interruption (in another store, so the cache cannot answer for it).
+"""Checkpointed search state round-trips through orbax (strings, the numpy generator, a program
+search's whole evolution), and a program search killed by an outside SIGKILL while it runs,
+between checkpoints taken every 2 generations, resumes to the same run as an uninterrupted one.
 
-One case per searchable kind; a new kind appends one entry to ``CASES``.
+Every kind's kill-and-resume case (a SIGKILL at a set point of a generation) is in
+``test_kinds``; this one kills a running process from outside, at whatever point it has reached.
 """
 
 from __future__ import annotations
@@ -10,48 +11,32 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import lab_env, run_lab, spawn_lab
 
-from lab.checkpoints import (
+from lab.core.checkpoints import (
     Checkpoints,
     array_to_strings,
     generator_state,
     set_generator_state,
     strings_to_array,
 )
-from lab.config import load_config
-from lab.rules.program import load_seed
-from lab.rules.program.mutate import mutate
-from lab.search.evolution import Evolution, Member
+from lab.core.config import load_config
+from lab.kinds.program.evolution import Evolution, Member
+from lab.kinds.program.mutate import mutate
+from lab.kinds.program.programs import load_seed
 
-ROOT = Path(__file__).resolve().parent.parent
-
-# (kind, config, overrides): small, but with enough generations that the kill lands mid-run
-CASES = [
-    ("baseline", "configs/smoke.yaml",
-     ["search.population=4", "search.generations=6", "seeds=1", "output.plots=false"]),
-    ("program", "configs/program_smoke.yaml",
-     ["search.population=8", "search.children=4", "search.generations=6", "seeds=1",
-      "budget=8", "search.lr_grid=[1.0, 3.0]", "search.hurdle=0.5", "search.hurdle_budget=4",
-      "search.plateau=2", "search.simplify=false", "output.top_k=2", "output.plots=false"]),
-    ("program-checkpoint-every-2", "configs/program_smoke.yaml",
-     ["search.population=8", "search.children=4", "search.generations=6", "seeds=1",
-      "budget=8", "search.lr_grid=[1.0, 3.0]", "search.hurdle=0.5", "search.hurdle_budget=4",
-      "search.forget=0.3", "search.simplify=false", "output.top_k=2", "output.plots=false",
-      "output.checkpoint_every=2"]),
-    ("learned", "configs/lopt_smoke.yaml",
-     ["search.population=4", "search.generations=6", "search.validate_every=2", "seeds=1",
-      "search.unroll=4", "search.horizon_min=8", "search.horizon_max=24", "output.plots=false"]),
-    ("drift", "configs/lpo_smoke.yaml",
-     ["search.population=4", "search.generations=6", "seeds=1", "budget=1024", "rule.hidden=4",
-      "output.top_k=2", "output.plots=false"]),
-]
+# with checkpoints every 2 generations and a kill after 3, the resume redoes a generation that the
+# store had recorded (and whose evaluations it holds): it must retrace it exactly
+OVERRIDES = ["search.population=8", "search.children=4", "search.generations=6", "seeds=1",
+             "budget=8", "search.lr_grid=[1.0, 3.0]", "search.hurdle=0.5",
+             "search.hurdle_budget=4", "search.forget=0.3", "search.simplify=false",
+             "output.top_k=2", "output.plots=false", "output.checkpoint_every=2",
+             "evaluator.devices=1"]
 
 
 def test_strings_and_generator_round_trip_through_orbax(tmp_path):
@@ -97,28 +82,6 @@ def test_evolution_state_round_trips(tmp_path):
     assert other.rng.random(4).tolist() == evo.rng.random(4).tolist()
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    e = dict(os.environ)
-    e.update({"JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1",
-              "XLA_FLAGS": "--xla_backend_optimization_level=0",  # compile fast; tiny runs
-              "LAB_JAX_CACHE": str(tmp_path_factory.mktemp("jax-cache"))})
-    e.pop("LAB_STORE", None)
-    return e
-
-
-def _launch(args: list[str], db: Path, env: dict, log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:  # a file, not a pipe: a killed child leaves no reader waiting
-        return subprocess.Popen([sys.executable, "-m", "lab.cli", "launch", *args,
-                                 "--store", str(db)], cwd=ROOT, env=env, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-
-def _finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
-    rc = proc.wait(timeout=timeout)
-    assert rc == 0, f"lab launch exited {rc}:\n{log.read_text()}"
-
-
 def _query(db: Path, sql: str, args: tuple = ()) -> list[tuple]:
     """Read-only, so polling never takes a lock the run needs."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
@@ -153,46 +116,30 @@ def _wait_for_generations(proc, db: Path, name: str, n: int, log: Path, timeout:
     raise AssertionError(f"no {n} generations within {timeout} s:\n{log.read_text()}")
 
 
-# the every-2 case repeats the program case's work, and the drift search runs the same ES loop
-# (``lab.launch.run_es``) as the baseline case: both run with ``-m slow``
-SLOW = {"program-checkpoint-every-2", "drift"}
-
-
-@pytest.mark.parametrize("kind,config,overrides", [
-    pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in SLOW else []) for c in CASES])
-def test_sigkill_mid_generation_then_resume_matches_uninterrupted(kind, config, overrides, env,
-                                                                   tmp_path):
-    args = [config, *[a for o in ["output.checkpoint_every=1", *overrides] for a in ("--set", o)]]
-    # with checkpoints every 2 generations, kill after 3: the resume redoes a generation that
-    # the store had recorded (and whose evaluations it holds) and must retrace it exactly
-    kill_after = 3 if "output.checkpoint_every=2" in overrides else 2
-    total = int(next(o for o in overrides if o.startswith("search.generations=")).split("=")[1])
+@pytest.mark.slow
+def test_program_search_killed_between_checkpoints_resumes_exactly(tmp_path):
+    env = lab_env()
+    args = ["configs/program_smoke.yaml", *[a for o in OVERRIDES for a in ("--set", o)]]
     straight_db, cut_db = tmp_path / "straight" / "lab.db", tmp_path / "cut" / "lab.db"
-    for db in (straight_db, cut_db):
-        db.parent.mkdir()
-
-    _finish(_launch([*args, "--name", "straight"], straight_db, env, tmp_path / "straight.log"),
-            tmp_path / "straight.log")
+    run_lab(["launch", *args, "--name", "straight", "--store", str(straight_db)], env)
     straight = _run(straight_db, "straight")
-    assert straight["status"] == "done" and straight["generations"] == total
+    assert straight["status"] == "done" and straight["generations"] == 6
 
     log = tmp_path / "cut.log"
-    proc = _launch([*args, "--name", "cut"], cut_db, env, log)
+    proc = spawn_lab(["launch", *args, "--name", "cut", "--store", str(cut_db)], env, log)
     try:
-        _wait_for_generations(proc, cut_db, "cut", kill_after, log)
+        _wait_for_generations(proc, cut_db, "cut", 3, log)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.kill()
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     cut = _run(cut_db, "cut")
-    assert cut["status"] == "running" and kill_after <= cut["generations"] < total, cut
+    assert cut["status"] == "running" and 3 <= cut["generations"] < 6, cut
 
-    log = tmp_path / "resume.log"
-    _finish(_launch(["--resume", cut["id"]], cut_db, env, log), log)
-    assert f"resuming run {cut['id']}" in log.read_text()
-    resumed = _run(cut_db, "cut")
-    assert resumed["status"] == "done" and resumed["generations"] == total
-    assert resumed["best_hash"] == straight["best_hash"]
-    assert resumed["best"] == straight["best"]
+    resumed = run_lab(["launch", "--resume", cut["id"], "--store", str(cut_db)], env)
+    assert f"resuming run {cut['id']}" in resumed.stderr
+    done = _run(cut_db, "cut")
+    assert done["status"] == "done" and done["generations"] == 6
+    assert (done["best_hash"], done["best"]) == (straight["best_hash"], straight["best"])
     assert _history(cut_db, cut["id"]) == _history(straight_db, straight["id"])

@@ -16,10 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lab.config import ConfigError, load_config
-from lab.evaluate import _compiled, evaluate
-from lab.fitness import CLIP
-from lab.rl.objectives import (
+from lab.core.config import ConfigError, load_config
+from lab.core.evaluate import compiled, evaluate
+from lab.core.fitness import CLIP
+from lab.core.rule import stack_genomes
+from lab.kinds.drift.objectives import (
     DEAD_ZONE,
     DPO_ALPHA,
     DPO_BETA,
@@ -32,9 +33,8 @@ from lab.rl.objectives import (
     objective_from_name,
     ppo_clip,
 )
-from lab.rl.ppo import Transition, gae, make_train, policy_loss, ppo_clip_loss
-from lab.rl.scoring import RLScorer, normalized_return, worst
-from lab.rules.base import stack_genomes
+from lab.kinds.drift.ppo import Transition, gae, make_train, policy_loss, ppo_clip_loss
+from lab.kinds.drift.scoring import DriftScorer, normalized_return, worst
 from tasks.rl import make_env_task
 
 pytest.importorskip("gymnax")
@@ -171,7 +171,7 @@ def test_lpo_spec_name_round_trips_exactly():
     assert LPOSpec.parse(spec.name) == spec
     with pytest.raises(ValueError, match="bad value"):
         LPOSpec.parse("lpo(hidden=16.5)")
-    from lab.rules.learned import Features
+    from lab.kinds.learned.rule import Features
     f = Features(hidden=4, depth=1, step=0.0123456789, momenta=(0.9, 0.123456789))
     assert Features.parse(f.name) == f
 
@@ -323,7 +323,7 @@ def test_evaluate_vmaps_like_single_runs_and_compiles_once(ppo_run, one_device_m
             for k in METRICS:
                 np.testing.assert_allclose(out[k][i, j], single[k], rtol=1e-5, err_msg=k)
     # a second population of the same shape reuses the compiled function
-    fn = _compiled(train, one_device_mesh)
+    fn = compiled(train, one_device_mesh)
     assert fn._cache_size() == 1
     more = [{"eps": np.float32(0.3)}, {"eps": np.float32(0.15)}]
     out2 = evaluate(train, stack(more), keys[::-1], one_device_mesh)
@@ -361,7 +361,7 @@ def test_rl_scorer_rejects_violators_before_training(fitness, ppo_run, one_devic
     train, _ = ppo_run
     refs = {TASK.name: {"ppo": 20.0, "random": 10.0}}
     # chunk 2, seeds 2: the two valid members are one [2, 2] call (the compiled shape above)
-    scorer = RLScorer("test-rl", "0", [TASK], ppo_clip(), 0, 2, refs, fitness=fitness,
+    scorer = DriftScorer("test-rl", "0", [TASK], ppo_clip(), 0, 2, refs, fitness=fitness,
                       mesh=one_device_mesh, chunk=2)
     assert scorer.trains[TASK.name] is train
     eps = [0.2, -0.1, 0.1, -0.3]
@@ -381,14 +381,14 @@ def test_rl_scorer_rejects_violators_before_training(fitness, ppo_run, one_devic
     want = np.clip(1.0 - (mean - 10.0) / 10.0, -CLIP, CLIP) if fitness == "ppo_normalized" \
         else -mean
     np.testing.assert_allclose(f[[0, 2]], want, rtol=1e-6)
-    assert _compiled(train, one_device_mesh)._cache_size() == 1
+    assert compiled(train, one_device_mesh)._cache_size() == 1
 
 
 def test_rl_scorer_all_rejected_trains_nothing(one_device_mesh, monkeypatch):
-    import lab.rl.scoring as S
+    import lab.kinds.drift.scoring as S
     monkeypatch.setattr(S, "evaluate", lambda *a, **k: pytest.fail("trained a rejected member"))
     refs = {TASK.name: {"ppo": 20.0, "random": 10.0}}
-    scorer = RLScorer("test-rl", "0", [TASK], ppo_clip(), 0, 2, refs, fitness="mean_return",
+    scorer = DriftScorer("test-rl", "0", [TASK], ppo_clip(), 0, 2, refs, fitness="mean_return",
                       mesh=one_device_mesh)
     result = scorer.score(stack([{"eps": np.float32(-0.1)}, {"eps": np.float32(-0.2)}]))
     assert result["rejected"].all() and result["fitness"].tolist() == [30.0, 30.0]
@@ -433,24 +433,17 @@ def test_drift_config_errors(tmp_path):
 
 # ---- the CLI -----------------------------------------------------------------------------------
 
-@pytest.fixture
-def cli(monkeypatch, tmp_path):
-    from lab.cli import main
-    monkeypatch.setenv("LAB_JAX_CACHE", "")  # no persistent compile cache from inside tests
-    store = str(tmp_path / "lab.db")
-    return lambda *args: main([*args, "--store", store])
-
-
-def test_lab_tasks_lists_rl_environments(cli, capsys):
-    assert cli("tasks", "--suite", "rl-heldout", "--json") == 0
-    rows = json.loads(capsys.readouterr().out)
+def test_lab_tasks_lists_rl_environments(cli):
+    rc, out, _ = cli("tasks", "--suite", "rl-heldout", "--json")
+    assert rc == 0
+    rows = json.loads(out)
     envs = {r["env"] for r in rows}
     assert len(rows) >= 2 and len(envs) == len(rows)
     assert all("rl-heldout" in r["suites"] and r["env"].endswith("-MinAtar") for r in rows)
 
 
-def test_lab_replay_refuses_update_rule_on_rl_suite(cli, capsys):
-    assert cli("replay", "baseline:adam", "--suite", "rl-heldout") == 2
-    err = capsys.readouterr().err
+def test_lab_replay_refuses_update_rule_on_rl_suite(cli):
+    rc, _, err = cli("replay", "baseline:adam", "--suite", "rl-heldout")
+    assert rc == 2
     assert err.startswith("lab replay: error: --suite rl-heldout")
-    assert "supervised suite" in err and len(err.strip().splitlines()) == 1
+    assert "supervised suites" in err and len(err.strip().splitlines()) == 1

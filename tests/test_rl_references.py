@@ -1,5 +1,7 @@
-"""PPO references for RL environments: shipped in tasks/references.json (section ``rl``), else
-computed once and cached in the store; ``lab references build`` keeps the other section."""
+"""References of RL environments (the drift kind's ``rl`` family of lab/core/references.py):
+shipped in tasks/references.json, else computed once and cached in the store under their own
+metric (a return, not a loss); ``build`` rebuilds one family and keeps the others; format-1
+files read back without loss."""
 
 from __future__ import annotations
 
@@ -8,10 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from lab import references
-from lab.rl import scoring
-from lab.rl.scoring import RLReferences
-from lab.store import Store
+from lab.core import references
+from lab.core.references import References
+from lab.kinds.drift.scoring import reference_context, reference_pair
 from tasks.rl import make_env_task
 
 TINY = make_env_task("cartpole_refs_tiny", "CartPole-v1", steps=256, num_envs=2, num_steps=32,
@@ -25,64 +26,107 @@ def counted(monkeypatch):
     def fake(task, which, budget, seeds, mesh=None):
         calls.append((task.name, which, budget, seeds))
         base = 20.0 if which == "ppo_clip" else 10.0
-        return {"final_return": base + seeds, "returns": [base + seeds] * seeds}
+        return {"value": base + seeds, "values": [base + seeds] * seeds}
 
-    monkeypatch.setattr(scoring, "compute_reference", fake)
+    monkeypatch.setitem(references._FAMILIES, "rl",
+                        references.Family("rl", "rl", "final_return", ("ppo_clip", "random"),
+                                          reference_context, fake))
     return calls
 
 
-def test_computed_once_then_cached_in_the_store(tmp_path, counted):
-    with Store(tmp_path / "lab.db") as store:
-        refs = RLReferences(store)
-        assert refs.pair(TINY, 0, 2) == {"ppo": 22.0, "random": 12.0}
-        assert refs.pair(TINY, 0, 2) == {"ppo": 22.0, "random": 12.0}
-        assert RLReferences(store).get(TINY, "ppo_clip", 256, 2)["returns"] == [22.0, 22.0]
+def test_computed_once_then_cached_in_the_store(store, counted):
+    refs = References(store)
+    assert reference_pair(refs, TINY, 0, 2) == {"ppo": 22.0, "random": 12.0}
+    assert reference_pair(refs, TINY, 0, 2) == {"ppo": 22.0, "random": 12.0}
+    got = References(store).get(TINY, "ppo_clip", 256, 2)
+    assert got["values"] == [22.0, 22.0] and got["metric"] == "final_return"
+    assert got["lr"] is None
+    row = store.get_ref(TINY.name, 256, 2, "ppo_clip", reference_context(TINY))
+    assert row["metric"] == "final_return" and row["value"] == 22.0 and row["lr"] is None
     assert counted == [("cartpole_refs_tiny", "ppo_clip", 256, 2),
                        ("cartpole_refs_tiny", "random", 256, 2)]
 
 
 def test_shipped_entries_answer_first(monkeypatch, counted):
-    ctx = RLReferences().context(TINY)
-    doc = {"rl": [{"task": TINY.name, "context": ctx, "budget": 256, "seeds": 1,
-                   "which": w, "final_return": v, "returns": [v]}
-                  for w, v in (("ppo_clip", 100.0), ("random", 5.0))]}
-    monkeypatch.setattr(references, "shipped_doc", lambda: doc)
-    assert RLReferences().pair(TINY, 256, 1) == {"ppo": 100.0, "random": 5.0}
-    assert counted == []
-    # another budget, or an edited task (another version), is not answered by the file
-    RLReferences().pair(TINY, 512, 1)
-    assert len(counted) == 2
+    ctx = reference_context(TINY)
+    doc = {"format": references.FORMAT, "entries": [
+        {"family": "rl", "task": TINY.name, "context": ctx, "budget": 256, "seeds": 1,
+         "which": w, "metric": "final_return", "value": v, "values": [v]}
+        for w, v in (("ppo_clip", 100.0), ("random", 5.0))]}
+    monkeypatch.setattr(references, "shipped_text", lambda: json.dumps(doc))
+    references.shipped.cache_clear()
+    try:
+        assert reference_pair(References(), TINY, 256, 1) == {"ppo": 100.0, "random": 5.0}
+        assert counted == []
+        # another budget, or an edited task (another version), is not answered by the file
+        reference_pair(References(), TINY, 512, 1)
+        assert len(counted) == 2
+    finally:
+        references.shipped.cache_clear()
 
 
-def test_build_writes_rl_and_keeps_the_supervised_section(tmp_path, counted):
+def test_build_rebuilds_one_family_and_keeps_the_others(tmp_path, counted):
     path = tmp_path / "references.json"
-    path.write_text(json.dumps({"format": references.FORMAT, "grid_id": references.grid_id(),
-                                "entries": [{"task": "kept"}], "rl": [{"task": "old"}]}))
-    doc = references.build([], (1,), path=path, rl_tasks=[TINY])
+    kept = {"family": "tuned", "task": "kept", "context": "c", "budget": 1, "seeds": 1,
+            "which": "adam", "metric": "final_loss", "value": 1.0, "values": [1.0]}
+    old = {"family": "rl", "task": "old", "context": "c", "budget": 1, "seeds": 1,
+           "which": "ppo_clip", "metric": "final_return", "value": 1.0, "values": [1.0]}
+    path.write_text(json.dumps({"format": references.FORMAT, "entries": [kept, old]}))
+    doc = references.build([(TINY, "rl")], (1,), path=path)
     back = json.loads(path.read_text())
-    assert back == doc and back["entries"] == [{"task": "kept"}]
-    assert [(e["task"], e["which"], e["seeds"]) for e in back["rl"]] == [
-        (TINY.name, "ppo_clip", 1), (TINY.name, "random", 1)]
-    assert back["rl"][0]["context"] == RLReferences().context(TINY)
-    # building the supervised section alone keeps the rl one
-    references.build([], (1,), path=path)
-    assert json.loads(path.read_text())["rl"] == back["rl"]
+    assert back == doc
+    assert [(e["task"], e["which"], e["seeds"], e["metric"]) for e in back["entries"]] == [
+        (TINY.name, "ppo_clip", 1, "final_return"), (TINY.name, "random", 1, "final_return"),
+        ("kept", "adam", 1, "final_loss")]
+    assert back["entries"][0]["context"] == reference_context(TINY)
+
+
+def test_format_1_files_upgrade_without_loss():
+    v1 = {"format": 1, "grid_id": "g", "entries": [
+        {"task": "t", "task_version": "v", "budget": 10, "seeds": 2, "optimizer": "adam",
+         "lr": 0.01, "final_loss": 0.5, "losses": [0.4, 0.6], "grid_losses": [1.0, None]}],
+          "rl": [{"task": "e", "context": "rl-x", "budget": 64, "seeds": 1, "which": "random",
+                  "final_return": 9.0, "returns": [9.0]}]}
+    new = references.upgrade(v1)
+    assert new["format"] == references.FORMAT and "rl" not in new
+    tuned, rl = new["entries"]
+    assert tuned == {"family": "tuned", "task": "t", "context": "v-g", "budget": 10,
+                     "seeds": 2, "which": "adam", "metric": "final_loss", "value": 0.5,
+                     "values": [0.4, 0.6], "lr": 0.01, "grid_values": [1.0, None]}
+    assert rl == {"family": "rl", "task": "e", "context": "rl-x", "budget": 64, "seeds": 1,
+                  "which": "random", "metric": "final_return", "value": 9.0, "values": [9.0]}
+    keys = references.parse(json.dumps(v1), "v1.json")
+    assert set(keys) == {("t", "v-g", 10, 2, "adam"), ("e", "rl-x", 64, 1, "random")}
 
 
 def test_shipped_rl_references_match_the_registered_tasks():
     """Every shipped RL entry belongs to a registered environment at its current version (a
     task edit without `lab references build` would leave stale rows that nothing reads)."""
     import tasks
-    doc = references.shipped_doc()
-    rl = doc.get("rl", [])
-    assert rl, "tasks/references.json has no rl section"
+    rl = [e for e in references.shipped().values() if e["family"] == "rl"]
+    assert rl, "tasks/references.json has no rl entries"
     for e in rl:
         task = tasks.get_task(e["task"])
-        assert e["context"] == RLReferences().context(task), e["task"]
-        assert np.isfinite(e["final_return"]) and len(e["returns"]) == e["seeds"]
-    ppo = {(e["task"], e["seeds"]): e["final_return"] for e in rl if e["which"] == "ppo_clip"}
-    rnd = {(e["task"], e["seeds"]): e["final_return"] for e in rl if e["which"] == "random"}
+        assert e["context"] == reference_context(task), e["task"]
+        assert e["metric"] == "final_return"
+        assert np.isfinite(e["value"]) and len(e["values"]) == e["seeds"]
+    ppo = {(e["task"], e["seeds"]): e["value"] for e in rl if e["which"] == "ppo_clip"}
+    rnd = {(e["task"], e["seeds"]): e["value"] for e in rl if e["which"] == "random"}
     assert set(ppo) == set(rnd)
     for name in tasks.SUITES["rl-train"] + tasks.SUITES["rl-smoke"]:
         assert (name, 1) in ppo, f"no seeds=1 PPO reference for {name}"
         assert ppo[(name, 1)] > rnd[(name, 1)], f"PPO does not beat random on {name}"
+
+
+def test_shipped_tuned_references_match_the_registered_tasks():
+    import tasks
+    tuned = [e for e in references.shipped().values() if e["family"] == "tuned"]
+    assert tuned
+    by_task = {}
+    for e in tuned:
+        task = tasks.get_task(e["task"])
+        assert e["context"] == references.TUNED.context(task), e["task"]
+        assert e["lr"] in references.LR_GRID and e["metric"] == "final_loss"
+        by_task.setdefault(e["task"], set()).add(e["which"])
+    for name in tasks.SUITES["smoke"] + tasks.SUITES["train"] + tasks.SUITES["heldout"]:
+        assert by_task.get(name) == set(references.OPTIMIZERS), name

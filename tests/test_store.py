@@ -5,7 +5,7 @@ import sqlite3
 import numpy as np
 import pytest
 
-from lab.store import SCHEMA_VERSION, Store, StoreError, default_store_path
+from lab.core.store import SCHEMA_VERSION, Store, StoreError, default_store_path
 from lab.treeio import tree_from_npz, tree_to_npz
 
 CTX = "c0ffee"
@@ -81,24 +81,63 @@ def test_schema_version_recorded_and_future_refused(tmp_path):
         Store(path)
 
 
+def _as_version_2(path) -> None:
+    """Rewrites a store in version 2's layout: the references table as it was (RL returns in
+    ``final_loss``, an ``optimizer`` column, a learning rate of 0 for RL rows)."""
+    with sqlite3.connect(path) as raw:
+        raw.execute("DROP TABLE refs")
+        raw.execute("CREATE TABLE refs (task TEXT NOT NULL, budget INTEGER NOT NULL, seeds "
+                    "INTEGER NOT NULL, optimizer TEXT NOT NULL, context TEXT NOT NULL, lr REAL, "
+                    "final_loss REAL, losses TEXT, created REAL, PRIMARY KEY (task, budget, "
+                    "seeds, optimizer, context))")
+        raw.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
+            ("quadratic", 100, 2, "adam", "v1-grid", 0.01, 0.125, "[0.1, 0.15]", 1.0),
+            ("cartpole", 4096, 1, "ppo_clip", "rl-v2-1", 0.0, 207.5, "[207.5]", 2.0)])
+        raw.execute("DELETE FROM schema_version")
+        raw.execute("INSERT INTO schema_version VALUES (2)")
+    raw.close()
+
+
+def test_version_2_store_is_migrated_naming_what_references_measure(tmp_path):
+    """Version 2 kept RL returns in a column named final_loss: version 3's references carry
+    their metric, every row is kept, and a return has no learning rate."""
+    path = tmp_path / "lab.db"
+    with Store(path) as s:
+        run = new_run(s)
+        record(s, run, 0, {"aa01": 0.5})
+    _as_version_2(path)
+    with Store(path) as s:
+        loss = s.get_ref("quadratic", 100, 2, "adam", "v1-grid")
+        ret = s.get_ref("cartpole", 4096, 1, "ppo_clip", "rl-v2-1")
+        assert (loss["metric"], loss["value"], loss["values"], loss["lr"]) == (
+            "final_loss", 0.125, [0.1, 0.15], 0.01)
+        assert (ret["metric"], ret["value"], ret["values"], ret["lr"]) == (
+            "final_return", 207.5, [207.5], None)
+        assert [m["hash"] for m in s.best_members(run)] == ["aa01"]
+        versions = [r[0] for r in s.conn.execute("SELECT version FROM schema_version")]
+        assert max(versions) == SCHEMA_VERSION == 3
+
+
 def test_version_1_store_is_migrated_keeping_its_generations(tmp_path):
-    """A store written before the diverged column gains it; nothing stored is lost."""
+    """A store written before the diverged column gains it (and then version 3's references);
+    nothing stored is lost."""
     path = tmp_path / "lab.db"
     with Store(path) as s:
         run = new_run(s)
         s.record_generation(run, 0, [], [], [], {"best": 1.5, "mean": 2.0, "seconds": 0.1})
+    _as_version_2(path)
     with sqlite3.connect(path) as raw:  # back to version 1's layout
         raw.execute("ALTER TABLE generations DROP COLUMN diverged")
-        raw.execute("DELETE FROM schema_version")
-        raw.execute("INSERT INTO schema_version VALUES (1)")
+        raw.execute("UPDATE schema_version SET version = 1")
     raw.close()
     with Store(path) as s:
         (gen,) = s.generations(run)
         assert gen["best"] == 1.5 and gen["diverged"] is None
         s.record_generation(run, 1, [], [], [], {"best": 1.0, "mean": 1.2, "diverged": 0.25})
         assert s.generations(run)[1]["diverged"] == 0.25
+        assert s.get_ref("cartpole", 4096, 1, "ppo_clip", "rl-v2-1")["metric"] == "final_return"
         versions = [r[0] for r in s.conn.execute("SELECT version FROM schema_version")]
-        assert max(versions) == SCHEMA_VERSION == 2
+        assert sorted(versions) == [1, 2, 3]
 
 
 def test_refuses_files_that_are_not_stores(tmp_path):
@@ -260,10 +299,13 @@ def test_get_run_by_prefix_and_name(store):
 def test_refs_cache(store):
     key = ("quadratic", 100, 3, "adam", "r1")
     assert store.get_ref(*key) is None
-    store.put_ref(*key, lr=1e-2, final_loss=0.125, losses=[0.1, 0.15, math.nan])
+    store.put_ref(*key, "final_loss", 0.125, [0.1, 0.15, math.nan], lr=1e-2)
     ref = store.get_ref(*key)
-    assert ref["lr"] == 1e-2 and ref["final_loss"] == 0.125
-    assert ref["losses"] == [0.1, 0.15, None]
+    assert ref["lr"] == 1e-2 and ref["value"] == 0.125 and ref["metric"] == "final_loss"
+    assert ref["values"] == [0.1, 0.15, None]
     assert store.get_ref("quadratic", 100, 3, "adam", "r2") is None
-    store.put_ref(*key, lr=1e-3, final_loss=0.5, losses=[0.5])
+    store.put_ref(*key, "final_loss", 0.5, [0.5], lr=1e-3)
     assert store.get_ref(*key)["lr"] == 1e-3
+    store.put_ref("cartpole", 512, 1, "random", "rl", "final_return", 9.5, [9.5])
+    ret = store.get_ref("cartpole", 512, 1, "random", "rl")
+    assert ret["metric"] == "final_return" and ret["lr"] is None

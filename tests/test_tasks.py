@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import tiny
 
 import tasks
 from tasks import suites as suites_mod
@@ -30,8 +31,27 @@ TRAIN_STEPS = 40
 # Families whose tasks have a held-out split.
 HELD_OUT = {"teacher_student", "digits", "mnist1d", "charlm"}
 # supervised tasks (RL environments, tasks.rl.EnvTask, have their own tests in test_rl*.py)
-SUPERVISED = [n for n in tasks.TASKS
-              if not any(n in v for s, v in tasks.SUITES.items() if tasks.is_rl_suite(s))]
+SUPERVISED = [n for n in tasks.TASKS if n not in tiny.FACTORIES
+              and not any(n in v for s, v in tasks.SUITES.items() if tasks.is_rl_suite(s))]
+
+
+# one representative task per family by default (the smallest: the first registered); the whole
+# matrix with -m slow
+_FIRST = {}
+for _name in SUPERVISED:
+    _FIRST.setdefault(tasks.get_task(_name).family, _name)
+EVERY_TASK = [pytest.param(n, marks=[] if n in _FIRST.values() else [pytest.mark.slow])
+              for n in SUPERVISED]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def shipped_registry():
+    """The registry as shipped: without the tests' own tiny tasks and suites."""
+    saved = ({n: tasks.TASKS.pop(n) for n in tiny.FACTORIES},
+             {n: tasks.SUITES.pop(n) for n in tiny.SUITES})
+    yield
+    tasks.TASKS.update(saved[0])
+    tasks.SUITES.update(saved[1])
 
 
 def _width_depth(task: tasks.Task) -> tuple[int, int]:
@@ -75,7 +95,7 @@ def _check(task: tasks.Task):
     return jax.jit(run)(jax.random.key(0))
 
 
-@pytest.mark.parametrize("name", SUPERVISED)
+@pytest.mark.parametrize("name", EVERY_TASK)
 def test_task_inits_samples_and_trains(name: str):
     task = tasks.get_task(name)
     assert task.name == name and task.family in FAMILIES

@@ -1,0 +1,111 @@
+"""`lab inspect`: a run's best candidates, or one candidate: readable form, hash, equals,
+closest, scores, lineage, and what its kind adds (``Kind.views``: a program's simplified source,
+a learned rule's behaviour, a drift's surface); for a run also a PNG of fitness over
+generations."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from lab import treeio
+from lab.commands.targets import resolve
+from lab.core.kind import get
+from lab.core.store import Store, StoreError
+from lab.core.target import Target
+
+
+def function_info(target: Target, store: Store | None) -> dict:
+    """Fingerprints a candidate (and stores the fingerprint with it when it is stored)."""
+    info = get(target.rule.kind).describe_function(target.rule, target.genome)
+    if store is not None and target.store_hash is not None:
+        store.set_fingerprint(target.store_hash, treeio.tree_to_npz(info["fingerprint"]))
+    return info
+
+
+def _lineage(store: Store, hash_: str | None, limit: int = 20) -> list[str]:
+    out = []
+    while hash_ and len(out) < limit:
+        try:
+            row = store.candidate(hash_)
+        except StoreError:
+            break
+        hash_ = row.get("parent")
+        if hash_:
+            out.append(hash_)
+    return out
+
+
+def candidate_doc(target: Target, store: Store | None) -> dict:
+    kind = get(target.rule.kind)
+    info = function_info(target, store)
+    doc = {"target": target.text, "label": target.label, "kind": target.rule.kind,
+           "name": target.rule.name, "readable": target.rule.describe(target.genome),
+           "hash": info["hash"], "equals": info["equals"], "closest": info["closest"],
+           "lr": target.lr, "fitness": target.fitness, "store_key": target.store_hash,
+           "run": target.run["id"] if target.run else None, "rank": target.rank}
+    if store is not None and target.store_hash is not None:
+        doc["scores"] = [{"context": e["context"], "fitness": e["fitness"],
+                          "diverged": e["diverged"], "hits": e["hits"],
+                          "run": e["first_run"], "generation": e["first_generation"]}
+                         for e in store.evaluations_for(target.store_hash)]
+        doc["lineage"] = _lineage(store, target.store_hash)
+    if target.artifact is not None:
+        doc["artifact"] = str(target.artifact)
+    if kind.text is not None:  # parses back to the same candidate
+        doc["source"] = kind.text.to_text(target.genome)
+    doc.update(kind.views(target, store, info))
+    return doc
+
+
+def run_doc(run: dict, store: Store, top: int) -> dict:
+    from lab.plots import fitness_over_generations
+    gens = store.generations(run["id"])
+    best = []
+    for rank in range(min(top, len(store.best_members(run["id"], k=top)))):
+        t = resolve(f"{run['id']}:{rank}", store)
+        best.append({"rank": rank, **candidate_doc(t, store)})
+    plot = None
+    if gens:
+        plot = str(fitness_over_generations(gens, store.run_dir(run["id"]) / "fitness.png",
+                                            f"{run['name']} ({run['id']})"))
+    hits = sum(g["hits"] or 0 for g in gens)
+    total = hits + sum(g["misses"] or 0 for g in gens)
+    return {"run": {k: run[k] for k in ("id", "name", "kind", "status", "best", "generations",
+                                        "config_hash", "code_version", "context")},
+            "hash": best[0]["hash"] if best else None,
+            "best": best, "suite": run["config"].get("suite"),
+            "cache": {"hits": hits, "lookups": total, "hit_rate": hits / total if total else None},
+            "cache_hit_rate": hits / total if total else 0.0,
+            "generations": [{k: g[k] for k in ("idx", "best", "mean", "hit_rate", "seconds",
+                                               "candidates_per_s", "diverged")} for g in gens],
+            "plot": plot, **_run_reports(store, run["id"])}
+
+
+def _run_reports(store: Store, run_id: str) -> dict:
+    """What a program search wrote after its generations (finalists, ablation, funnel,
+    meta-validation) and the time its cache saved."""
+    out = {}
+    folder = store.run_dir(run_id)
+    report = folder / "finalists.json"
+    if report.exists():
+        out["after_search"] = json.loads(report.read_text())
+    metrics = folder / "metrics.jsonl"
+    if metrics.exists():
+        saved = [json.loads(ln).get("time_saved_s") for ln in metrics.read_text().splitlines()]
+        if any(s is not None for s in saved):
+            out["cache_time_saved_s"] = float(sum(s or 0.0 for s in saved))
+    return out
+
+
+def inspect_target(text: str, store: Store | None, top: int = 5) -> dict:
+    """The document ``lab inspect TARGET --json`` prints."""
+    plain = not re.match(r"^[a-z]+:", text) and not re.search(r":\d+$", text)
+    if plain and store is not None:
+        try:
+            run = store.get_run(text)
+        except StoreError:
+            run = None
+        if run is not None:
+            return run_doc(run, store, top)
+    return candidate_doc(resolve(text, store), store)

@@ -1,0 +1,294 @@
+"""Functional fingerprints: equal behaviour, equal hash, whatever the rule's form.
+
+The procedure (the same for every rule kind):
+  * probes: fixed, seeded streams of parameters and gradients, gradient magnitudes log-uniform in
+    [1e-3, 1e2] with random signs (never near zero), at several scales and with a sign flip;
+  * open loop: the rule runs from a fresh state for a few steps; its deltas are recorded but the
+    probe parameters are not moved; ``ctx`` is fixed (lr, horizon, and the step counting from 0);
+  * float64 on the CPU, so jit and eager agree and a scale cancels exactly;
+  * the whole delta stream is divided by one positive scalar (its RMS), so the learning rate and
+    any constant step factor drop out while the sign is kept;
+  * mantissas rounded to nearest at 12 bits; NaN, +-Inf and -0 mapped to canonical values.
+The rounded vector is the fingerprint; its blake2b-128 digest is the hash and the cache key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from lab.core.rule import UpdateRule, make_ctx
+
+FINGERPRINT_VERSION = "fp2"
+MANTISSA_BITS = 12
+PROBE_SEED = 20230213
+PROBE_STEPS = 6
+PROBE_SHAPES = {"matrix": (3, 5), "vector": (5,)}
+PROBE_SCALES = (1.0, 1e-2, 30.0)  # gradient scales of the separate streams
+PROBE_CTX = (1000, 0.01)  # (horizon, lr) of every update; the step counts 0, 1, ... from the fresh
+# state, as optax's own step counters do, so bias corrections agree across representations
+MATCH_TOL = 2.0 ** (1 - MANTISSA_BITS)
+
+
+def _probe_streams() -> list[dict]:
+    """Fixed probe streams: params [..] and grads [steps, ..] per stream, float64 numpy."""
+    rng = np.random.default_rng(PROBE_SEED)
+
+    def away_from_zero(shape, lo, hi):
+        mag = np.exp(rng.uniform(np.log(lo), np.log(hi), size=shape))
+        return mag * rng.choice([-1.0, 1.0], size=shape)
+
+    params = {k: away_from_zero(s, 1e-2, 1e2) for k, s in PROBE_SHAPES.items()}
+    grads = {k: away_from_zero((PROBE_STEPS, *s), 1e-3, 1e2) for k, s in PROBE_SHAPES.items()}
+    streams = [{"params": params, "grads": {k: g * c for k, g in grads.items()}}
+               for c in PROBE_SCALES]
+    streams.append({"params": params, "grads": {k: -g for k, g in grads.items()}})
+    return streams
+
+
+def _raw_deltas(rule: UpdateRule, genome, streams) -> jax.Array:
+    """The probe's delta stream, step by step in Python (what eager probing runs)."""
+    out = []
+    for s in streams:
+        params = s["params"]
+        state = rule.init(genome, params)
+        for t in range(PROBE_STEPS):
+            ctx = make_ctx(t, *PROBE_CTX, dtype=jnp.float64)  # the same in every stream
+            grads = {k: g[t] for k, g in s["grads"].items()}
+            delta, state = rule.update(genome, grads, state, params, ctx)
+            out.extend(jnp.ravel(delta[k]) for k in PROBE_SHAPES)
+    return jnp.concatenate([jnp.asarray(x, jnp.float64) for x in out])
+
+
+def _raw_deltas_scanned(rule: UpdateRule, genome, streams) -> jax.Array:
+    """``_raw_deltas`` as one traced update: a ``lax.scan`` over the steps, vmapped over the
+    streams (what jitted probing compiles: a rule's graph once, not once per step and stream).
+    The same values in the same order."""
+    params = streams[0]["params"]
+    grads = {k: jnp.stack([s["grads"][k] for s in streams]) for k in PROBE_SHAPES}
+
+    def one(stream_grads):
+        def step(state, t):
+            ctx = make_ctx(t, *PROBE_CTX, dtype=jnp.float64)
+            g = {k: stream_grads[k][t] for k in PROBE_SHAPES}
+            delta, state = rule.update(genome, g, state, params, ctx)
+            return state, jnp.concatenate([jnp.ravel(jnp.asarray(delta[k], jnp.float64))
+                                           for k in PROBE_SHAPES])
+        _, out = jax.lax.scan(step, rule.init(genome, params),
+                              jnp.arange(PROBE_STEPS, dtype=jnp.int32))
+        return out  # [steps, n]
+
+    return jnp.ravel(jax.vmap(one)(grads))
+
+
+def round_mantissa(x: np.ndarray, bits: int = MANTISSA_BITS) -> np.ndarray:
+    """Rounds to nearest at ``bits`` mantissa bits; canonical NaN and +0."""
+    x = np.asarray(x, np.float64)
+    finite = np.isfinite(x)
+    m, e = np.frexp(np.where(finite, x, 0.0))
+    r = np.ldexp(np.round(m * 2.0**bits) / 2.0**bits, e)
+    r = np.where(finite, r, x)
+    r = np.where(np.isnan(r), np.nan, r) + 0.0  # + 0.0 turns -0 into +0
+    return r
+
+
+def _normalize(raw: np.ndarray) -> np.ndarray:
+    finite = raw[np.isfinite(raw)]
+    rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
+    scale = rms if np.isfinite(rms) and rms > 0 else 1.0
+    return round_mantissa(raw / scale)
+
+
+def digest(fp: np.ndarray) -> str:
+    """blake2b-128 of the canonical bytes of a fingerprint (hex)."""
+    canon = np.where(np.isnan(fp), np.nan, fp).astype("<f8")
+    canon[np.isnan(canon)] = np.float64("nan")
+    h = hashlib.blake2b(FINGERPRINT_VERSION.encode(), digest_size=16)
+    h.update(canon.tobytes())
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=256)
+def _probe_jitted(init, update):
+    """One jitted probe per rule family (keyed by its functions), reused for every genome."""
+    rule = UpdateRule("", "", init, update, None, str)
+    streams = _probe_streams()
+    return jax.jit(lambda g: _raw_deltas_scanned(rule, g, jax.tree.map(jnp.asarray, streams)))
+
+
+def _cast64(genome):
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64)
+                        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
+                        genome)
+
+
+def fingerprint(rule: UpdateRule, genome=None, jit: bool = True) -> tuple[np.ndarray, str]:
+    """The functional fingerprint and hash of one genome of ``rule``.
+
+    Args:
+      rule: any UpdateRule.
+      genome: one genome (defaults to ``rule.genome``).
+      jit: run the probe under ``jax.jit`` (True) or eagerly; both give the same result.
+
+    Returns:
+      (fingerprint [n] float64, hash hex string of 32 characters).
+    """
+    genome = rule.genome if genome is None else genome
+    # float64 on the CPU whatever the default device: exp, log and pow must agree everywhere
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        g = _cast64(genome)
+        if jit:
+            raw = _probe_jitted(rule.init, rule.update)(g)
+        else:
+            raw = _raw_deltas(rule, g, jax.tree.map(jnp.asarray, _probe_streams()))
+        raw = np.asarray(raw, np.float64)
+    fp = _normalize(raw)
+    return fp, digest(fp)
+
+
+SCALE_STEPS_PER_OCTAVE = 16
+PROBE_BATCH = 64  # genomes per compiled call of the batched probe (padded)
+
+
+def scale_bucket(raw: np.ndarray) -> int | None:
+    """The RMS of the raw delta stream in 1/16 octaves (None if zero or non-finite)."""
+    finite = raw[np.isfinite(raw)]
+    rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
+    if not (np.isfinite(rms) and rms > 0):
+        return None
+    return int(np.round(SCALE_STEPS_PER_OCTAVE * np.log2(rms)))
+
+
+def evaluation_key(hash_: str, bucket: int | None) -> str:
+    """The cache key of a candidate's *evaluations*: its functional hash plus the scale of its
+    steps, 4 more hex digits (the fingerprint divides the scale out, but a score depends on it:
+    Adam at two learning rates is one function, two evaluations). Programs and baselines with
+    the same behaviour at the same scale share it, whatever their form."""
+    return f"{hash_}{(0xFFFF if bucket is None else (bucket + 0x8000) & 0xFFFF):04x}"
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_batched(init, update):
+    rule = UpdateRule("", "", init, update, None, str)
+    streams = _probe_streams()
+    return jax.jit(jax.vmap(lambda g: _raw_deltas_scanned(rule, g,
+                                                          jax.tree.map(jnp.asarray, streams))))
+
+
+def fingerprints(rule: UpdateRule, genomes: list) -> list[tuple[np.ndarray, str, str]]:
+    """``(fingerprint, hash, evaluation key)`` of many genomes of one rule family, batched: one
+    compiled probe (``PROBE_BATCH`` genomes per call, padded) for any number of genomes of the
+    same shapes. Equal to ``fingerprint`` genome by genome."""
+    out = []
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        probe = _probe_batched(rule.init, rule.update)
+        for start in range(0, len(genomes), PROBE_BATCH):
+            part = genomes[start:start + PROBE_BATCH]
+            padded = part + [part[-1]] * (PROBE_BATCH - len(part))
+            batch = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *padded)
+            raw = np.asarray(probe(_cast64(batch)), np.float64)
+            for i in range(len(part)):
+                fp = _normalize(raw[i])
+                h = digest(fp)
+                out.append((fp, h, evaluation_key(h, scale_bucket(raw[i]))))
+    return out
+
+
+def function_key(rule: UpdateRule, genome=None) -> str:
+    """The evaluation cache key of one genome (see ``evaluation_key``)."""
+    genome = rule.genome if genome is None else genome
+    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+        raw = np.asarray(_probe_jitted(rule.init, rule.update)(_cast64(genome)), np.float64)
+    return evaluation_key(digest(_normalize(raw)), scale_bucket(raw))
+
+
+def matches(a: np.ndarray, b: np.ndarray, tol: float = MATCH_TOL) -> bool:
+    """Equal within rounding: same shape, same NaN/Inf pattern, relative gap <= ``tol``."""
+    if a.shape != b.shape:
+        return False
+    na, nb = ~np.isfinite(a), ~np.isfinite(b)
+    if not np.array_equal(na, nb) or not np.array_equal(
+            np.nan_to_num(a[na], nan=0.0), np.nan_to_num(b[nb], nan=0.0)):
+        return False
+    fa, fb = a[~na], b[~nb]
+    return bool(np.all(np.abs(fa - fb) <= tol * np.maximum(np.maximum(np.abs(fa), np.abs(fb)),
+                                                             2.0**-20)))
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS gap between two fingerprints (non-finite entries count as a gap of 2)."""
+    if a.shape != b.shape:
+        return float("inf")
+    both = np.isfinite(a) & np.isfinite(b)
+    gap = np.where(both, np.nan_to_num(a - b), np.where(np.isnan(a) & np.isnan(b), 0.0, 2.0))
+    return float(np.sqrt(np.mean(gap**2)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    name: str
+    fingerprint: np.ndarray
+    hash: str
+
+
+_KNOWN_SOURCES: list[tuple[Callable[[], Iterable[tuple[str, UpdateRule]]], bool]] = []
+
+
+def register_known(source: Callable[[], Iterable[tuple[str, UpdateRule]]],
+                   jit: bool = True) -> None:
+    """Adds a source of named rules to the known-rule table (kinds register theirs: the
+    baseline kind optax's optimizers at their defaults, the program kind its seeds). ``jit``:
+    how their probes run (both give the same fingerprint; eager is faster for a few small
+    rules, jit for an interpreter)."""
+    _KNOWN_SOURCES.append((source, jit))
+    if "known_rules" in globals():
+        known_rules.cache_clear()
+
+
+@functools.lru_cache(maxsize=1)
+def known_rules() -> tuple[Known, ...]:
+    """Every known rule of the registered sources."""
+    out = []
+    for source, jit in _KNOWN_SOURCES:
+        for name, rule in source():
+            fp, h = fingerprint(rule, jit=jit)
+            out.append(Known(name, fp, h))
+    return tuple(out)
+
+
+def equals(fp: np.ndarray) -> list[str]:
+    """Names of the known rules whose fingerprint matches ``fp`` within rounding."""
+    return [k.name for k in known_rules() if matches(fp, k.fingerprint)]
+
+
+def closest(fp: np.ndarray) -> dict:
+    """The nearest known rule by fingerprint distance: ``{"name", "distance"}``."""
+    best = min(known_rules(), key=lambda k: distance(fp, k.fingerprint))
+    return {"name": best.name, "distance": distance(fp, best.fingerprint)}
+
+
+def describe_function(rule: UpdateRule, genome=None) -> dict:
+    """``{"hash", "equals", "closest", "fingerprint"}`` of one genome of an update rule (the
+    ``describe_function`` of every update-rule kind)."""
+    fp, h = fingerprint(rule, genome)
+    return {"hash": h, "equals": equals(fp), "closest": closest(fp), "fingerprint": fp}
+
+
+def genome_digest(rule, genome) -> str:
+    """Identity of a continuous genome: its float32 values in canonical (sorted-key) order,
+    with its family's kind and name.
+
+    ES members almost never collide functionally, so they are not fingerprinted (DESIGN.md);
+    what is reported, exported or checked is.
+    """
+    flat, _ = ravel_pytree(jax.tree.map(lambda x: np.asarray(x, np.float32), genome))
+    h = hashlib.blake2b(f"{rule.kind}:{rule.name}:".encode(), digest_size=16)
+    h.update(np.asarray(flat, np.float32).tobytes())
+    return h.hexdigest()

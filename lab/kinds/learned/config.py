@@ -1,0 +1,69 @@
+"""The ``rule`` and ``search`` sections of ``kind: learned`` configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lab.core.es import SearchConfig
+from lab.core.schema import field
+from lab.kinds.learned.rule import Features
+from lab.kinds.learned.unroll import META_LOSSES
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedRuleConfig:
+    """The ``rule`` section for ``kind: learned``: the learned optimizer's features and network
+    (``lab.kinds.learned.rule.Features``) and where its weights start."""
+
+    hidden: int = field(16, ge=1)  # width of each hidden layer
+    depth: int = field(2, ge=0)  # hidden layers
+    momenta: tuple[float, ...] = field((0.5, 0.9, 0.99, 0.999), ge=0, lt=1, nonempty=True)
+    rms: float = field(0.999, ge=0, lt=1)  # decay of the second moments
+    factored: bool = True  # Adafactor row/column second moments for matrices
+    scales: bool = True  # per-tensor log RMS(p) and log RMS(g) features
+    taus: tuple[float, ...] = field((1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0), gt=0)
+    step: float = field(1e-3, gt=0)  # initial step multiplier exp(log_step)
+    exp_mult: float = field(1e-3, ge=0)  # step = d * exp(exp_mult * m) * exp(log_step)
+    init: str = field("adam", choices=lambda: ("adam", "random"), what="init")  # "adam": the
+    # direction's skip weight on Adam's direction starts at 1 (the rule starts as Adam at
+    # ``step``); "random": every skip starts at 0
+    init_seed: int = 0  # PRNG seed of the initial weights
+    lr: float = field(1.0, gt=0)  # outer learning rate (Ctx.lr)
+
+    def features(self):
+        return Features(self.hidden, self.depth, self.momenta, self.rms, self.factored,
+                        self.scales, self.taus, self.step, self.exp_mult)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnedSearchConfig(SearchConfig):
+    """The ``search`` section for ``kind: learned``: ES over the network's weights, scored on
+    truncated unrolls of the suite's tasks.
+
+    References: Metz et al. 2019 (arXiv 1810.10180); Vicol et al. 2021 (arXiv 2112.13835).
+    """
+
+    population: int = field(32, ge=2)
+    generations: int = field(100, ge=1)
+    sigma: float = field(0.01, gt=0)  # perturbation of every weight
+    lr: float = field(0.01, gt=0)
+    unroll: int = field(20, ge=1)  # inner steps per truncation (static)
+    horizon_min: int = field(100, ge=1)  # inner-run horizons, log-uniform, in multiples of
+    horizon_max: int = field(1000, ge=1)  # ``unroll``; a dynamic input (no recompiles)
+    meta_loss: str = field("mean_loss", choices=lambda: META_LOSSES, what="meta_loss")
+    persistent: bool = False  # PES: accumulated perturbations per member, reset with its run
+    validate_every: int = field(10, ge=0)  # the ES mean on full runs (fixed seeds); 0: at end
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.horizon_max < self.horizon_min:
+            out.append(("horizon_max", f"{self.horizon_max} is below horizon_min "
+                                       f"{self.horizon_min}"))
+        if self.horizon_max < self.unroll:
+            out.append(("horizon_max", f"{self.horizon_max} is shorter than one unroll "
+                                       f"({self.unroll} steps)"))
+        if self.persistent and self.strategy != "Open_ES":
+            out.append(("persistent", f"persistent ES estimates its gradient from accumulated "
+                                      f"perturbations, which needs Open_ES, not "
+                                      f"{self.strategy}"))
+        return out

@@ -1,0 +1,204 @@
+"""Meta-training learned optimizers: evosax over the network's weights, scored on truncated
+unrolls of the suite's tasks, with per-member inner runs that reset on their own schedule.
+
+Every member carries one inner run per task. Members that share a task-key slot (an antithetic
+pair for Open_ES and PGPE; the whole generation otherwise) share the task's init, its batches,
+the run's horizon and its resets (common random numbers). Horizons are drawn log-uniformly, and
+the first runs start at random offsets, so runs end and restart at different generations for
+different slots (per-member resets, unlike evosax's lockstep PES). With ``unroll`` equal to
+``horizon_max`` every generation trains whole runs of sampled horizons (full-run ES).
+
+Two estimators:
+- truncated ES (default): the members of a slot start each truncation from one state (the
+  slot's first member's), so a pair's loss difference measures its perturbation over one
+  truncation; the strategy's own ``tell`` takes the population as sampled.
+- persistent ES (``persistent: true``, Open_ES): each member keeps its own run and accumulates
+  its perturbations since that run started; ``tell`` sees ``mean + accumulated`` in place of
+  the population, which turns Open_ES's gradient into PES's (Vicol et al. 2021).
+
+A diverged member scores worst (``+C``) and its slot restarts; the diverged fraction is shown and
+stored with each generation. Every ``validate_every`` generations the ES mean is scored on full
+runs of the suite on the fixed evaluation seeds (the lab's fitness: 0 = tuned Adam), and the best
+such mean is the run's answer. The whole state (ES, inner runs, horizons, accumulators) is
+checkpointed with orbax before the generation's store row.
+
+References:
+  Salimans et al. 2017, https://arxiv.org/abs/1703.03864 (OpenAI-ES);
+  Vicol et al. 2021, https://arxiv.org/abs/2112.13835 (PES);
+  Metz et al. 2019, https://arxiv.org/abs/1810.10180 (truncated meta-training).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lab.console import log
+from lab.core import es
+from lab.core.evaluate import task_keys
+from lab.core.hashing import genome_digest
+from lab.core.loop import AfterSearch, Finalist, Step, candidate_row, score_fixed
+from lab.kinds.learned.unroll import make_unroll, start_population, unroll_population
+
+
+def sample_horizon(seed: int, generation: int, slot: int, cfg) -> tuple[int, int]:
+    """(horizon, offset) of a slot's run that starts at ``generation``: the horizon an integer
+    log-uniform in [horizon_min, horizon_max]; the offset (first runs only) a random whole
+    number of unrolls into it, so that runs do not all end in the same generation."""
+    s = cfg.search
+    rng = np.random.default_rng([seed, generation, slot])
+    h = int(round(math.exp(rng.uniform(math.log(s.horizon_min), math.log(s.horizon_max)))))
+    h = min(max(h, s.horizon_min), s.horizon_max)
+    offset = int(rng.integers(0, max(1, h // s.unroll))) if generation == 0 else 0
+    return h, offset * s.unroll
+
+
+class LearnedDriver:
+    """Meta-training of a learned optimizer: ``lab.core.loop.Driver`` of ``kind: learned``."""
+
+    def __init__(self, cfg, setup):
+        self.cfg, self.setup = cfg, setup
+        s = cfg.search
+        self.rule, self.scorer = setup.rule, setup.scorer
+        self.spec, self.flat = es.spec_of(s, self.rule.genome)
+        self.final_rows = 1  # the validations' shape: one genome on full runs
+        self.key = jax.random.key(s.seed)
+        self.slots = np.asarray(es.task_key_index(self.spec))
+        self.leader = np.array([int(np.flatnonzero(self.slots == k)[0]) for k in self.slots])
+        self.unrolls = {t.name: make_unroll(t, self.rule, s.unroll, cfg.rule.lr, s.meta_loss,
+                                            self.scorer.refs[t.name])
+                        for t in self.scorer.tasks}
+        pop = s.population
+        genomes = self.flat.population(jnp.repeat(self.flat.flat[None], pop, 0))
+        keys = task_keys(1, pop, 0, self.slots, s.seed)[:, 0]
+        self.tree: dict[str, Any] = {
+            "es": es.init(self.spec, jax.random.fold_in(self.key, 0), self.flat.flat),
+            "inner": {n: start_population(u, genomes, keys, setup.mesh)
+                      for n, u in self.unrolls.items()},
+            "t": np.zeros(pop, np.int32), "horizon": np.zeros(pop, np.int32),
+            "reset": np.ones(pop, bool),  # every run starts fresh in generation 0
+            "accum": np.zeros((pop, self.spec.num_dims), np.float32),
+            "best": np.asarray(np.inf, np.float64),
+            "best_mean": np.asarray(self.flat.flat, np.float32),
+        }
+        log(f"meta-training {self.rule.describe(self.rule.genome)}: {s.strategy} population "
+            f"{s.population}, sigma {s.sigma}, {'persistent' if s.persistent else 'truncated'} "
+            f"ES, unroll {s.unroll}, horizons {s.horizon_min}-{s.horizon_max}, meta-loss "
+            f"{s.meta_loss}")
+
+    # ---- one generation ----------------------------------------------------------------------
+    def generation(self, g: int) -> dict:
+        """Asks, unrolls every task once, tells; returns the generation's stats and fitness."""
+        s, st = self.cfg.search, self.tree
+        start = time.perf_counter()
+        k_ask, k_tell = jax.random.split(jax.random.fold_in(self.key, g + 1))
+        flat_pop, st["es"] = es.ask(self.spec, k_ask, st["es"])
+        mean = np.asarray(es.mean_of(self.spec, st["es"]))
+        reset = np.asarray(st["reset"]) | (st["t"] >= st["horizon"])
+        t_start = np.zeros_like(st["t"])
+        horizon = np.array(st["horizon"])
+        for slot in np.unique(self.slots[reset]):
+            h, offset = sample_horizon(s.seed, g, int(slot), self.cfg)
+            horizon[self.slots == slot], t_start[self.slots == slot] = h, offset
+        if s.persistent:
+            accum = np.where(reset[:, None], 0.0, st["accum"])
+            st["accum"] = (accum + (np.asarray(flat_pop) - mean)).astype(np.float32)
+        genomes = self.flat.population(flat_pop)
+        keys = task_keys(1, s.population, g, self.slots, s.seed)[:, 0]
+        losses, diverged = [], []
+        for j, (name, u) in enumerate(self.unrolls.items()):
+            task_key = jax.vmap(lambda k, j=j: jax.random.fold_in(k, j))(keys)
+            inner, m = unroll_population(u, genomes, st["inner"][name], reset, horizon,
+                                         t_start, task_key, self.setup.mesh)
+            if not s.persistent:  # the slot continues from its first member's run
+                inner = jax.tree.map(lambda x: x[self.leader], inner)
+            st["inner"][name] = inner
+            losses.append(np.asarray(m["meta_loss"], np.float64))
+            diverged.append(np.asarray(m["diverged"]))
+        fitness = np.mean(losses, axis=0)
+        bad = np.any(diverged, axis=0)
+        told = mean + st["accum"] if s.persistent else flat_pop
+        st["es"], _ = es.tell(self.spec, k_tell, jnp.asarray(told, jnp.float32),
+                              jnp.asarray(fitness, jnp.float32), st["es"])
+        st["t"] = np.minimum(np.where(reset, t_start, st["t"]) + s.unroll, horizon)
+        st["horizon"] = horizon
+        # a slot restarts when its carried run diverged (the leader's, or any member's for PES)
+        restart = np.zeros(s.population, bool)
+        for slot in np.unique(self.slots):
+            members = self.slots == slot
+            restart[members] = bad[members].any() if s.persistent else bad[self.leader[members][0]]
+        st["reset"] = restart
+        seconds = time.perf_counter() - start
+        steps = s.population * len(self.unrolls) * s.unroll
+        stats = {"best": float(np.min(fitness)), "mean": float(np.mean(fitness)), "hits": 0,
+                 "misses": s.population, "hit_rate": 0.0, "evaluated": s.population,
+                 "seconds": seconds, "candidates_per_s": s.population / max(seconds, 1e-9),
+                 "diverged": float(np.mean(bad)), "checkpoint": None}
+        extra = {"resets": int(np.sum(reset)), "inner_steps_per_s": steps / max(seconds, 1e-9),
+                 "horizon_mean": float(np.mean(horizon)),
+                 "progress_mean": float(np.mean(st["t"] / np.maximum(horizon, 1)))}
+        return {"stats": stats, "extra": extra}
+
+    # ---- the ES mean on full runs --------------------------------------------------------------
+    def mean_genome(self):
+        return jax.tree.map(np.asarray, self.flat.unravel(es.mean_of(self.spec,
+                                                                     self.tree["es"])))
+
+    def best_genome(self):
+        return jax.tree.map(np.asarray, self.flat.unravel(jnp.asarray(self.tree["best_mean"])))
+
+    def validate(self) -> tuple[list[dict], list[dict], list[dict], float]:
+        """Scores the ES mean on full runs (fixed seeds); (candidates, evaluations, members,
+        score); keeps the best such mean."""
+        genome = self.mean_genome()
+        h = genome_digest(self.rule, genome)
+        scores, evaluations, _ = score_fixed(self.scorer, self.setup.store, {h: genome}, 1)
+        score = scores[h]
+        if score < float(self.tree["best"]):
+            self.tree["best"] = np.asarray(score, np.float64)
+            self.tree["best_mean"] = np.asarray(es.mean_of(self.spec, self.tree["es"]),
+                                                np.float32)
+        return ([candidate_row(self.rule, h, genome)], evaluations,
+                [{"hash": h, "fitness": score}], score)
+
+    # ---- the loop's driver --------------------------------------------------------------------
+    def state(self, generation: int):
+        return self.tree
+
+    def template(self):
+        return self.tree
+
+    def restore(self, tree, first: int) -> None:
+        self.tree = tree
+
+    def step(self, g: int) -> Step:
+        """One generation; the ES mean is validated every ``validate_every`` and at the end."""
+        s = self.cfg.search
+        out = self.generation(g)
+        stats, extra = out["stats"], out["extra"]
+        candidates, evaluations, members = [], [], []
+        if (s.validate_every and (g + 1) % s.validate_every == 0) or g + 1 == s.generations:
+            candidates, evaluations, members, score = self.validate()
+            extra["validation"] = score
+            log(f"gen {g + 1}: ES mean on full runs {score:+.4f} (best "
+                f"{float(self.tree['best']):+.4f}; 0 = tuned Adam)")
+        return Step(stats, candidates, evaluations, members, [], extra,
+                    self.scorer.context.key())
+
+    def finalists(self) -> dict[str, Finalist]:
+        """The final ES mean and the best validated mean."""
+        out = {}
+        for genome in (self.mean_genome(), self.best_genome()):
+            h = genome_digest(self.rule, genome)
+            out.setdefault(h, Finalist(genome, candidate_row(self.rule, h, genome)))
+        return out
+
+    def after_search(self, finals, scores) -> AfterSearch:
+        log("final scores on the fixed evaluation seeds: "
+            f"{', '.join(f'{scores[h]:+.4f}' for h in finals)} (ES mean, best validated)")
+        return AfterSearch()

@@ -1,0 +1,146 @@
+"""Kind ``program``: symbolic update rules (Lion-style program search).
+
+A program is straight-line SSA over per-parameter tensors (``ir``: inputs ``g, w, lr, t``, two
+state slots, protected ops from ``ops``), searched by batched regularized evolution with a
+functional-equivalence cache (``evolution``, ``search``) and finished by ES on the constants of the
+best structures, a knock-out ablation and a funnel to longer runs (``finalize``). Two backends are
+held equal by the tests: the compile-once interpreter vmapped over many programs
+(``interpreted``, the search's) and the compiled path (``compiled``, replay and export). Targets
+``program:PATH`` read a program text file; seeds (``seeds/*.prog``, optax's optimizers as programs
+plus PowerSign and AddSign) are its known rules.
+
+References: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms" (arXiv 2302.06675).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from lab.core import hashing
+from lab.core.conformance import update_rule_case
+from lab.core.evaluate import evaluate
+from lab.core.fitness import suite_scorer
+from lab.core.kind import Conformance, Kind, LaunchCase, TextForm, register
+from lab.core.optimizers import BASELINES, spec_for
+from lab.core.replay import readme_tables, replay, replay_train, replay_update_rule
+from lab.core.target import Target
+from lab.kinds.program.compiled import structure_rule
+from lab.kinds.program.config import EvolutionConfig, ProgramRuleConfig
+from lab.kinds.program.ir import MAX_LEN, simplify
+from lab.kinds.program.programs import (
+    KIND,
+    from_source,
+    genome_of,
+    load_seed,
+    program_of,
+    program_rule,
+    read_program,
+    seed_names,
+    source_of,
+)
+from lab.kinds.program.search import ProgramDriver
+from lab.kinds.program.text import to_source
+
+
+def make_rule(cfg):
+    return program_rule()
+
+
+def rule_from_name(name: str):
+    if name != KIND:
+        raise ValueError(f"unknown program family {name!r} (expected {KIND!r})")
+    return program_rule()
+
+
+def resolve(rest: str) -> Target:
+    p = read_program(rest.strip())
+    return Target(f"{KIND}:{rest}", program_rule(), genome_of(p, max(len(p), MAX_LEN)), 1.0,
+                  f"{KIND}:{p.name}")
+
+
+def compiled_form(target: Target) -> tuple:
+    """(rule, genome) to replay: the program through its compiled path (live statements traced
+    straight-line, as fast as a hand-written optax optimizer)."""
+    rule = structure_rule(program_of(target.genome))
+    return rule, rule.genome
+
+
+# Multipliers of a program's own learning rate tried by ``--tune-lr`` (the baselines' grid spans
+# five decades in 16 points; this one spans four around the program's rate, in 9).
+TUNE_MULTIPLIERS = tuple(float(x) for x in 10.0 ** np.linspace(-2, 2, 9))
+
+
+def tune_lr(task, rule, genome, lr: float, steps: int, keys, mesh) -> tuple[dict, float]:
+    """The program at every multiplier of its rate in one call; the best by mean final loss
+    over the seeds (the rule the references use)."""
+    n = len(TUNE_MULTIPLIERS)
+    pop = {**{k: np.repeat(np.asarray(v)[None], n, 0) for k, v in genome.items()},
+           "lr": np.asarray(TUNE_MULTIPLIERS, np.float32)}
+    m = evaluate(replay_train(task, rule, steps, lr), pop, jnp.repeat(keys, n, 0), mesh)
+    loss = np.where(m["diverged"].any(-1), np.inf, m["final_loss"].mean(-1))
+    best = int(np.argmin(loss))
+    return {k: v[best:best + 1] for k, v in m.items()}, lr * TUNE_MULTIPLIERS[best]
+
+
+def replay_program(target: Target, req) -> dict:
+    return replay_update_rule(target, req, compiled_form(target), tune_lr)
+
+
+def export(target: Target, store, suite: str, seeds: int) -> dict:
+    """Held-out scores at the program's own learning rate and, like the baselines', with its
+    learning rate tuned per task."""
+    return {"heldout": replay(target, suite, seeds, store=store, tuner=tune_lr,
+                              form=compiled_form(target))}
+
+
+def views(target: Target, store, info: dict) -> dict:
+    """``simplified`` (dead code out, constants folded) and the statement counts."""
+    p = program_of(target.genome)
+    q = simplify(p)
+    return {"simplified": to_source(q), "statements": len(p), "live_statements": len(q)}
+
+
+def _known():
+    """Seed programs that are no optax optimizer (PowerSign, AddSign): the others equal their
+    baselines by construction (tests hold them to it), so they add no new name."""
+    return [(name, program_rule()._replace(genome=genome_of(load_seed(name))))
+            for name in seed_names() if name not in BASELINES]
+
+
+hashing.register_known(_known)
+
+
+def conformance() -> Conformance:
+    seeds = [genome_of(load_seed(n)) for n in ("momentum", "rmsprop", "adam")]
+    lion = structure_rule(load_seed("lion"))
+    k = np.asarray(lion.genome["k"])
+    cases = [update_rule_case(f"{KIND}:interpreted", program_rule(), seeds),
+             update_rule_case(f"{KIND}:compiled(lion)", lion,
+                              [{"k": k * s} for s in (0.9, 1.0, 1.1)])]
+    return Conformance(cases, LaunchCase("configs/program_smoke.yaml", (
+        "search.population=8", "search.children=4", "search.generations=3",
+        "search.lr_grid=[1.0, 3.0]", "search.simplify=false", "output.top_k=2")))
+
+
+KIND_RECORD = register(Kind(
+    name=KIND,
+    summary="symbolic update rules: programs over protected ops, by regularized evolution",
+    rule_config=ProgramRuleConfig,
+    search_config=EvolutionConfig,
+    make_rule=make_rule,
+    rule_from_name=rule_from_name,
+    make_scorer=suite_scorer,
+    make_driver=ProgramDriver,
+    fingerprint=hashing.fingerprint,
+    describe_function=hashing.describe_function,
+    replay=replay_program,
+    export=export,
+    readme=readme_tables,
+    conformance=conformance,
+    check_baseline=spec_for,
+    views=views,
+    text=TextForm(source_of, from_source),
+    prefix=KIND,
+    resolve=resolve,
+))

@@ -1,0 +1,102 @@
+"""The compiled path: one program traced straight-line (live statements only).
+
+``structure_rule(program)`` is an ``UpdateRule`` whose genome is the program's constants
+(``{"k": [n] float32}``, n live statements): one compilation per program structure, vmappable
+over constants (the ES stage that tunes the constants of the best structures uses it), and
+exportable as an ``optax.GradientTransformation`` with ``to_optax`` or ``program_to_optax``.
+Each op is the reference implementation of ``ops.OPS``, applied leaf by leaf; reductions are
+per leaf. State: one tree per live state slot (``None`` for a dead one).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lab.core.rule import Ctx, UpdateRule, to_optax
+from lab.kinds.program.interpreted import compute_dtype
+from lab.kinds.program.ir import (
+    LR,
+    N_IN,
+    S0,
+    S1,
+    G,
+    Program,
+    T,
+    W,
+    live_slots,
+    reads,
+    simplify,
+)
+from lab.kinds.program.ops import OPS, apply
+from lab.kinds.program.text import to_source
+
+
+def _leaf(p: Program, ks, g, w, lr, t, s0, s1):
+    regs = {G: g, W: w, LR: jnp.full_like(g, lr), T: jnp.full_like(g, t), S0: s0, S1: s1}
+    for i, s in enumerate(p.stmts):
+        args = [regs[r] for r in reads(s)] + [g, g]
+        regs[N_IN + i] = apply(s.op, args[0], args[1], ks[i], t)
+    return regs[p.out[0]], regs[p.out[1]], regs[p.out[2]]
+
+
+@functools.lru_cache(maxsize=256)
+def structure_rule(program: Program, simplify_first: bool = True) -> UpdateRule:
+    """The program as a rule over its constants (``genome = {"k": [n] float32}``); built once
+    per program, so its replays share their compilations."""
+    p = simplify(program) if simplify_first else program
+    live = live_slots(p)
+
+    def init(genome, params):
+        def zeros(x):
+            return jnp.zeros(jnp.shape(x), compute_dtype(jnp.asarray(x).dtype))
+        return tuple(jax.tree.map(zeros, params) if live[j] else None for j in range(2))
+
+    def update(genome, grads, state, params, ctx: Ctx):
+        ks = genome["k"]
+        outs = {}
+
+        def leaf(g, w, *slots):
+            dt = compute_dtype(g.dtype)
+            it = iter(slots)
+            s = [next(it).astype(dt) if live[j] else jnp.zeros(g.shape, dt) for j in range(2)]
+            lr = jnp.asarray(ctx.lr, dt) * jnp.asarray(genome.get("lr", 1.0), dt)
+            t = jnp.asarray(ctx.step, dt) + 1
+            u, n0, n1 = _leaf(p, ks.astype(dt), g.astype(dt), w.astype(dt), lr, t, s[0], s[1])
+            return (-u).astype(w.dtype), n0, n1
+
+        slot_trees = [state[j] for j in range(2) if live[j]]
+        res = jax.tree.map(leaf, grads, params, *slot_trees)
+        treedef = jax.tree.structure(grads)
+        leaves = treedef.flatten_up_to(res)
+        delta = treedef.unflatten([x[0] for x in leaves])
+        for j in range(2):
+            outs[j] = (treedef.unflatten([x[1 + j] for x in leaves]) if live[j] else None)
+        return delta, (outs[0], outs[1])
+
+    genome = {"k": np.asarray([s.k for s in p.stmts], np.float32)}
+
+    def describe(g) -> str:
+        return to_source(with_constants(p, g["k"]))
+
+    return UpdateRule("program", "program:" + p.name, init, update, genome, describe)
+
+
+def with_constants(p: Program, ks) -> Program:
+    """``p`` with its statements' constants replaced by ``ks`` ([len(p)])."""
+    from lab.kinds.program.ir import Stmt
+    ks = np.asarray(ks, np.float32)
+    stmts = tuple(Stmt(s.op, s.a, s.b, float(ks[i])) if OPS[s.op].uses_k else s
+                  for i, s in enumerate(p.stmts))
+    return Program(stmts, p.out, p.name)
+
+
+def program_to_optax(program: Program, learning_rate: float = 1.0,
+                     horizon: int = 1000) -> optax.GradientTransformation:
+    """A program as a drop-in optax optimizer (``learning_rate`` is the program's ``lr``)."""
+    rule = structure_rule(program)
+    return to_optax(rule, rule.genome, learning_rate, horizon)

@@ -1,0 +1,81 @@
+"""The ``rule`` and ``search`` sections of ``kind: program`` configs."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lab.core.es import STRATEGIES
+from lab.core.schema import field
+from lab.kinds.program.ir import ProgramError
+from lab.kinds.program.programs import read_program, seed_names
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramRuleConfig:
+    """The ``rule`` section for ``kind: program``: where the search starts and how long
+    programs may grow."""
+
+    seed: str = field("adamw", choices=seed_names, what="seed program")
+    file: str = ""  # a .prog file to start from instead of ``seed`` (relative to the cwd)
+    max_len: int = field(20, ge=2, le=64)  # statements a program may have
+    lr: float = field(1.0, gt=0)  # outer learning rate (Ctx.lr)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.file:
+            try:
+                p = read_program(self.file)
+            except ProgramError as e:
+                return [("file", str(e))]
+            if len(p) > self.max_len:
+                return [("file", f"{self.file} has {len(p)} statements, more than "
+                                 f"max_len {self.max_len}")]
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstantsESConfig:
+    """``search.es``: evosax on the constants of the best structures (0 structures: off)."""
+
+    top: int = field(0, ge=0)  # structures tuned
+    strategy: str = field("Open_ES", choices=lambda: STRATEGIES, what="strategy")
+    population: int = field(8, ge=2)
+    generations: int = field(5, ge=1)
+    sigma: float = field(0.1, gt=0)  # perturbation of log|k|
+    lr: float = field(0.05, gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvolutionConfig:
+    """The ``search`` section for ``kind: program``: batched regularized evolution.
+
+    References: Real et al. 2019 (arXiv 1802.01548); Chen et al. 2023 (arXiv 2302.06675).
+    """
+
+    strategy: str = field("regularized_evolution", choices=lambda: ("regularized_evolution",),
+                           what="program search strategy")
+    population: int = field(64, ge=2)  # the evolving population (1000 on an accelerator)
+    children: int = field(16, ge=1)  # children per generation (B, a fixed batch)
+    generations: int = field(10, ge=1)
+    tournament: int = field(2, ge=1)
+    seed: int = 0
+    lr_grid: tuple[float, ...] = field((0.3, 1.0, 3.0), gt=0, nonempty=True)  # x ctx.lr
+    retries: int = field(3, ge=0)  # re-mutations while a child behaves like its parent
+    evaluations: int = field(1, ge=1)  # evaluations averaged per function (noisy fitness)
+    confirm: bool = True  # a new best-so-far is scored again on fresh data before it counts
+    forget: float = field(0.0, ge=0, le=1)  # chance a full cache hit is evaluated again
+    hurdle: float = field(0.0, ge=0, lt=1)  # fraction cut after a short run (0: no hurdle)
+    hurdle_budget: int = field(0, ge=0)  # inner steps of the short run; 0: budget / 5
+    hurdle_window: int = field(256, ge=1)  # recent short-run fitnesses the quantile is over
+    plateau: int = field(0, ge=0)  # generations without improvement before a restart; 0: off
+    es: ConstantsESConfig = dataclasses.field(default_factory=ConstantsESConfig)
+    funnel: int = field(0, ge=0)  # finalists re-scored at funnel_scale x budget
+    funnel_scale: int = field(10, ge=2)
+    meta_validate_every: int = field(0, ge=0)  # best-so-far at funnel_scale x budget
+    simplify: bool = True  # knock-out ablation of the best program after the search
+    simplify_tolerance: float = field(0.02, ge=0)  # fitness a dropped statement may cost
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.children > self.population:
+            return [("children", f"{self.children} children per generation, more than the "
+                                 f"population {self.population}")]
+        return []

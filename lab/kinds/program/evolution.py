@@ -1,0 +1,408 @@
+"""Batched regularized evolution over programs, with a functional-equivalence cache.
+
+Each generation: ``children`` tournaments pick parents from the population; each parent is
+mutated (until valid and symbolically new); children that still behave like their parent
+(functional hash) are mutated again, up to ``retries`` times; each child's evaluation key comes
+from its symbolic hash when that is known, else from a batched fingerprint; keys without enough
+evaluations are scored in one compiled call per task (each candidate at every multiplier of the
+lr grid, the best counts), padded to a fixed batch, optionally behind a hurdle (a short run for
+all, the full run for those better than a rolling quantile, both batches padded); the children
+join the population and the oldest members leave. One store transaction per generation.
+
+Cache hit rate = 1 - (distinct keys evaluated / children generated); noisy fitness is averaged
+over up to ``evaluations`` runs per key (each on fresh data), and a full hit is evaluated again
+with probability ``forget`` (the mean then covers the latest ``evaluations`` runs).
+
+References: Real et al. 2019, "Regularized Evolution for Image Classifier Architecture Search"
+(arXiv 1802.01548); Real et al. 2020, AutoML-Zero (arXiv 2003.03384: FEC, hurdles); Gillard et al.
+2023, "Unified Functional Hashing" (arXiv 2302.05433); Chen et al. 2023 (arXiv 2302.06675).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+
+import numpy as np
+
+from lab import treeio
+from lab.core import hashing
+from lab.core.checkpoints import (
+    array_to_strings,
+    generator_state,
+    set_generator_state,
+    strings_to_array,
+)
+from lab.core.fitness import CLIP, SuiteScorer, suite_scorer
+from lab.kinds.program.cache import FunctionCache
+from lab.kinds.program.ir import Program, simplify, symbolic_hash
+from lab.kinds.program.mutate import mutate
+from lab.kinds.program.programs import genome_of, program_rule
+from lab.kinds.program.text import to_source
+
+
+@dataclasses.dataclass
+class Member:
+    """One member of the population (introns kept: the genotype, not the simplified form)."""
+
+    program: Program
+    key: str
+    fitness: float
+    born: int
+    parent: str | None = None
+
+
+def source_genome(p: Program, length: int, lr: float = 1.0) -> dict[str, np.ndarray]:
+    return genome_of(simplify(p), length, lr)
+
+
+class Evolution:
+    """The search state and its generation step (host side; scoring goes through scorers)."""
+
+    def __init__(self, cfg, store, run_id: str, scorer: SuiteScorer,
+                 short: SuiteScorer | None, start: Program):
+        s = cfg.search
+        self.cfg, self.s, self.store, self.run_id = cfg, s, store, run_id
+        self.scorer, self.short = scorer, short
+        self.rule = program_rule()
+        self.length = cfg.rule.max_len + 1  # room to bake an lr multiplier into any program
+        self.grid = tuple(float(m) for m in s.lr_grid)
+        self.full_batch = s.children if short is None else max(1, math.ceil(
+            s.children * (1 - s.hurdle)))
+        self.rng = np.random.default_rng(s.seed)
+        self.start = start
+        # scores averaged per function: up to ``evaluations``, two once a score is confirmed
+        self.cache = FunctionCache(store, self.context, max(s.evaluations, 1 + s.confirm))
+        self.population: deque[Member] = deque()
+        self.window: deque[float] = deque(maxlen=s.hurdle_window)  # short-run fitnesses
+        self.full_window: deque[float] = deque(maxlen=s.hurdle_window)  # full-run ones
+        self.best: Member | None = None
+        self.since_best = 0
+        self.restarts = 0
+        self.eval_seconds = 0.0
+        self.evaluated_total = 0
+
+    # ---- contexts and keys ------------------------------------------------------------------
+    def context(self, stage: str, repeat: int) -> str:
+        scorer = self.short if stage == "short" else self.scorer
+        ctx = dataclasses.replace(scorer.context, generation=0, stream=self.s.seed,
+                                  lr_multipliers=self.grid, repeat=repeat)
+        return ctx.key()
+
+    def keys(self, programs: list[Program]) -> list[str]:
+        """Evaluation keys: symbolic hash first, then one batched fingerprint for the rest."""
+        syms = [symbolic_hash(p) for p in programs]
+        todo = {}
+        for p, h in zip(programs, syms, strict=True):
+            if h not in self.cache.symbolic and h not in todo:
+                todo[h] = p
+        if todo:
+            genomes = [source_genome(p, self.length) for p in todo.values()]
+            for h, (fp, _, key) in zip(todo, hashing.fingerprints(self.rule, genomes),
+                                       strict=True):
+                self.cache.symbolic[h] = (key, fp)
+                self.cache.fingerprints.setdefault(key, fp)
+        return [self.cache.symbolic[h][0] for h in syms]
+
+    # ---- scoring ------------------------------------------------------------------------------
+    def score_programs(self, scorer: SuiteScorer, programs: list[Program], repeats: list[int],
+               batch: int, fixed: bool = False, rows_to: int | None = None) -> list[dict]:
+        """Scores ``programs`` (at every lr multiplier; with ``fixed``, at 1 on the fixed
+        evaluation seeds) in one call per task, padded to ``batch`` x the grid's size.
+
+        Returns per program ``{"fitness", "diverged", "metrics"}`` (the best multiplier's).
+        """
+        grid = (1.0,) if fixed else self.grid
+        rows = [(i, m) for i in range(len(programs)) for m in grid]
+        genomes = [source_genome(programs[i], self.length, m) for i, m in rows]
+        slots = [repeats[i] for i, _ in rows]
+        size = rows_to or batch * len(self.grid)  # one shape per scorer: compiled once
+        if len(rows) > size:
+            raise ValueError(f"{len(rows)} rows for a batch of {size}")
+        genomes += [genomes[-1]] * (size - len(genomes))
+        slots += [slots[-1]] * (size - len(slots))
+        stacked = {k: np.stack([g[k] for g in genomes]) for k in genomes[0]}
+        start = time.perf_counter()
+        if fixed:
+            result = scorer.score(stacked)
+        else:
+            result = scorer.score(stacked, generation=0, slots=np.asarray(slots, np.int32),
+                                  stream=self.s.seed)
+        self.eval_seconds += time.perf_counter() - start
+        out = []
+        for i in range(len(programs)):
+            idx = [r for r, (j, _) in enumerate(rows) if j == i]
+            best = min(idx, key=lambda r: result["fitness"][r])
+            metrics = scorer.row_metrics(result, best)
+            metrics["lr_multiplier"] = rows[best][1]
+            out.append({"fitness": float(result["fitness"][best]), "metrics": metrics,
+                        "diverged": any(m["diverged"] for m in metrics.values()
+                                        if isinstance(m, dict))})
+        return out
+
+    def evaluate(self, todo: dict[str, Program], generation: int) -> list[dict]:
+        """Scores the keys in ``todo`` (each its next repeat); returns store evaluation rows."""
+        rows: list[dict] = []
+        if not todo:
+            return rows
+        keys = list(todo)
+        repeats = [len(self.cache.scores.get(k, [])) for k in keys]
+        if self.short is not None:
+            short = []
+            for at in range(0, len(keys), self.s.children):
+                part = keys[at:at + self.s.children]
+                short += self.score_programs(self.short, [todo[k] for k in part],
+                                     repeats[at:at + len(part)], self.s.children)
+            for k, j, r in zip(keys, repeats, short, strict=True):
+                rows.append({"hash": k, "context": self.context("short", j), **r})
+            threshold = (np.quantile(list(self.window), 1 - self.s.hurdle) if self.window
+                         else math.inf)
+            self.window.extend(r["fitness"] for r in short)
+            ranked = sorted(range(len(keys)), key=lambda i: short[i]["fitness"])
+            passed = [i for i in ranked if short[i]["fitness"] <= threshold][:self.full_batch]
+            # a cut candidate keeps its short-run fitness, but never stands above the median of
+            # recent full runs: the order among cut ones survives (selection still sees it)
+            floor = float(np.median(self.full_window)) if self.full_window else CLIP
+            for i, k in enumerate(keys):
+                if i not in passed:
+                    self.cache.failed[k] = max(short[i]["fitness"], floor)
+                    self.cache.metrics[k] = short[i]["metrics"]
+            keys = [keys[i] for i in passed]
+            repeats = [repeats[i] for i in passed]
+        rows += self.full(keys, todo, repeats)
+        self.evaluated_total += len(todo)
+        return rows
+
+    def full(self, keys: list[str], todo: dict[str, Program], repeats: list[int]) -> list[dict]:
+        """Full-budget scores of ``keys`` at their repeats, in fixed batches; store rows."""
+        rows = []
+        for at in range(0, len(keys), self.full_batch):
+            part = keys[at:at + self.full_batch]
+            scored = self.score_programs(self.scorer, [todo[k] for k in part],
+                                 repeats[at:at + len(part)], self.full_batch)
+            for k, j, r in zip(part, repeats[at:at + len(part)], scored, strict=True):
+                rows.append({"hash": k, "context": self.context("full", j), **r})
+                self.cache.failed.pop(k, None)
+                self.cache.scores.setdefault(k, []).append(r["fitness"])
+                self.full_window.append(r["fitness"])
+                self.cache.metrics[k] = r["metrics"]
+        return rows
+
+    def confirm(self, todo: dict[str, Program]) -> list[dict]:
+        """New functions whose first score beats the best so far are scored again at once, on
+        fresh data (their fitness is then the mean): a lucky first score does not take over
+        the population."""
+        again = {k: p for k, p in todo.items() if k not in self.cache.failed
+                 and len(self.cache.scores.get(k, [])) == 1
+                 and self.cache.fitness(k) < self.best.fitness}
+        return self.full(list(again), again, [1] * len(again)) if again else []
+
+    # ---- the population -------------------------------------------------------------------------
+    def seed_population(self) -> list[dict]:
+        """The population warm-started from the start program; compiles every scoring shape
+        (short and full batches) before generation 0. Returns the evaluations made."""
+        key = self.keys([self.start])[0]
+        self.cache.load([key], "full")
+        rows = []
+        if key not in self.cache.scores:
+            repeat = [0]
+            if self.short is not None:  # scored but not cut: the seed is the reference point
+                r = self.score_programs(self.short, [self.start], repeat, self.s.children)[0]
+                rows.append({"hash": key, "context": self.context("short", 0), **r})
+                self.window.append(r["fitness"])
+            r = self.score_programs(self.scorer, [self.start], repeat, self.full_batch)[0]
+            rows.append({"hash": key, "context": self.context("full", 0), **r})
+            self.cache.scores[key] = [r["fitness"]]
+            self.cache.metrics[key] = r["metrics"]
+            self.full_window.append(r["fitness"])
+        fit = self.cache.fitness(key)
+        self.population = deque(Member(self.start, key, fit, -1) for _ in range(self.s.population))
+        self.best = self.seed_member = self.population[0]
+        return rows
+
+    def tournament(self) -> Member:
+        idx = self.rng.integers(len(self.population), size=self.s.tournament)
+        return min((self.population[i] for i in idx), key=lambda m: m.fitness)
+
+    def children(self) -> tuple[list[Member], list[Program], list[str], dict]:
+        """B children, and how many more were generated and recognized by the cache as their
+        parent's function (symbolically, or by fingerprint), then mutated again."""
+        parents = [self.tournament() for _ in range(self.s.children)]
+        seen = {"same": 0}
+        kids = [mutate(p.program, self.rng, self.cfg.rule.max_len, stats=seen) for p in parents]
+        keys = self.keys(kids)
+        seen["same_function"] = 0
+        for _ in range(self.s.retries):  # behaves like its parent: mutate again
+            same = [i for i, (k, p) in enumerate(zip(keys, parents, strict=True)) if k == p.key]
+            if not same:
+                break
+            seen["same_function"] += len(same)
+            for i in same:
+                kids[i] = mutate(kids[i], self.rng, self.cfg.rule.max_len, stats=seen)
+            new = self.keys([kids[i] for i in same])
+            for i, k in zip(same, new, strict=True):
+                keys[i] = k
+        return parents, kids, keys, seen
+
+    def step(self, generation: int) -> dict:
+        """One generation; returns what the store and the log need."""
+        start = time.perf_counter()
+        self.cache.as_of = (self.run_id, generation)
+        parents, kids, keys, seen = self.children()
+        self.cache.load(keys, "full")
+        todo: dict[str, Program] = {}
+        for k, p in zip(keys, kids, strict=True):
+            n = len(self.cache.scores.get(k, []))
+            if k in todo or k in self.cache.failed:
+                continue
+            if n < self.s.evaluations or (self.s.forget and self.rng.random() < self.s.forget):
+                todo[k] = p
+        evaluations = self.evaluate(todo, generation)
+        confirmed = self.confirm(todo) if self.s.confirm else []
+        evaluations += confirmed
+        members = []
+        for parent, p, k in zip(parents, kids, keys, strict=True):
+            m = Member(p, k, self.cache.fitness(k), generation, parent.key)
+            self.population.append(m)
+            members.append(m)
+        for _ in range(len(kids)):
+            self.population.popleft()  # the oldest leave (aging)
+        best = min(members, key=lambda m: m.fitness)
+        improved = self.best is None or best.fitness < self.best.fitness
+        if improved:
+            self.best = best
+        self.since_best = 0 if improved else self.since_best + 1
+        restart = None
+        if self.s.plateau and self.since_best >= self.s.plateau:
+            restart = self.restart()
+        seconds = time.perf_counter() - start
+        # children generated: the B that join, plus those the cache recognized as their parent
+        n, evaluated = len(kids) + seen["same"] + seen["same_function"], len(todo)
+        per_eval = self.eval_seconds / max(self.evaluated_total, 1)
+        fitness = np.asarray([m.fitness for m in members])
+        stats = {"best": float(fitness.min()), "mean": float(fitness.mean()),
+                 "hits": n - evaluated, "misses": evaluated, "hit_rate": 1 - evaluated / n,
+                 "evaluated": evaluated, "seconds": seconds, "candidates_per_s": n / seconds,
+                 "checkpoint": None}
+        extra = {"time_saved_s": (n - evaluated) * per_eval, "restart": restart,
+                 "children": len(kids), "confirmed": len(confirmed),
+                 "same_as_parent_symbolic": seen["same"],
+                 "same_as_parent_function": seen["same_function"],
+                 "hurdle_failed": sum(k in self.cache.failed for k in todo),
+                 "best_so_far": self.best.fitness, "best_hash": self.best.key}
+        return {"stats": stats, "extra": extra, "members": members,
+                "evaluations": evaluations}
+
+    def restart(self) -> str:
+        """On a plateau: the population restarts from the start program and from the best so
+        far, in turn (Chen et al. 2023)."""
+        self.restarts += 1
+        if self.restarts % 2:
+            key = self.keys([self.start])[0]
+            src, what = Member(self.start, key, self.cache.fitness(key), -1), "start"
+        else:
+            src, what = self.best, "best"
+        self.population = deque(dataclasses.replace(src) for _ in range(self.s.population))
+        self.since_best = 0
+        return what
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def state(self, generation: int) -> dict:
+        """The search state after ``generation`` as numpy arrays (an orbax checkpoint).
+
+        ``members``: the population in order, then the best so far: stacked genotypes
+        (``op, a, b, k: [P + 1, L]``, ``out``, ``n``), ``key`` and ``parent`` (rows of ``hashes``,
+        every key the state names as ASCII bytes; -1: none), ``fitness``, ``born``.
+        ``failed``: which hashes the hurdle cut, at what fitness. Then the hurdle's windows
+        (padded), counters and the generator.
+        """
+        members, failed = [*self.population, self.best], self.cache.failed
+        names = list(dict.fromkeys([m.key for m in members] + list(failed) +
+                                   [m.parent for m in members if m.parent is not None]))
+        row = {k: i for i, k in enumerate(names)}
+        length = max(len(m.program) for m in members)
+        genomes = [m.program.to_arrays(length) for m in members]
+        return {
+            "generation": np.asarray(generation, np.int64),
+            "members": {**{f: np.stack([g[f] for g in genomes]) for f in genomes[0]},
+                        "key": np.asarray([row[m.key] for m in members], np.int32),
+                        "parent": np.asarray([row.get(m.parent, -1) for m in members], np.int32),
+                        "fitness": np.asarray([m.fitness for m in members], np.float64),
+                        "born": np.asarray([m.born for m in members], np.int64)},
+            "hashes": strings_to_array(names),
+            "failed": {"cut": np.asarray([k in failed for k in names]),
+                       "fitness": np.asarray([failed.get(k, np.nan) for k in names], np.float64)},
+            "window": _padded(self.window), "full_window": _padded(self.full_window),
+            "since_best": np.asarray(self.since_best, np.int64),
+            "restarts": np.asarray(self.restarts, np.int64), "rng": generator_state(self.rng)}
+
+    def restore(self, tree: dict) -> int:
+        """Puts the search where ``state`` found it; returns the next generation."""
+        names, m = array_to_strings(tree["hashes"]), tree["members"]
+
+        def member(i: int) -> Member:
+            genome = {f: m[f][i] for f in ("op", "a", "b", "k", "out", "n")}
+            parent = int(m["parent"][i])
+            return Member(Program.from_arrays(genome, self.start.name), names[int(m["key"][i])],
+                          float(m["fitness"][i]), int(m["born"][i]),
+                          names[parent] if parent >= 0 else None)
+        *population, self.best = [member(i) for i in range(len(m["key"]))]
+        self.population = deque(population)
+        self.since_best, self.restarts = int(tree["since_best"]), int(tree["restarts"])
+        for window, saved in ((self.window, tree["window"]),
+                              (self.full_window, tree["full_window"])):
+            window.clear()
+            window.extend(saved["values"][:int(saved["size"])].tolist())
+        cut = tree["failed"]
+        self.cache.failed.update({k: float(f) for k, f, c in zip(
+            names, cut["fitness"], cut["cut"], strict=True) if c})
+        set_generator_state(self.rng, tree["rng"])
+        for p in population:
+            self.cache.symbolic.setdefault(symbolic_hash(p.program), (p.key, None))
+        return int(tree["generation"]) + 1
+
+
+def _padded(window: deque) -> dict[str, np.ndarray]:
+    """A bounded deque of floats as ``values: [maxlen] float64`` (NaN-padded) and ``size``."""
+    values = list(window) + [np.nan] * (window.maxlen - len(window))
+    return {"values": np.asarray(values, np.float64), "size": np.asarray(len(window), np.int64)}
+
+
+def scorer_at(cfg, setup, budget: int, scale: int = 1, rule=None) -> SuiteScorer:
+    """A scorer like the run's at another budget, or ``scale`` times its budget (references at
+    that budget), or for another rule family (the hurdle, the funnel, the ES on constants)."""
+    return suite_scorer(cfg, rule or setup.rule, setup.store, setup.mesh, budget, scale)
+
+
+def short_scorer(cfg, setup) -> SuiteScorer | None:
+    """The hurdle's short-run scorer (None without a hurdle)."""
+    s = cfg.search
+    if not s.hurdle:
+        return None
+    budget = s.hurdle_budget or cfg.budget // 5
+    if budget <= 0:
+        raise ValueError("search.hurdle_budget: set it (or budget) when search.hurdle > 0: the "
+                         "short run needs a number of inner steps")
+    return scorer_at(cfg, setup, budget)
+
+
+def program_row(m_program: Program, key: str, parent: str | None, length: int,
+                fingerprint: np.ndarray | None = None) -> dict:
+    """A store candidate for a program (its genotype, introns included, as arrays)."""
+    genome = genome_of(m_program, max(length, len(m_program)))
+    return {"hash": key, "kind": "program", "name": "program",
+            "genome": treeio.tree_to_npz(genome), "readable": to_source(simplify(m_program)),
+            "fingerprint": None if fingerprint is None else treeio.tree_to_npz(fingerprint),
+            "parent": parent}
+
+
+def describe_start(cfg) -> tuple[Program, str]:
+    """The start program of a config: ``rule.file`` or the seed ``rule.seed``."""
+    from lab.kinds.program.programs import load_seed, read_program
+    if cfg.rule.file:
+        p = read_program(cfg.rule.file)
+        return p, cfg.rule.file
+    return load_seed(cfg.rule.seed), f"seed {cfg.rule.seed}"
+

@@ -1,0 +1,230 @@
+"""After a program search: constants tuned by ES, finalists re-scored on the fixed evaluation
+seeds, a knock-out ablation of the best, the funnel to larger runs, meta-validation.
+
+* **ES on constants** (``search.es.top`` structures): evosax over ``log|k|`` of each structure's
+  nonzero constants, through the compiled path (one compilation per structure, the population
+  vmapped over constants).
+* **Finalists**: the ``output.top_k`` best programs, each with the lr multiplier the search
+  picked baked into it (``bake_lr``), plus the ES-tuned and the ablated programs, scored on the
+  fixed evaluation seeds without the grid; these scores rank the run.
+* **Knock-out ablation**: every live statement of the best finalist dropped in turn (its readers
+  read its first argument), all variants scored in one batched call; the drop that costs least
+  is kept while it costs at most ``simplify_tolerance``; repeated.
+* **Funnel** (``search.funnel``): the best finalists at ``funnel_scale`` x the budget.
+* **Meta-validation** (``search.meta_validate_every``): the best-so-far at the funnel's budget
+  during the search, so meta-overfitting (search fitness improving, validation not) shows.
+
+References: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms" (arXiv 2302.06675).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lab import treeio
+from lab.console import log
+from lab.core import es
+from lab.core.rule import UpdateRule
+from lab.kinds.program.compiled import structure_rule, with_constants
+from lab.kinds.program.evolution import Evolution, scorer_at
+from lab.kinds.program.ir import (
+    N_IN,
+    Stmt,
+    bake_lr,
+    is_valid,
+    live_statements,
+    reads,
+    simplify,
+)
+from lab.kinds.program.ops import OPS
+from lab.kinds.program.programs import Program
+from lab.kinds.program.text import to_source
+
+
+def _multiplier(evo: Evolution, key: str) -> float:
+    return float((evo.cache.metrics.get(key) or {}).get("lr_multiplier", 1.0))
+
+
+def constants_rule(p: Program, lr: float) -> tuple[UpdateRule, np.ndarray, np.ndarray]:
+    """``p``'s structure as a rule over ``z = log|k|`` of its nonzero constants (signs kept).
+
+    Returns (rule with genome ``{"z": [n]}``, indices of those constants, their signs).
+    """
+    base = structure_rule(p, simplify_first=False)
+    k0 = np.asarray(base.genome["k"], np.float32)
+    idx = np.asarray([i for i, s in enumerate(p.stmts) if OPS[s.op].uses_k and k0[i] != 0],
+                     np.int32)
+    signs = np.sign(k0[idx]).astype(np.float32)
+
+    def ks(genome):
+        return jnp.asarray(k0).at[idx].set(jnp.asarray(signs) * jnp.exp(genome["z"]))
+
+    def init(genome, params):
+        return base.init({"k": ks(genome), "lr": lr}, params)
+
+    def update(genome, grads, state, params, ctx):
+        return base.update({"k": ks(genome), "lr": jnp.asarray(lr)}, grads, state, params, ctx)
+
+    genome = {"z": np.log(np.abs(k0[idx])).astype(np.float32)}
+    rule = UpdateRule("program", "program-constants", init, update, genome,
+                      lambda g: to_source(with_constants(p, np.asarray(ks(g)))))
+    return rule, idx, signs
+
+
+def tune_constants(cfg, setup, p: Program, lr: float, stream: int) -> Program | None:
+    """ES (evosax, the core's driver) on ``p``'s constants; the program at the ES mean."""
+    e = cfg.search.es
+    rule, idx, signs = constants_rule(p, lr)
+    if idx.size == 0:
+        return None
+    scorer = scorer_at(cfg, setup, cfg.budget, rule=rule)
+    spec = es.ESSpec(e.strategy, e.population, int(idx.size), e.sigma, e.lr)
+    key = jax.random.fold_in(jax.random.key(cfg.search.seed), 1_000_003 + stream)
+    state = es.init(spec, jax.random.fold_in(key, 0), jnp.asarray(rule.genome["z"]))
+    slots = np.asarray(es.task_key_index(spec))
+    for g in range(e.generations):
+        k_ask, k_tell = jax.random.split(jax.random.fold_in(key, g + 1))
+        pop, state = es.ask(spec, k_ask, state)
+        result = scorer.score({"z": pop}, generation=g, slots=slots, stream=stream)
+        state, _ = es.tell(spec, k_tell, pop, jnp.asarray(result["fitness"], jnp.float32), state)
+    z = np.asarray(es.mean_of(spec, state))
+    k = np.asarray([s.k for s in p.stmts], np.float32)
+    k[idx] = signs * np.exp(z)
+    return with_constants(p, k)
+
+
+def knock_out(p: Program, i: int) -> Program | None:
+    """``p`` without live statement ``i``: its readers read its first argument."""
+    s = p.stmts[i]
+    args = reads(s)
+    if not args:
+        return None
+    reg, repl = N_IN + i, args[0]
+    f = lambda r: repl if r == reg else (r - 1 if r > reg else r)  # noqa: E731
+    stmts = tuple(Stmt(t.op, f(t.a), f(t.b), t.k) for j, t in enumerate(p.stmts) if j != i)
+    q = Program(stmts, tuple(f(r) for r in p.out), p.name)
+    return simplify(q) if is_valid(q) else None
+
+
+def ablate(evo: Evolution, p: Program, score: float, tolerance: float,
+           rounds: int = 8) -> tuple[Program, float, list[dict]]:
+    """Greedy knock-out ablation on the fixed evaluation seeds, one batched call per round."""
+    steps = []
+    for _ in range(rounds):
+        variants = [(i, q) for i in live_statements(p) if (q := knock_out(p, i)) is not None]
+        if not variants:
+            break
+        scores = []
+        batch = evo.full_batch * len(evo.grid)
+        for at in range(0, len(variants), batch):
+            part = [q for _, q in variants[at:at + batch]]
+            scores += [r["fitness"] for r in evo.score_programs(evo.scorer, part, [0] * len(part),
+                                                        evo.full_batch, fixed=True)]
+        best = int(np.argmin(scores))
+        if scores[best] > score + tolerance:
+            break
+        i, q = variants[best]
+        steps.append({"op": OPS[p.stmts[i].op].name, "statement": i, "score": scores[best],
+                      "before": score})
+        p, score = q, scores[best]
+    return p, score, steps
+
+
+class MetaValidation:
+    """The best-so-far program at ``funnel_scale`` x the budget, every few generations."""
+
+    def __init__(self, cfg, setup, evo: Evolution):
+        self.evo = evo
+        self.scorer = scorer_at(cfg, setup, cfg.budget, scale=cfg.search.funnel_scale)
+        self.last: tuple[str, float] | None = None
+        self.history: list[dict] = []
+
+    def check(self, generation: int) -> float:
+        best = self.evo.best
+        if self.last is None or self.last[0] != best.key:
+            p = bake_lr(simplify(best.program), _multiplier(self.evo, best.key))
+            r = self.evo.score_programs(self.scorer, [p], [0], 1, fixed=True, rows_to=1)[0]
+            self.last = (best.key, r["fitness"])
+        self.history.append({"generation": generation, "hash": best.key,
+                             "search_fitness": best.fitness, "validation": self.last[1]})
+        return self.last[1]
+
+
+def finalists(cfg, store, run_id: str, setup, evo: Evolution
+              ) -> dict[str, tuple[Program, str, str]]:
+    """The ``output.top_k`` best programs of the run with the lr multiplier the search picked
+    baked in, the warm start (so the report says what the search added) and the ES-tuned
+    structures: final key -> (program, parent key, origin)."""
+    s = cfg.search
+    rows = store.best_members(run_id, k=max(cfg.output.top_k, s.es.top, 1))
+    found: list[tuple[str, Program, str]] = []  # (search key, program, origin)
+    for row in rows:
+        genome = treeio.tree_from_npz(row["genome"])
+        found.append((row["hash"], Program.from_arrays(genome), "search"))
+    finals: dict[str, tuple[Program, str, str]] = {}
+    known = [k for k, _, _ in found] + evo.keys([evo.start])
+    for stage in ("full", "short") if evo.short is not None else ("full",):
+        evo.cache.load_metrics(known, stage)  # a resumed run has not seen every key here
+
+    def add(p: Program, parent: str, origin: str) -> None:
+        finals.setdefault(evo.keys([p])[0], (p, parent, origin))
+
+    for key, p, origin in found[:cfg.output.top_k]:
+        add(bake_lr(simplify(p), _multiplier(evo, key)), key, origin)
+    start_key = evo.keys([evo.start])[0]
+    add(bake_lr(simplify(evo.start), _multiplier(evo, start_key)), start_key, "start")
+    for n, (key, p, _) in enumerate(found[:s.es.top]):
+        log(f"ES on the constants of structure {n + 1}/{s.es.top} ({key[:10]})")
+        tuned = tune_constants(cfg, setup, simplify(p), _multiplier(evo, key), n)
+        if tuned is not None:
+            add(bake_lr(tuned, _multiplier(evo, key)), key, "es")
+    return finals
+
+
+def after_search(cfg, setup, evo: Evolution, finals: dict[str, tuple[Program, str, str]],
+                 scores: dict[str, float], validation: MetaValidation | None
+                 ) -> tuple[dict[str, tuple[Program, str, str]], dict[str, float], dict]:
+    """The knock-out ablation of the best finalist, the funnel and the report: (new finalists,
+    their scores, the report of ``finalists.json``)."""
+    s = cfg.search
+    report: dict[str, Any] = {"finalists": [
+        {"hash": k, "parent": parent, "origin": origin, "final": scores[k],
+         "source": to_source(p)} for k, (p, parent, origin) in finals.items()]}
+    more: dict[str, tuple[Program, str, str]] = {}
+    more_scores: dict[str, float] = {}
+    if s.simplify:
+        best_key = min(scores, key=scores.get)
+        p, parent, _ = finals[best_key]
+        q, q_score, steps = ablate(evo, p, scores[best_key], s.simplify_tolerance)
+        report["ablation"] = {"from": best_key, "steps": steps, "source": to_source(q)}
+        if steps:
+            key = evo.keys([q])[0]
+            if key not in finals:
+                more[key] = (q, best_key, "ablation")
+                more_scores[key] = q_score
+            report["ablation"]["hash"] = key
+            log(f"ablation: {len(steps)} statement(s) dropped, score {scores[best_key]:.4f} -> "
+                f"{q_score:.4f}")
+    if s.funnel:
+        report["funnel"] = _funnel(cfg, setup, evo, {**finals, **more},
+                                   {**scores, **more_scores}, s.funnel)
+    if validation is not None:
+        report["meta_validation"] = validation.history
+    return more, more_scores, report
+
+
+def _funnel(cfg, setup, evo: Evolution, finals: dict, scores: dict, top: int) -> list[dict]:
+    scorer = scorer_at(cfg, setup, cfg.budget, scale=cfg.search.funnel_scale)
+    keys = sorted(scores, key=scores.get)[:top]
+    res = evo.score_programs(scorer, [finals[k][0] for k in keys], [0] * len(keys), len(keys),
+                     fixed=True, rows_to=len(keys))
+    out = [{"hash": k, "final": scores[k], "funnel": r["fitness"],
+            "scale": cfg.search.funnel_scale} for k, r in zip(keys, res, strict=True)]
+    for row in out:
+        log(f"funnel x{row['scale']}: {row['hash'][:10]} {row['final']:+.4f} -> "
+            f"{row['funnel']:+.4f}")
+    return out

@@ -1,0 +1,284 @@
+"""The program IR: straight-line SSA over per-parameter tensors, and its analysis.
+
+Registers 0..5 are the inputs ``g, w, lr, t, s0, s1`` (gradient, parameter, outer learning rate,
+step count t >= 1, and the two state slots, zero at the first step). Statement ``i`` computes
+``op(r[a], r[b], k)`` into the fresh register ``6 + i``, reading only earlier registers. The
+outputs are three registers: the update (``w <- w - update``, as in the Lion paper) and the two
+new state slots. As device arrays (the genome) a program is ``op, a, b: [L] int32``,
+``k: [L] float32``, ``out: [3] int32`` and ``n: [] int32`` (statements to run), padded with NOPs
+to a fixed ``L``.
+
+Its text form (``parse``, ``to_source``) is in ``text``.
+
+Analysis (host side, no JAX): validity (registers defined, the update depends on ``g``, across
+steps too), liveness across steps (a state write never read later is dead), dead-code removal,
+constant folding, and the symbolic hash (names, statement order, dead code and the order of
+commutative arguments ignored).
+
+References: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", arXiv 2302.06675.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+
+from lab.kinds.program.ops import NOP, OP_INDEX, OPS
+
+INPUTS = ("g", "w", "lr", "t", "m", "v")  # canonical names of registers 0..5
+N_IN = len(INPUTS)
+G, W, LR, T, S0, S1 = range(N_IN)
+STATE = (S0, S1)
+MAX_LEN = 24  # default padded length of genomes
+
+
+class ProgramError(ValueError):
+    """Program text or arrays that do not form a valid program (names line and column)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stmt:
+    """``r[6 + i] = op(r[a], r[b], k)``; unused arguments are 0."""
+
+    op: int
+    a: int = 0
+    b: int = 0
+    k: float = 0.0
+
+    def __post_init__(self):
+        # canonical: unused arguments and constants are 0; k is float32 everywhere
+        op = OPS[self.op] if 0 <= self.op < len(OPS) else None
+        if op is not None:
+            object.__setattr__(self, "a", int(self.a) if op.arity >= 1 else 0)
+            object.__setattr__(self, "b", int(self.b) if op.arity >= 2 else 0)
+        uses_k = op is None or op.uses_k
+        object.__setattr__(self, "k", float(np.float32(self.k)) if uses_k else 0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """A program: statements and the output registers ``(update, s0_new, s1_new)``."""
+
+    stmts: tuple[Stmt, ...]
+    out: tuple[int, int, int]
+    name: str = "program"
+
+    def __len__(self) -> int:
+        return len(self.stmts)
+
+    # ---- arrays -------------------------------------------------------------------------
+    def to_arrays(self, length: int = MAX_LEN) -> dict[str, np.ndarray]:
+        """The genome: ``op, a, b: [length] int32``, ``k: [length] float32``, ``out: [3]``,
+        ``n: []`` (padded with NOPs)."""
+        if len(self.stmts) > length:
+            raise ProgramError(f"program {self.name!r} has {len(self.stmts)} statements, more "
+                               f"than the genome length {length}")
+        pad = length - len(self.stmts)
+        col = lambda f, dt: np.asarray([getattr(s, f) for s in self.stmts] + [0] * pad, dt)  # noqa: E731
+        return {"op": col("op", np.int32), "a": col("a", np.int32), "b": col("b", np.int32),
+                "k": col("k", np.float32), "out": np.asarray(self.out, np.int32),
+                "n": np.asarray(len(self.stmts), np.int32)}
+
+    @staticmethod
+    def from_arrays(genome, name: str = "program") -> Program:
+        """Reads a genome back (the first ``n`` statements); checks indices."""
+        n = int(np.asarray(genome["n"]))
+        op, a, b = (np.asarray(genome[f]).astype(int) for f in ("op", "a", "b"))
+        k = np.asarray(genome["k"], np.float32)
+        stmts = tuple(Stmt(int(op[i]), int(a[i]), int(b[i]), float(k[i])) for i in range(n))
+        p = Program(stmts, tuple(int(x) for x in np.asarray(genome["out"])), name)
+        check(p)
+        return p
+
+
+# ---- validity and liveness -----------------------------------------------------------------
+def reads(s: Stmt) -> tuple[int, ...]:
+    return (s.a, s.b)[:OPS[s.op].arity]
+
+
+def check(p: Program) -> None:
+    """Raises ProgramError if a statement reads an undefined register or an op is unknown."""
+    for i, s in enumerate(p.stmts):
+        if not 0 <= s.op < len(OPS):
+            raise ProgramError(f"statement {i}: unknown op code {s.op}")
+        for r in reads(s):
+            if not 0 <= r < N_IN + i:
+                raise ProgramError(f"statement {i} ({OPS[s.op].name}) reads register {r}, "
+                                   f"which is not defined before it")
+    for j, r in enumerate(p.out):
+        if not 0 <= r < N_IN + len(p.stmts):
+            raise ProgramError(f"output {j} is register {r}, which is not defined")
+
+
+def _deps(p: Program, reg: int, memo: dict[int, frozenset]) -> frozenset:
+    """Input registers and statements that ``reg`` depends on within one step."""
+    if reg in memo:
+        return memo[reg]
+    if reg < N_IN:
+        out = frozenset({("in", reg)})
+    else:
+        s = p.stmts[reg - N_IN]
+        out = frozenset({("st", reg)}).union(*[_deps(p, r, memo) for r in reads(s)])
+    memo[reg] = out
+    return out
+
+
+def live_slots(p: Program) -> tuple[bool, bool]:
+    """Which state slots are live across steps: read (at a later step) on a path to the update.
+
+    A fixpoint: slot j is live if the update, or the new value of a live slot, reads input j.
+    """
+    memo: dict[int, frozenset] = {}
+    live = [False, False]
+    need = set(_deps(p, p.out[0], memo))
+    changed = True
+    while changed:
+        changed = False
+        for j, reg in enumerate(STATE):
+            if not live[j] and ("in", reg) in need:
+                live[j] = True
+                need |= _deps(p, p.out[1 + j], memo)
+                changed = True
+    return live[0], live[1]
+
+
+def live_statements(p: Program) -> list[int]:
+    """Indices of the statements the update or a live state slot needs (cross-step liveness)."""
+    memo: dict[int, frozenset] = {}
+    live = live_slots(p)
+    regs = [p.out[0]] + [p.out[1 + j] for j in range(2) if live[j]]
+    need = frozenset().union(*[_deps(p, r, memo) for r in regs])
+    return sorted(r - N_IN for kind, r in need if kind == "st")
+
+
+def depends_on_g(p: Program) -> bool:
+    """Whether the update depends on the gradient, in this step or through a live state slot."""
+    memo: dict[int, frozenset] = {}
+    live = live_slots(p)
+    regs = [p.out[0]] + [p.out[1 + j] for j in range(2) if live[j]]
+    return any(("in", G) in _deps(p, r, memo) for r in regs)
+
+
+def is_valid(p: Program) -> bool:
+    try:
+        check(p)
+    except ProgramError:
+        return False
+    return depends_on_g(p)
+
+
+def validate(p: Program, where: str = "") -> None:
+    """``check`` plus: the update must depend on ``g``."""
+    check(p)
+    if not depends_on_g(p):
+        raise ProgramError(f"{where or p.name}: the update does not depend on the gradient g")
+
+
+# ---- rewriting -----------------------------------------------------------------------------
+def _rebuild(p: Program, keep: Sequence[int], replace: dict[int, Stmt] | None = None,
+             alias: dict[int, int] | None = None) -> Program:
+    """Keeps the statements ``keep`` (in order), renumbering registers; ``alias`` maps a dropped
+    statement's register to the register that now holds its value."""
+    replace, alias = replace or {}, dict(alias or {})
+    new_reg = {r: r for r in range(N_IN)}
+    stmts = []
+    for i in keep:
+        s = replace.get(i, p.stmts[i])
+        m = lambda r: new_reg[_follow(r, alias)]  # noqa: E731
+        args = [m(r) for r in reads(s)] + [0, 0]
+        stmts.append(Stmt(s.op, args[0], args[1], s.k))
+        new_reg[N_IN + i] = N_IN + len(stmts) - 1
+    live = live_slots(p)
+    out = [new_reg[_follow(p.out[0], alias)]]
+    for j in range(2):  # a dead slot is written back unchanged, so it reads as zero forever
+        out.append(new_reg[_follow(p.out[1 + j], alias)] if live[j] else STATE[j])
+    return Program(tuple(stmts), tuple(out), p.name)
+
+
+def _follow(r: int, alias: dict[int, int]) -> int:
+    while r in alias:
+        r = alias[r]
+    return r
+
+
+def bake_lr(p: Program, multiplier: float) -> Program:
+    """``p`` run with ``lr * multiplier``: a first statement ``lr_m = scale_k(lr, multiplier)``
+    that every read of ``lr`` now reads (``p`` itself when the multiplier is 1)."""
+    m = float(np.float32(multiplier))
+    if m == 1.0:
+        return p
+    shift = lambda r: N_IN if r == LR else (r + 1 if r >= N_IN else r)  # noqa: E731
+    stmts = [Stmt(OP_INDEX["scale_k"], LR, 0, m)]
+    for s in p.stmts:
+        args = [shift(r) for r in reads(s)] + [0, 0]
+        stmts.append(Stmt(s.op, args[0], args[1], s.k))
+    return Program(tuple(stmts), tuple(shift(r) for r in p.out), p.name)
+
+
+def remove_dead(p: Program) -> Program:
+    """Drops the statements nothing live needs (and the writes of dead state slots)."""
+    return _rebuild(p, live_statements(p))
+
+
+def fold_constants(p: Program) -> Program:
+    """Replaces statements whose value is a known constant by ``const_k`` of it, and rewrites
+    ``mul``/``add`` with a constant argument as ``scale_k``/``add_k`` (then removes dead code)."""
+    import jax.numpy as jnp
+
+    from lab.kinds.program.ops import apply
+
+    const: dict[int, float] = {}
+    replace: dict[int, Stmt] = {}
+    for i, s in enumerate(p.stmts):
+        op = OPS[s.op]
+        args = reads(s)
+        if op.name == "const_k":
+            const[N_IN + i] = s.k
+            continue
+        if op.name == "pow_t" or op.reduction or op.name == "nop":
+            continue
+        if all(r in const for r in args):
+            x = jnp.asarray(const.get(args[0], 0.0) if args else 0.0, jnp.float32)
+            y = jnp.asarray(const[args[1]] if len(args) > 1 else 0.0, jnp.float32)
+            value = float(apply(s.op, x, y, s.k, 1.0))
+            const[N_IN + i] = value
+            replace[i] = Stmt(OP_INDEX["const_k"], 0, 0, value)
+        elif op.name in ("mul", "add") and any(r in const for r in args):
+            c, other = (args[0], args[1]) if args[0] in const else (args[1], args[0])
+            to = "scale_k" if op.name == "mul" else "add_k"
+            replace[i] = Stmt(OP_INDEX[to], other, 0, const[c])
+    return remove_dead(_rebuild(p, range(len(p.stmts)), replace))
+
+
+def simplify(p: Program) -> Program:
+    """Dead code out, constants folded."""
+    return fold_constants(remove_dead(p))
+
+
+# ---- symbolic hash -------------------------------------------------------------------------
+def symbolic_hash(p: Program) -> str:
+    """A hash of what the program computes, structurally: value numbering over the live
+    statements after constant folding, commutative arguments sorted, constants by their float32
+    bits, dead state slots ignored. Names, statement order and dead code do not change it."""
+    q = simplify(p)
+    h: dict[int, str] = {r: f"in{r}" for r in range(N_IN)}
+    for i, s in enumerate(q.stmts):
+        op = OPS[s.op]
+        args = [h[r] for r in reads(s)]
+        if op.commutative:
+            args.sort()
+        k = np.float32(s.k).tobytes().hex() if op.uses_k else ""
+        h[N_IN + i] = hashlib.blake2b(f"{op.name}({','.join(args)};{k})".encode(),
+                                      digest_size=12).hexdigest()
+    live = live_slots(q)
+    parts = [h[q.out[0]]] + [h[q.out[1 + j]] if live[j] else "dead" for j in range(2)]
+    return hashlib.blake2b("|".join(parts).encode(), digest_size=16).hexdigest()
+
+
+def nop_padding_ok(genome) -> bool:
+    """Statements past ``n`` are NOPs (what ``to_arrays`` writes)."""
+    n = int(np.asarray(genome["n"]))
+    return bool(np.all(np.asarray(genome["op"])[n:] == NOP))

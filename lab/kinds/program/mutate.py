@@ -1,0 +1,166 @@
+"""Mutations of programs (host side, numpy randomness from an explicit seed).
+
+Five kinds, as in the Lion search and AutoML-Zero: insert a statement, delete one, change an op,
+change an argument (a statement's or an output's), scale a constant by ``2 ** N(0, 1)``. An
+insertion may *rebind* an earlier register (later reads of ``m`` read the new statement, the
+way ``m = f(m)`` rebinds a name in the text form), so a single insertion can change behaviour.
+``mutate`` retries until the child is valid, fits the length and differs from its parent by
+symbolic hash.
+
+References: Chen et al. 2023 (arXiv 2302.06675); Real et al. 2020, AutoML-Zero (arXiv 2003.03384).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lab.kinds.program.ir import (
+    MAX_LEN,
+    N_IN,
+    Program,
+    Stmt,
+    is_valid,
+    reads,
+    symbolic_hash,
+)
+from lab.kinds.program.ops import OP_INDEX, OPS
+
+KINDS = ("insert", "delete", "change_op", "change_arg", "scale_k")
+_OPS = [i for i, op in enumerate(OPS) if op.name != "nop"]
+_INTERP = OP_INDEX["interp"]
+
+
+def random_k(rng: np.random.Generator, op: int) -> float:
+    """A fresh constant: a decay in (0.5, 1) for ``interp``, else N(0, 1)."""
+    return float(rng.uniform(0.5, 1.0)) if op == _INTERP else float(rng.normal())
+
+
+def random_stmt(rng: np.random.Generator, n_regs: int, first: int | None = None) -> Stmt:
+    """A statement over registers ``< n_regs`` (its first argument ``first`` if given)."""
+    op = int(rng.choice(_OPS))
+    a = int(rng.integers(n_regs)) if first is None else first
+    b = int(rng.integers(n_regs))
+    return Stmt(op, a, b, random_k(rng, op) if OPS[op].uses_k else 0.0)
+
+
+def _redirect(p: Program, start: int, old: int, new: int) -> tuple[list[Stmt], list[int]]:
+    """Statements from index ``start`` on and the outputs, reading ``new`` where they read
+    ``old``."""
+    stmts = list(p.stmts)
+    for i in range(start, len(stmts)):
+        s = stmts[i]
+        stmts[i] = Stmt(s.op, new if s.a == old else s.a, new if s.b == old else s.b, s.k)
+    return stmts, [new if r == old else r for r in p.out]
+
+
+def _shift(p: Program, at: int, by: int) -> tuple[list[Stmt], list[int]]:
+    """Registers >= ``N_IN + at`` renumbered by ``by`` (for an insertion or deletion at)."""
+    f = lambda r: r + by if r >= N_IN + at else r  # noqa: E731
+    return [Stmt(s.op, f(s.a), f(s.b), s.k) for s in p.stmts], [f(r) for r in p.out]
+
+
+def insert(p: Program, rng: np.random.Generator) -> Program:
+    at = int(rng.integers(len(p.stmts) + 1))
+    stmts, out = _shift(p, at, 1)
+    # half of the insertions rebind an earlier register: later reads see the new value
+    target = int(rng.integers(N_IN + at)) if rng.random() < 0.5 else None
+    new = random_stmt(rng, N_IN + at, first=target)
+    stmts.insert(at, new)
+    q = Program(tuple(stmts), tuple(out), p.name)
+    if target is not None:
+        stmts, out = _redirect(q, at + 1, target, N_IN + at)
+        q = Program(tuple(stmts), tuple(out), p.name)
+    return q
+
+
+def delete(p: Program, rng: np.random.Generator) -> Program:
+    if not p.stmts:
+        return p
+    at = int(rng.integers(len(p.stmts)))
+    s = p.stmts[at]
+    args = reads(s)
+    repl = args[0] if args else int(rng.integers(N_IN + at))  # reads of it now read its input
+    stmts, out = _redirect(p, at + 1, N_IN + at, repl)
+    q = Program(tuple(stmts[:at] + stmts[at + 1:]), tuple(out), p.name)
+    stmts, out = _shift(Program(q.stmts, q.out), at + 1, -1)
+    return Program(tuple(stmts), tuple(out), p.name)
+
+
+def change_op(p: Program, rng: np.random.Generator) -> Program:
+    if not p.stmts:
+        return p
+    at = int(rng.integers(len(p.stmts)))
+    s = p.stmts[at]
+    op = int(rng.choice(_OPS))
+    a = s.a if OPS[s.op].arity >= 1 else int(rng.integers(N_IN + at))
+    b = s.b if OPS[s.op].arity >= 2 else int(rng.integers(N_IN + at))
+    k = s.k if OPS[s.op].uses_k else random_k(rng, op)
+    stmts = list(p.stmts)
+    stmts[at] = Stmt(op, a, b, k if OPS[op].uses_k else 0.0)
+    return Program(tuple(stmts), p.out, p.name)
+
+
+def change_arg(p: Program, rng: np.random.Generator) -> Program:
+    slots = [(i, j) for i, s in enumerate(p.stmts) for j in range(OPS[s.op].arity)]
+    n_out = len(slots)
+    slots += [(-1, j) for j in range(3)]
+    i, j = slots[int(rng.integers(len(slots)))] if rng.random() < 0.85 or not n_out else \
+        slots[n_out + int(rng.integers(3))]
+    if i < 0:
+        out = list(p.out)
+        out[j] = int(rng.integers(N_IN + len(p.stmts)))
+        return Program(p.stmts, tuple(out), p.name)
+    s = p.stmts[i]
+    r = int(rng.integers(N_IN + i))
+    stmts = list(p.stmts)
+    stmts[i] = Stmt(s.op, r if j == 0 else s.a, r if j == 1 else s.b, s.k)
+    return Program(tuple(stmts), p.out, p.name)
+
+
+def scale_k(p: Program, rng: np.random.Generator) -> Program:
+    idx = [i for i, s in enumerate(p.stmts) if OPS[s.op].uses_k]
+    if not idx:
+        return p
+    i = idx[int(rng.integers(len(idx)))]
+    s = p.stmts[i]
+    k = s.k * 2.0 ** rng.normal() if s.k != 0 else float(rng.normal())
+    stmts = list(p.stmts)
+    stmts[i] = Stmt(s.op, s.a, s.b, float(np.clip(k, -1e10, 1e10)))
+    return Program(tuple(stmts), p.out, p.name)
+
+
+MUTATIONS = {"insert": insert, "delete": delete, "change_op": change_op,
+             "change_arg": change_arg, "scale_k": scale_k}
+
+
+def mutate(p: Program, rng: np.random.Generator, max_len: int = MAX_LEN, tries: int = 100,
+           weights: dict[str, float] | None = None, stats: dict | None = None) -> Program:
+    """A valid child of ``p`` with a different symbolic hash (``p`` itself if ``tries`` run
+    out). ``weights``: relative frequency of each kind (default: equal). ``stats["same"]``
+    counts the valid children rejected for having their parent's symbolic hash (hits of the
+    symbolic cache)."""
+    w = np.asarray([(weights or {}).get(k, 1.0) for k in KINDS], np.float64)
+    w = w / w.sum()
+    parent = symbolic_hash(p)
+    for _ in range(tries):
+        kind = KINDS[int(rng.choice(len(KINDS), p=w))]
+        if kind == "insert" and len(p.stmts) >= max_len:
+            kind = "delete"
+        child = MUTATIONS[kind](p, rng)
+        if len(child.stmts) <= max_len and is_valid(child):
+            if symbolic_hash(child) != parent:
+                return child
+            if stats is not None:
+                stats["same"] = stats.get("same", 0) + 1
+    return p
+
+
+def random_program(rng: np.random.Generator, length: int = 8) -> Program:
+    """A random valid program of ``length`` statements (for tests and random search)."""
+    while True:
+        stmts = [random_stmt(rng, N_IN + i) for i in range(length)]
+        n = N_IN + length
+        out = (n - 1, int(rng.integers(n)), int(rng.integers(n)))
+        p = Program(tuple(stmts), out, "random")
+        if is_valid(p):
+            return p

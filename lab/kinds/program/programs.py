@@ -1,0 +1,93 @@
+"""Programs as genomes: the interpreter genome of a program and back, the text form, the seeds.
+
+* ``ir``: the IR, its text form and analysis; ``ops``: the op table;
+* ``interpreted``: the compile-once interpreter (the genome is arrays);
+* ``compiled``: the compiled path (a program as an optax transformation);
+* ``seeds``: ``seeds/<name>.prog``, optax's optimizers and PowerSign/AddSign as programs.
+
+``program_rule()`` is the interpreter as an ``UpdateRule`` (kind ``program``).
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from lab.core.rule import UpdateRule
+from lab.kinds.program import interpreted
+from lab.kinds.program.ir import (
+    MAX_LEN,
+    Program,
+    ProgramError,
+    simplify,
+)
+from lab.kinds.program.text import parse, to_source
+
+KIND = "program"
+
+
+def genome_of(p: Program, length: int = MAX_LEN, lr: float = 1.0) -> dict[str, np.ndarray]:
+    """The interpreter genome of ``p`` (arrays padded to ``length``, lr multiplier ``lr``)."""
+    return {**p.to_arrays(length), "lr": np.asarray(lr, np.float32)}
+
+
+def program_of(genome, name: str = "program") -> Program:
+    """The program a genome runs; an lr multiplier other than 1 becomes its first statement."""
+    from lab.kinds.program.ir import bake_lr
+    p = Program.from_arrays(genome, name)
+    lr = float(np.asarray(genome.get("lr", 1.0)))
+    return bake_lr(p, lr)
+
+
+def source_of(genome, name: str = "program") -> str:
+    return to_source(program_of(genome, name))
+
+
+def from_source(text: str, length: int = MAX_LEN, source: str = "") -> dict[str, np.ndarray]:
+    """Program text -> interpreter genome (padded to at least ``length``)."""
+    p = parse(text, source)
+    return genome_of(p, max(length, len(p)))
+
+
+@functools.cache
+def program_rule() -> UpdateRule:
+    """The interpreter as a rule: every program of any length is one genome of it."""
+    rule = UpdateRule(KIND, KIND, interpreted.init, interpreted.update,
+                      genome_of(load_seed("adamw")), source_of)
+    return rule
+
+
+def seed_names() -> list[str]:
+    folder = resources.files("lab.kinds.program") / "seeds"
+    return sorted(Path(str(f.name)).stem for f in folder.iterdir() if f.name.endswith(".prog"))
+
+
+@functools.cache
+def load_seed(name: str) -> Program:
+    """Seed program ``name`` (``seeds/<name>.prog``)."""
+    if name not in seed_names():
+        from lab.names import hint
+        raise ProgramError(f"unknown seed program {name!r}{hint(name, seed_names())} "
+                           f"(seeds: {', '.join(seed_names())})")
+    file = resources.files("lab.kinds.program") / "seeds" / f"{name}.prog"
+    return parse(file.read_text(), f"seeds/{name}.prog")
+
+
+def read_program(path: str | Path) -> Program:
+    """A program text file; ProgramError (naming file, line and column) if malformed."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ProgramError(f"{path}: no such program file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ProgramError(f"{path}: cannot read: {e}") from None
+    return parse(text, str(path))
+
+
+__all__ = ["KIND", "MAX_LEN", "Program", "ProgramError", "from_source", "genome_of",
+           "load_seed", "parse", "program_of", "program_rule", "read_program", "seed_names",
+           "simplify", "source_of", "to_source"]

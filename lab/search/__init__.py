@@ -1,1 +1,0 @@
-"""Search drivers: evosax strategies for continuous genomes (``es``)."""
