@@ -131,7 +131,7 @@ def _runs(db: Path, name: str) -> dict:
 @pytest.fixture
 def cheap_views(monkeypatch):
     """A learned rule's behaviour plot trains a small task, not digits_mlp (its views are
-    tested in test_learned_inspect)."""
+    tested in test_learned_views)."""
     import lab.kinds.learned.views
     monkeypatch.setattr(lab.kinds.learned.views, "BEHAVIOUR_TASK", "digits_mlp_tiny")
 

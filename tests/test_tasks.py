@@ -30,7 +30,7 @@ ADAM_LR = {"quadratic": 0.1, "rosenbrock": 0.05}
 TRAIN_STEPS = 40
 # Families whose tasks have a held-out split.
 HELD_OUT = {"teacher_student", "digits", "mnist1d", "charlm"}
-# supervised tasks (RL environments, tasks.rl.EnvTask, have their own tests in test_rl*.py)
+# supervised tasks (RL environments, tasks.rl.EnvTask, have their own tests in test_drift*.py)
 SUPERVISED = [n for n in tasks.TASKS if n not in tiny.FACTORIES
               and not any(n in v for s, v in tasks.SUITES.items() if tasks.is_rl_suite(s))]
 

@@ -23,14 +23,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from lab.core import hashing
 from lab.core.conformance import update_rule_case
-from lab.core.fitness import suite_scorer
 from lab.core.hashing import genome_digest
-from lab.core.kind import Conformance, Kind, LaunchCase, register
+from lab.core.kind import Conformance, LaunchCase, register
 from lab.core.loop import AfterSearch, Finalist, Step, candidate_row, evaluation_row
-from lab.core.optimizers import BASELINES, baseline_from_target, make_baseline, spec_for
-from lab.core.replay import readme_tables, replay, replay_update_rule
+from lab.core.optimizers import BASELINES, baseline_from_target, make_baseline
+from lab.core.rule_kind import update_rule_kind
 from lab.core.schema import Scalar, field
 from lab.treeio import tree_from_npz
 
@@ -179,10 +177,6 @@ class RandomSearch:
         return AfterSearch()
 
 
-def export(target, store, suite: str, seeds: int) -> dict:
-    return {"heldout": replay(target, suite, seeds, store=store)}
-
-
 def conformance() -> Conformance:
     lr = BASELINES["adam"].searchable["learning_rate"][0]
     cases = [update_rule_case(f"{NAME}:adam", make_baseline("adam", kind=NAME),
@@ -193,20 +187,13 @@ def conformance() -> Conformance:
                                                       "output.top_k=2")))
 
 
-KIND = register(Kind(
+KIND = register(update_rule_kind(
     name=NAME,
     summary="random search over an optax optimizer's hyperparameters (a plugin kind)",
     rule_config=RuleConfig,
     search_config=SearchConfig,
     make_rule=make_rule,
     rule_from_name=rule_from_name,
-    make_scorer=suite_scorer,
     make_driver=RandomSearch,
-    fingerprint=hashing.fingerprint,
-    describe_function=hashing.describe_function,
-    replay=replay_update_rule,
-    export=export,
-    readme=readme_tables,
     conformance=conformance,
-    check_baseline=spec_for,
 ))

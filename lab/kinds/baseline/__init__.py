@@ -15,16 +15,9 @@ import numpy as np
 from lab.core import hashing
 from lab.core.conformance import update_rule_case
 from lab.core.es import ESDriver, SearchConfig
-from lab.core.fitness import suite_scorer
-from lab.core.kind import Conformance, Kind, LaunchCase, register
-from lab.core.optimizers import (
-    BASELINES,
-    baseline_from_target,
-    decode,
-    make_baseline,
-    spec_for,
-)
-from lab.core.replay import readme_tables, replay, replay_update_rule
+from lab.core.kind import Conformance, LaunchCase, register
+from lab.core.optimizers import BASELINES, baseline_from_target, decode, make_baseline
+from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
 from lab.kinds.baseline.config import BaselineRuleConfig
 
@@ -51,10 +44,6 @@ def artifact_fields(target: Target) -> dict:
     return {"hyperparameters": {k: float(v) for k, v in decode(base, genome).items()}}
 
 
-def export(target: Target, store, suite: str, seeds: int) -> dict:
-    return {"heldout": replay(target, suite, seeds, store=store)}
-
-
 def _known():
     return [(name, make_baseline(name, kind=NAME)) for name in BASELINES]
 
@@ -75,22 +64,15 @@ def conformance() -> Conformance:
         "search.population=4", "search.generations=3", "output.top_k=2")))
 
 
-KIND = register(Kind(
+KIND = register(update_rule_kind(
     name=NAME,
     summary="an optax optimizer's log-hyperparameters, searched by ES",
     rule_config=BaselineRuleConfig,
     search_config=SearchConfig,
     make_rule=make_rule,
     rule_from_name=rule_from_name,
-    make_scorer=suite_scorer,
     make_driver=ESDriver,
-    fingerprint=hashing.fingerprint,
-    describe_function=hashing.describe_function,
-    replay=replay_update_rule,
-    export=export,
-    readme=readme_tables,
     conformance=conformance,
-    check_baseline=spec_for,
     artifact_fields=artifact_fields,
     prefix=NAME,
     resolve=resolve,

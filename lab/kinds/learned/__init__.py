@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import jax
 
-from lab.core import hashing
 from lab.core.conformance import update_rule_case
-from lab.core.fitness import suite_scorer
-from lab.core.kind import Conformance, Kind, LaunchCase, register
-from lab.core.optimizers import spec_for
-from lab.core.replay import readme_tables, replay, replay_update_rule
+from lab.core.kind import Conformance, LaunchCase, register
+from lab.core.replay import replay
+from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
 from lab.kinds.learned.config import LearnedRuleConfig, LearnedSearchConfig
 from lab.kinds.learned.rule import KIND, Features, init_genome, learned_rule
@@ -62,21 +60,15 @@ def conformance() -> Conformance:
             "output.top_k=2")))
 
 
-KIND_RECORD = register(Kind(
+KIND_RECORD = register(update_rule_kind(
     name=KIND,
     summary="learned optimizers: a per-parameter MLP meta-trained by ES over truncated unrolls",
     rule_config=LearnedRuleConfig,
     search_config=LearnedSearchConfig,
     make_rule=make_rule,
     rule_from_name=rule_from_name,
-    make_scorer=suite_scorer,
     make_driver=LearnedDriver,
-    fingerprint=hashing.fingerprint,
-    describe_function=hashing.describe_function,
-    replay=replay_update_rule,
     export=export,
-    readme=readme_tables,
     conformance=conformance,
-    check_baseline=spec_for,
     views=inspect_view,
 ))

@@ -20,10 +20,10 @@ import numpy as np
 from lab.core import hashing
 from lab.core.conformance import update_rule_case
 from lab.core.evaluate import evaluate
-from lab.core.fitness import suite_scorer
-from lab.core.kind import Conformance, Kind, LaunchCase, TextForm, register
-from lab.core.optimizers import BASELINES, spec_for
-from lab.core.replay import readme_tables, replay, replay_train, replay_update_rule
+from lab.core.kind import Conformance, LaunchCase, TextForm, register
+from lab.core.optimizers import BASELINES
+from lab.core.replay import replay, replay_train, replay_update_rule
+from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
 from lab.kinds.program.compiled import structure_rule
 from lab.kinds.program.config import EvolutionConfig, ProgramRuleConfig
@@ -123,22 +123,17 @@ def conformance() -> Conformance:
         "search.lr_grid=[1.0, 3.0]", "search.simplify=false", "output.top_k=2")))
 
 
-KIND_RECORD = register(Kind(
+KIND_RECORD = register(update_rule_kind(
     name=KIND,
     summary="symbolic update rules: programs over protected ops, by regularized evolution",
     rule_config=ProgramRuleConfig,
     search_config=EvolutionConfig,
     make_rule=make_rule,
     rule_from_name=rule_from_name,
-    make_scorer=suite_scorer,
     make_driver=ProgramDriver,
-    fingerprint=hashing.fingerprint,
-    describe_function=hashing.describe_function,
     replay=replay_program,
     export=export,
-    readme=readme_tables,
     conformance=conformance,
-    check_baseline=spec_for,
     views=views,
     text=TextForm(source_of, from_source),
     prefix=KIND,

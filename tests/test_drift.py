@@ -357,7 +357,7 @@ def test_normalized_return_keeps_its_direction(ppo, random):
 
 
 @pytest.mark.parametrize("fitness", ["ppo_normalized", "final_return"])
-def test_rl_scorer_rejects_violators_before_training(fitness, ppo_run, one_device_mesh):
+def test_drift_scorer_rejects_violators_before_training(fitness, ppo_run, one_device_mesh):
     train, _ = ppo_run
     refs = {TASK.name: {"ppo": 20.0, "random": 10.0}}
     # chunk 2, seeds 2: the two valid members are one [2, 2] call (the compiled shape above)
@@ -384,7 +384,7 @@ def test_rl_scorer_rejects_violators_before_training(fitness, ppo_run, one_devic
     assert compiled(train, one_device_mesh)._cache_size() == 1
 
 
-def test_rl_scorer_all_rejected_trains_nothing(one_device_mesh, monkeypatch):
+def test_drift_scorer_all_rejected_trains_nothing(one_device_mesh, monkeypatch):
     import lab.kinds.drift.scoring as S
     monkeypatch.setattr(S, "evaluate", lambda *a, **k: pytest.fail("trained a rejected member"))
     refs = {TASK.name: {"ppo": 20.0, "random": 10.0}}
