@@ -9,7 +9,8 @@ import jax
 import numpy as np
 import pytest
 
-from lab.core.fitness import CLIP, EPS, EvalContext, SuiteScorer, task_fitness, task_keys
+from lab.core.evaluate import task_keys
+from lab.core.fitness import CLIP, EPS, EvalContext, SuiteScorer, task_fitness
 from lab.core.optimizers import make_baseline
 from lab.core.rule import stack_genomes
 

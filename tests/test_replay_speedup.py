@@ -7,20 +7,16 @@ smoke task.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import strict_json
 
 import tasks
 from lab.commands.targets import resolve
-from lab.core.evaluate import CURVE_POINTS, evaluate, make_train
-from lab.core.fitness import task_keys
+from lab.core.evaluate import CURVE_POINTS, evaluate, make_train, task_keys
 from lab.core.optimizers import make_baseline
 from lab.core.references import References
 from lab.core.replay import REACH_TOL, replay, smoothed, speedup
@@ -29,20 +25,6 @@ from lab.core.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = [t.name for t in tasks.get_suite("smoke")]
-
-
-def lab_json(args: list[str], tmp_path: Path) -> dict:
-    """``lab ARGS --json`` in a fresh process on one CPU device; its strict JSON document."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1",
-           "LAB_JAX_CACHE": str(tmp_path / "jax-cache"),
-           "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    proc = subprocess.run([sys.executable, "-m", "lab.cli", *args, "--json"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-
-    def refuse(c):
-        raise ValueError(f"non-strict JSON constant {c}")
-    return json.loads(proc.stdout, parse_constant=refuse)
 
 
 def test_make_train_default_curve_unchanged(tiny_task, one_device_mesh):
@@ -84,11 +66,13 @@ def test_speedup_definition():
     assert speedup(ramp[None], np.ones(1, bool), ref) == (None, None)
 
 
-def test_cli_replay_speedups(tmp_path):
+def test_cli_replay_speedups(cli):
     """``baseline:adam`` runs at optax's default rate, 1e-3: 20x to 200x below tuned Adam's on
     every smoke task, so it is the slower rule; tuned Adam's own speedup is 1."""
-    doc = lab_json(["replay", "baseline:adam", "--suite", "smoke", "--seeds", "2",
-                    "--baselines", "adam", "--store", str(tmp_path / "lab.db")], tmp_path)
+    rc, out, err = cli("replay", "baseline:adam", "--suite", "smoke", "--seeds", "2",
+                       "--baselines", "adam", "--json")
+    assert rc == 0, err
+    doc = strict_json(out)
     assert doc["horizon_scale"] == 1
     assert [r["task"] for r in doc["rows"]] == [t for t in SMOKE for _ in range(2)]
     for task, target, adam in zip(SMOKE, doc["rows"][::2], doc["rows"][1::2], strict=True):
