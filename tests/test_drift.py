@@ -11,6 +11,7 @@ import copy
 import json
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,7 +34,15 @@ from lab.kinds.drift.objectives import (
     objective_from_name,
     ppo_clip,
 )
-from lab.kinds.drift.ppo import Transition, gae, make_train, policy_loss, ppo_clip_loss
+from lab.kinds.drift.ppo import (
+    ActorCritic,
+    Transition,
+    gae,
+    make_train,
+    orthogonal,
+    policy_loss,
+    ppo_clip_loss,
+)
 from lab.kinds.drift.scoring import DriftScorer, normalized_return, worst
 from tasks.rl import make_env_task
 
@@ -280,6 +289,52 @@ def ppo_run():
 
 def as_np(m):
     return {k: np.asarray(v) for k, v in m.items()}
+
+
+def lapack_operands(jaxpr) -> list[tuple[str, int]]:
+    """(primitive, operand rank) of every QR (``qr``, or its LAPACK parts) in a jaxpr and the
+    jaxprs inside it."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("qr", "geqrf", "householder_product"):
+            found.append((eqn.primitive.name, eqn.invars[0].aval.ndim))
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (tuple, list)) else (v,)):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    found += lapack_operands(inner)
+    return found
+
+
+def test_network_init_runs_one_qr_per_call_under_vmap():
+    """PPO under the evaluator's vmap(vmap) runs its orthogonal inits one matrix per LAPACK call
+    (a batched QR waits on XLA's CPU thread pool from inside it, and two at once hang the
+    process), with the same numbers as flax's batched initializer."""
+    train = jax.vmap(jax.vmap(make_train(TASK, ppo_clip()), in_axes=(None, 0)))
+    jaxpr = jax.make_jaxpr(train)(stack([ppo_clip().genome] * 2),
+                                  jax.random.split(jax.random.key(0), 6).reshape(2, 3))
+    calls = lapack_operands(jaxpr.jaxpr)
+    assert len(calls) == 6  # one per Dense layer of the actor and the critic
+    assert all(rank == 2 for _, rank in calls), calls
+
+    x = jnp.zeros((4,), jnp.float32)
+    keys = jax.random.split(jax.random.key(1), 6).reshape(2, 3)
+
+    class Flax(ActorCritic):  # the network with flax's own orthogonal initializer
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(8, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x)
+
+    class Ours(ActorCritic):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(8, kernel_init=orthogonal(np.sqrt(2)))(x)
+
+    def batched(net):
+        return jax.jit(jax.vmap(jax.vmap(lambda k: net.init(k, x))))(keys)
+
+    ours, theirs = batched(Ours(2)), batched(Flax(2))
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)
 
 
 def test_make_train_metrics_and_determinism(ppo_run):

@@ -48,6 +48,23 @@ CURVE_POINTS = 8
 Metrics = dict[str, jax.Array]
 
 
+def orthogonal(scale: float) -> Callable:
+    """flax's orthogonal initializer (same numbers), one matrix at a time under ``vmap``.
+
+    Batched, its QR is one LAPACK call that splits the batch over XLA's CPU intra-op thread pool
+    and waits for the parts inside a pool thread (jaxlib's ``ParallelBatchMap``). Two such
+    calls running at once (a population's network inits) can occupy every pool thread with
+    waiting, and the process stops with all threads idle (jax 0.10, CPU). One matrix per call
+    (``sequential_vmap``: a loop over the batch) runs inline, never waiting on the pool.
+    """
+    base = nn.initializers.orthogonal(scale)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.custom_batching.sequential_vmap(lambda k: base(k, shape, dtype))(key)
+
+    return init
+
+
 class ActorCritic(nn.Module):
     """Separate MLP actor and critic (PureJaxRL's discrete-action network)."""
 
@@ -59,7 +76,7 @@ class ActorCritic(nn.Module):
     @nn.compact
     def __call__(self, x):
         act = nn.tanh if self.activation == "tanh" else nn.relu
-        ortho = nn.initializers.orthogonal
+        ortho = orthogonal
         zeros = nn.initializers.constant(0.0)
 
         def mlp(h, scale_out, out):
