@@ -127,8 +127,8 @@ def rl_mesh(mesh: Mesh | None) -> Mesh | None:
     """``mesh``, or one device where it spans several CPU devices. PPO sharded over several CPU
     devices (``jax_num_cpu_devices``) used to hang: its batched QRs waited on XLA's CPU thread
     pool from inside it (fixed in ``ppo.orthogonal``; a 2-device run of rl-heldout now ends).
-    The one-device rule stays until runs across device counts are checked to agree (they
-    differ in the last bits, which PPO amplifies). GPUs and TPUs keep their mesh."""
+    The one-device rule stays until runs across device counts are checked to agree (PPO's
+    returns move with the last bits of the batched computation). GPUs and TPUs keep their mesh."""
     if mesh is None or mesh.devices.size == 1:
         return mesh
     if all(d.platform == "cpu" for d in mesh.devices.flat):
