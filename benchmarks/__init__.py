@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, str] = {
     "population": "benchmarks.population",
     "programs": "benchmarks.programs",
     "rl": "benchmarks.rl",
+    "scaling": "benchmarks.scaling",
 }
 
 

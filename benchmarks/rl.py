@@ -150,8 +150,7 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
                          f"{hidden}")
     # real compile times: no persistent compilation cache (the lab CLI leaves it off for bench)
     jax.config.update("jax_enable_compilation_cache", False)
-    from lab.kinds.drift.scoring import rl_mesh
-    mesh = rl_mesh(make_mesh(devices))  # one device on CPU (see rl_mesh)
+    mesh = make_mesh(devices)
     t0 = time.perf_counter()
 
     task = make_env_task("cartpole_bench", ENV_ID, steps=steps)

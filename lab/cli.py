@@ -33,16 +33,34 @@ def _emit(args, doc, human) -> None:
 
 
 def cmd_launch(args) -> int:
+    from lab.core import hosts
     from lab.core.config import load_config
     from lab.core.loop import launch
     if args.resume is None and args.config is None:
         raise UsageError("give a CONFIG file, or --resume RUN")
+    # before anything starts JAX: the processes join first (a no-op for one process)
+    hosts.initialize(args.coordinator, args.num_processes, args.process_id,
+                     peer_timeout=args.peer_timeout, connect_timeout=args.connect_timeout,
+                     agree={"resume": args.resume})
     cfg = load_config(args.config, args.set or ()) if args.resume is None else None
-    with _store(args) as store:
-        run_id = launch(cfg, store, name=args.name, resume=args.resume)
-        run = store.get_run(run_id)
+    if hosts.count() == 1:
+        with _store(args) as store:
+            run_id = launch(cfg, store, name=args.name, resume=args.resume)
+            run = store.get_run(run_id)
+            folder = store.run_dir(run_id)
+    else:  # process 0 alone opens the store; the others get its answers
+        local = _store(args) if hosts.is_leader() else None
+        try:
+            store = hosts.SharedStore(local)
+            run_id = launch(cfg, store, name=args.name, resume=args.resume)
+            run, folder = store.get_run(run_id), store.run_dir(run_id)
+        finally:
+            if local is not None:
+                local.close()
+        if not hosts.is_leader():
+            return 0
     print(f"run {run_id}  name {run['name']}  best {run['best']}  "
-          f"generations {run['generations']}  outputs {Path(store.run_dir(run_id))}")
+          f"generations {run['generations']}  outputs {Path(folder)}")
     return 0
 
 
@@ -179,6 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue RUN from its latest checkpoint (output.checkpoint_every)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     s.add_argument("--name", default=None, help="run name (default: the config's name)")
+    d = s.add_argument_group("several processes (jax.distributed; every process runs the same "
+                             "command; process 0 writes the store)")
+    d.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="process 0's address, or 'auto' for the cluster's own variables "
+                   "(SLURM, Open MPI, TPU pods, Kubernetes)")
+    d.add_argument("--num-processes", type=int, metavar="N", default=None)
+    d.add_argument("--process-id", type=int, metavar="I", default=None)
+    d.add_argument("--peer-timeout", type=float, metavar="SECONDS", default=60.0,
+                   help="a process silent this long counts as lost: the others stop with an "
+                   "error (default 60)")
+    d.add_argument("--connect-timeout", type=int, metavar="SECONDS", default=120,
+                   help="how long to wait for the coordinator and every process to join")
     s.set_defaults(fn=cmd_launch)
 
     s = common(sub.add_parser("runs", help="list runs in the store"))
@@ -265,18 +295,54 @@ def main(argv: list[str] | None = None) -> int:
         _compile_cache()
     if getattr(args, "store", None) is None:
         args.store = os.environ.get("LAB_STORE") or None
+    rc, error = 1, None
     try:
-        return args.fn(args)
-    except KeyboardInterrupt:
+        rc = args.fn(args)
+    except KeyboardInterrupt as e:
         print("lab: interrupted", file=sys.stderr)
-        return 130
-    except ValueError as e:  # ConfigError, StoreError, bad targets: all ValueErrors
-        msg = str(e).strip() or type(e).__name__
-        print(f"lab {args.command}: error: {msg}", file=sys.stderr)
-        return 2
+        rc, error = 130, e
+    except ValueError as e:  # ConfigError, StoreError, HostsError, bad targets: ValueErrors
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"lab {args.command}: error: {_who()}{msg}", file=sys.stderr)
+        rc, error = 2, e
     except (OSError, sqlite3.Error) as e:  # unreadable paths, a locked or broken store
-        print(f"lab {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"lab {args.command}: error: {_who()}{e}", file=sys.stderr)
+        rc, error = 2, e
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        _leave_job(error, rc)
+    return rc
+
+
+def _who() -> str:
+    """``process I: `` over several processes, else nothing."""
+    from lab.core import hosts
+    return f"process {hosts.index()}: " if hosts.count() > 1 else ""
+
+
+def _leave_job(error: BaseException | None, rc: int) -> None:
+    """Over several processes: a clean end waits for every process; a failure tells the others
+    (they stop at once, naming this process) and leaves without waiting for them."""
+    from lab.core import hosts
+    if hosts.count() == 1:
+        return
+    if error is not None and rc == 1:  # not reported in one line yet
+        lost = hosts.silent_peers()
+        if lost:  # a collective failed because a peer is gone (gloo: "connection reset")
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            hosts.report_lost(f"lost process {', '.join(map(str, lost))} of {hosts.count()} "
+                              f"(a collective failed: {first[:200]})")
+            rc = hosts.LOST_EXIT
+        else:
+            import traceback
+            traceback.print_exception(error)
+    hosts.finish(error)
+    if error is not None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc if rc != 0 else 1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lab.console import is_terminal, log, stderr
+from lab.core import hosts
 
 
 class GenerationProgress:
@@ -16,7 +17,7 @@ class GenerationProgress:
         self._task = None
 
     def __enter__(self) -> GenerationProgress:
-        if is_terminal():
+        if is_terminal() and hosts.is_leader():  # process 0's alone (``log`` is, too)
             self._progress = Progress(TextColumn("[bold]gen"), MofNCompleteColumn(), BarColumn(),
                                       TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
                                       console=stderr(), transient=False)

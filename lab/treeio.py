@@ -1,11 +1,12 @@
 """Pytrees to and from ``.npz`` bytes, without pickle.
 
 A tree is nested dicts (str keys), lists and tuples whose leaves are arrays (numpy or JAX),
-numpy scalars, Python scalars (bool, int, float, complex, str) or None. Each leaf is stored as
-one ``.npy`` member named by its path (``"a/b/0"``; ``/`` and ``%`` inside a key are written
-``%2F`` and ``%25``), beside a JSON structure record (member ``%structure``, uint8 UTF-8) that
-says which nodes are dicts, lists or tuples, and each leaf's dtype, shape and Python type, so the
-tree comes back exactly: a list stays a list, a 0-d array stays an array, ``1.0`` stays a float.
+numpy scalars, Python scalars (bool, int, float, complex, str), bytes, paths or None. Each leaf
+is stored as one ``.npy`` member named by its path (``"a/b/0"``; ``/`` and ``%`` inside a key
+are written ``%2F`` and ``%25``), beside a JSON structure record (member ``%structure``, uint8
+UTF-8) that says which nodes are dicts, lists or tuples, and each leaf's dtype, shape and Python
+type, so the tree comes back exactly: a list stays a list, a 0-d array stays an array, ``1.0``
+stays a float, bytes stay bytes (trailing NULs too).
 
 Loading goes through ``np.load(..., allow_pickle=False)`` only; object arrays are refused both
 ways. The bytes are deterministic (fixed zip timestamps), so equal trees give equal files.
@@ -17,7 +18,7 @@ import io
 import json
 import os
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,11 @@ def _encode(node: Any, path: tuple[str, ...], arrays: dict[str, np.ndarray]) -> 
     if isinstance(node, list | tuple):
         raise TypeError(f"tree_to_npz: {type(node).__name__} at {where}: not a plain tuple")
 
-    if isinstance(node, np.generic):  # before the Python types: np.float64 is a float
+    if isinstance(node, bytes | bytearray):  # as uint8: numpy's "S" drops trailing NULs
+        py, holder, node = None, "bytes", np.frombuffer(bytes(node), np.uint8)
+    elif isinstance(node, PurePath):
+        py, holder, node = None, "path", str(node)
+    elif isinstance(node, np.generic):  # before the Python types: np.float64 is a float
         py, holder = None, "numpy"
     elif isinstance(node, bool | int | float | complex | str):
         py = type(node).__name__
@@ -168,10 +173,14 @@ def _decode(node: Any, npz: Any, used: set[str], source: str) -> Any:
     holder = node.get("holder", "array")
     if holder == "array":
         return arr
+    if holder == "bytes" and arr.dtype == np.uint8 and arr.ndim == 1:
+        return arr.tobytes()
     if arr.shape != ():
         raise _FileError(f"{source}: key {key!r} is a scalar leaf with shape {arr.shape}")
     if holder == "numpy":
         return arr[()]
+    if holder == "path" and arr.dtype.kind == "U":
+        return Path(str(arr.item()))
     if holder == "python" and node.get("python") in _PY_SCALARS:
         return _PY_SCALARS[node["python"]](arr.item())
     raise _FileError(f"{source}: key {key!r} has unknown holder {holder!r}")

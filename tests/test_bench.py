@@ -19,9 +19,9 @@ except ImportError:  # plain `pytest` (not `python -m pytest`) without the repo 
     import benchmarks
 from benchmarks import population
 
-# rl's small run is three PPO compiles (~25 s): with -m slow (`lab bench rl` runs in the
-# acceptance check)
-SLOW = {"rl"}
+# rl's small run is three PPO compiles (~25 s) and scaling's starts JAX processes: with -m slow
+# (`lab bench rl` and `lab bench scaling` run in the acceptance checks)
+SLOW = {"rl", "scaling"}
 BENCH = [pytest.param(n, marks=[pytest.mark.slow] if n in SLOW else [])
          for n in sorted(benchmarks.BENCHMARKS)]
 _RESULTS: dict[str, dict] = {}

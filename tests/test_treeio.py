@@ -1,6 +1,7 @@
 import collections
 import io
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +71,14 @@ def test_file_variants(tmp_path):
     save_npz(path, nested_tree())
     assert_same(load_npz(path), nested_tree())
     assert [p.name for p in tmp_path.iterdir()] == ["weights.npz"]
+
+
+def test_bytes_and_paths_come_back_as_they_were():
+    tree = {"blob": b"PK\x05\x06\x00\x00", "empty": b"", "path": Path("/tmp/runs/x"),
+            "rows": [("h", b"\x00\xff\x00")]}
+    back = tree_from_npz(tree_to_npz(tree))
+    assert back == tree and isinstance(back["path"], Path)
+    assert isinstance(back["rows"][0], tuple) and back["rows"][0][1] == b"\x00\xff\x00"
 
 
 def test_refuses_unsupported_trees():

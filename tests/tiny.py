@@ -78,7 +78,8 @@ KILL_AT = "LAB_TEST_KILL_AT_GENERATION"
 
 def kill_at(generation: int) -> None:
     """Makes this process SIGKILL itself in the middle of ``generation``: once its candidates
-    are scored, before the store commits it (a crash at a place the test can name)."""
+    are scored, before the store commits it (a crash at a place the test can name); over
+    several processes, any process, at the same place."""
     import os
     import signal
 
@@ -90,6 +91,22 @@ def kill_at(generation: int) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return real(self, run_id, idx, *args, **kwargs)
     Store.record_generation = record_generation
+
+    # over several processes the others record through process 0's store: the same place
+    from lab.core.hosts import SharedStore
+    shared = SharedStore.__getattr__
+
+    def getattr_(self, name):
+        method = shared(self, name)
+        if name != "record_generation":
+            return method
+
+        def call(run_id, idx, *args, **kwargs):
+            if idx == generation:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return method(run_id, idx, *args, **kwargs)
+        return call
+    SharedStore.__getattr__ = getattr_
 
 
 def boot() -> None:

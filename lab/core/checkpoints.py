@@ -16,14 +16,20 @@ import numpy as np
 
 
 class Checkpoints:
-    """Saves and restores the search state of one run under ``<run dir>/checkpoints/``."""
+    """Saves and restores the search state of one run under ``<run dir>/checkpoints/``.
+
+    Over several processes only process 0 makes one (orbax's ``active_processes={0}``): it saves
+    the state as host arrays, which every process can rebuild its part of."""
 
     def __init__(self, folder: Path, max_to_keep: int = 3):
         import orbax.checkpoint as ocp
         self._ocp = ocp
         self.folder = Path(folder).resolve()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        alone = ocp.options.MultiprocessingOptions(primary_host=0, active_processes={0})
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                               enable_async_checkpointing=False)
+                                               enable_async_checkpointing=False, create=False,
+                                               multiprocessing_options=alone)
         self.manager = ocp.CheckpointManager(self.folder, options=options)
 
     def save(self, generation: int, state: Any) -> str:

@@ -201,11 +201,13 @@ def _key_lines(node: yaml.Node, path: Path, out: dict[Path, int]) -> None:
                 _key_lines(value, (*path, key.value), out)
 
 
-def _read(file: str) -> tuple[dict, dict[Path, int]]:
-    """The mapping in ``file`` and the line of every key path in it."""
+def _read(file: str, text: str | None = None) -> tuple[dict, dict[Path, int]]:
+    """The mapping in ``file`` (or in ``text``, read from ``file`` elsewhere) and the line of
+    every key path in it."""
     try:
-        with open(file, encoding="utf-8") as fh:
-            text = fh.read()
+        if text is None:
+            with open(file, encoding="utf-8") as fh:
+                text = fh.read()
     except FileNotFoundError:
         raise ConfigError(f"{file}: no such config file") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -253,12 +255,14 @@ def _apply(raw: dict, text: str, applied: dict[Path, str]) -> None:
     applied[path] = text
 
 
-def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> Config:
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = (),
+                text: str | None = None) -> Config:
     """Reads, overrides and validates a config.
 
     Args:
       path: a YAML file, or None for all defaults.
       overrides: ``KEY=VALUE`` strings applied in order, e.g. ``["search.population=32"]``.
+      text: the file's text, read elsewhere (another process); ``path`` then names it.
 
     Returns:
       The validated, frozen ``Config``.
@@ -268,7 +272,7 @@ def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -
         unknown keys, wrong types or bad values (all of the first such category are reported).
     """
     file = None if path is None else os.fspath(path)
-    raw, lines = ({}, {}) if file is None else _read(file)
+    raw, lines = ({}, {}) if file is None else _read(file, text)
     raw, applied = copy.deepcopy(raw), {}  # YAML aliases share objects; overrides must not
     for text in overrides:
         _apply(raw, text, applied)

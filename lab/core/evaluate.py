@@ -22,6 +22,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from lab.core.hosts import count, gather
 from lab.core.rule import UpdateRule, make_ctx, population_size
 from tasks.base import Task
 
@@ -136,11 +137,17 @@ def task_keys(seeds: int, population: int, generation: int | None = None,
 
 
 def make_mesh(devices: int = 0) -> Mesh:
-    """A 1-D mesh named ``pop`` with an Auto axis over the first ``devices`` devices (0 = all)."""
+    """A 1-D mesh named ``pop`` with an Auto axis over the first ``devices`` devices (0 = all).
+
+    Over several processes the mesh spans every device of every process (``jax.devices()`` is
+    the global list), so ``devices`` must be 0 or all of them."""
     avail = jax.devices()
     n = len(avail) if devices <= 0 else devices
     if n > len(avail):
         raise ValueError(f"evaluator.devices={devices} but JAX sees {len(avail)} device(s)")
+    if count() > 1 and n != len(avail):
+        raise ValueError(f"evaluator.devices={devices}: a run over {count()} processes uses "
+                         f"every device of every process (0 or {len(avail)})")
     return jax.make_mesh((n,), (AXIS,), axis_types=(AxisType.Auto,), devices=avail[:n])
 
 
@@ -152,6 +159,23 @@ def compiled(train: TrainFn, mesh: Mesh) -> Callable:
     shard = NamedSharding(mesh, P(AXIS))
     batched = jax.vmap(jax.vmap(train, in_axes=(None, 0)), in_axes=(0, 0))
     return jax.jit(batched, in_shardings=(shard, shard), out_shardings=shard)
+
+
+def put(tree, sharding: NamedSharding):
+    """Commits every leaf to ``sharding``. Over several processes each process lays out its own
+    devices' rows from its copy of a host value (every process holds the same one: shared
+    randomness), so nothing crosses hosts (``jax.device_put`` would all-gather a host value to
+    check that the processes agree); arrays that are already global are left to JAX."""
+    def one(x):
+        if sharding.is_fully_addressable or (isinstance(x, jax.Array)
+                                             and not x.is_fully_addressable):
+            return jax.device_put(x, sharding)
+        if isinstance(x, jax.Array) and jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)),
+                                            impl=jax.random.key_impl(x))
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(one, tree)
 
 
 def pad(tree, n: int):
@@ -197,10 +221,10 @@ def evaluate(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh | None = None,
     for start in range(0, padded, size):
         # committed to the population sharding whatever they came as (numpy, another jit's
         # output), so every call hits the same cache entry
-        part = jax.device_put(jax.tree.map(lambda x, s=start: x[s:s + size], genomes), shard)
-        parts.append(fn(part, jax.device_put(keys[start:start + size], shard)))
-    out = jax.tree.map(lambda *xs: np.concatenate([np.asarray(x) for x in xs])[:pop], *parts)
-    return out
+        part = put(jax.tree.map(lambda x, s=start: x[s:s + size], genomes), shard)
+        parts.append(fn(part, put(keys[start:start + size], shard)))
+    # only the metrics cross hosts
+    return jax.tree.map(lambda *xs: np.concatenate([gather(x) for x in xs])[:pop], *parts)
 
 
 def chunk_for_memory(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh,

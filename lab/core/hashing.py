@@ -142,7 +142,7 @@ def fingerprint(rule: UpdateRule, genome=None, jit: bool = True) -> tuple[np.nda
     """
     genome = rule.genome if genome is None else genome
     # float64 on the CPU whatever the default device: exp, log and pow must agree everywhere
-    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+    with jax.enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
         g = _cast64(genome)
         if jit:
             raw = _probe_jitted(rule.init, rule.update)(g)
@@ -187,7 +187,7 @@ def fingerprints(rule: UpdateRule, genomes: list) -> list[tuple[np.ndarray, str,
     compiled probe (``PROBE_BATCH`` genomes per call, padded) for any number of genomes of the
     same shapes. Equal to ``fingerprint`` genome by genome."""
     out = []
-    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+    with jax.enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
         probe = _probe_batched(rule.init, rule.update)
         for start in range(0, len(genomes), PROBE_BATCH):
             part = genomes[start:start + PROBE_BATCH]
@@ -204,7 +204,7 @@ def fingerprints(rule: UpdateRule, genomes: list) -> list[tuple[np.ndarray, str,
 def function_key(rule: UpdateRule, genome=None) -> str:
     """The evaluation cache key of one genome (see ``evaluation_key``)."""
     genome = rule.genome if genome is None else genome
-    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+    with jax.enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
         raw = np.asarray(_probe_jitted(rule.init, rule.update)(_cast64(genome)), np.float64)
     return evaluation_key(digest(_normalize(raw)), scale_bucket(raw))
 

@@ -13,11 +13,15 @@ the rest, the same way for every kind:
   the driver, and the generations after it are run again;
 * finalists: the driver names its answer and best candidates, they are scored on the fixed
   evaluation seeds (the context shared with references and replay; the cache serves what was
-  scored before), and these scores rank the run.
+  scored before), and these scores rank the run;
+* several processes (``lab.core.hosts``): every process runs this loop over its shard of each
+  generation with the store's answers shared from process 0, which alone writes the store, the
+  run's files, the checkpoints (as host arrays, shared back on resume) and the progress.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -29,6 +33,7 @@ import numpy as np
 
 from lab import __version__, treeio
 from lab.console import log
+from lab.core import hosts
 from lab.core.checkpoints import Checkpoints
 from lab.core.config import config_hash, config_to_dict, dump_yaml, load_config
 from lab.core.evaluate import make_mesh
@@ -150,7 +155,7 @@ def launch(cfg: Any, store: Store, name: str | None = None, resume: str | None =
 
     Args:
       cfg: a ``Config`` (ignored with ``resume``).
-      store: where the run is recorded.
+      store: where the run is recorded (over several processes a ``hosts.SharedStore``).
       name: the run's name (default: the config's).
       resume: a run id or name: continue that run from its latest checkpoint that the store
         also recorded, with the run's own stored config.
@@ -158,31 +163,38 @@ def launch(cfg: Any, store: Store, name: str | None = None, resume: str | None =
     """
     if resume is not None:
         row = store.get_run(resume)
-        cfg = load_config(str(store.run_dir(row["id"]) / "config.yaml"))
+        path = store.run_dir(row["id"]) / "config.yaml"
+        cfg = load_config(path, text=hosts.leader_value(path.read_text))
         run_id, name = row["id"], row["name"]
+    agree_on_config(cfg)
     setup = build_setup(cfg, store)
     if resume is None:
         name = name or cfg.name
         run_id = store.create_run(name, cfg.kind, config_to_dict(cfg), config_hash(cfg),
                                   __version__, setup.scorer.context.key(),
                                   setup.scorer.context.to_json())
-        (store.run_dir(run_id) / "config.yaml").write_text(dump_yaml(cfg))
+        folder = store.run_dir(run_id)
+        if hosts.is_leader():
+            (folder / "config.yaml").write_text(dump_yaml(cfg))
     else:
         store.finish_run(run_id, "running")
     setup.run_id = run_id
     search = cfg.search
     strategy, population = getattr(search, "strategy", cfg.kind), getattr(search, "population", "?")
+    processes = f" over {hosts.count()} processes" if hosts.count() > 1 else ""
     log(f"run {run_id} ({name}): {cfg.kind}:{setup.rule.name} on suite {cfg.suite}, {strategy} "
         f"population {population} x {search.generations} generations, {len(jax.devices())} "
-        f"device(s) [{jax.default_backend()}], mesh {setup.mesh.devices.size}")
+        f"device(s) [{jax.default_backend()}]{processes}, mesh {setup.mesh.devices.size}")
+    path = getattr(store, "path", None)
+    if path is not None:  # a lost peer stops this process: the run is marked failed first
+        hosts.on_lost(lambda: Store(path).finish_run(run_id, "failed"))
     try:
         driver = setup.kind.make_driver(cfg, setup)
         best = run(setup, driver, on_generation)
-    except KeyboardInterrupt:
-        store.finish_run(run_id, "interrupted")
-        raise
-    except BaseException:
-        store.finish_run(run_id, "failed")
+    except BaseException as e:
+        if hosts.is_leader():  # the others wait on process 0's answers: only it writes
+            store.finish_run(run_id, "interrupted" if isinstance(e, KeyboardInterrupt)
+                             else "failed")
         raise
     row = store.get_run(run_id)
     store.finish_run(run_id, "done", row["best"], row["best_hash"])
@@ -191,49 +203,81 @@ def launch(cfg: Any, store: Store, name: str | None = None, resume: str | None =
     return run_id
 
 
+def agree_on_config(cfg: Any) -> None:
+    """Over several processes: every process must run process 0's config (same file, same
+    ``--set``), else it stops with one line saying so."""
+    mine = config_hash(cfg)
+    first = hosts.share(mine)
+    if first != mine:
+        raise hosts.HostsError(f"process {hosts.index()} loaded a different config than "
+                               f"process 0 (digest {mine} vs {first}): give every process the "
+                               "same file and --set overrides")
+
+
+def host_tree(tree: Any) -> Any:
+    """A driver state as host arrays (sharded leaves gathered): what process 0 checkpoints."""
+    return jax.tree.map(hosts.gather, tree)
+
+
 def run(setup: Setup, driver: Driver, on_generation: Callable[[int], None] | None = None
         ) -> float:
     """Resumes where the store and the checkpoints agree, runs the remaining generations, scores
     the finalists; returns the run's best final score."""
     cfg, store, run_id = setup.cfg, setup.store, setup.run_id
-    folder = store.run_dir(run_id)
-    checkpoints, first = None, 0
-    if cfg.output.checkpoint_every:
-        checkpoints = Checkpoints(folder / "checkpoints")
-        step = checkpoints.resume_step(g["idx"] for g in store.generations(run_id)
-                                       if g["checkpoint"])
+    folder, leader = store.run_dir(run_id), hosts.is_leader()
+    every, checkpoints, first = cfg.output.checkpoint_every, None, 0
+    if every:
+        recorded = [g["idx"] for g in store.generations(run_id) if g["checkpoint"]]
+        if leader:
+            checkpoints = Checkpoints(folder / "checkpoints")
+        step = hosts.leader_value(lambda: checkpoints.resume_step(recorded))
         if step is not None:
-            log(f"resuming run {run_id} after generation {step + 1} from {checkpoints.folder}")
+            log(f"resuming run {run_id} after generation {step + 1} from "
+                f"{folder / 'checkpoints'}")
             first = step + 1
     metrics_path = folder / "metrics.jsonl"
-    truncate_metrics(metrics_path, first)
+    if leader:
+        truncate_metrics(metrics_path, first)
     if first:
-        driver.restore(checkpoints.restore(first - 1, driver.template()), first)
+        like = host_tree(driver.template())
+
+        def restore():  # process 0 reads it; the others get the leaves (they know the tree)
+            tree = checkpoints.restore(first - 1, like)
+            return tree if like is None else jax.tree.leaves(tree)
+        tree = hosts.leader_value(restore)
+        if like is not None:
+            tree = jax.tree.unflatten(jax.tree.structure(like), tree)
+        driver.restore(tree, first)
     generations = cfg.search.generations
     best_so_far = min((g["best"] for g in store.generations(run_id)
                        if g["idx"] < first and g["best"] is not None), default=math.inf)
-    with GenerationProgress(generations) as progress, open(metrics_path, "a") as mf:
+    with GenerationProgress(generations) as progress, \
+            open(metrics_path, "a") if leader else contextlib.nullcontext() as mf:
         for g in range(first, generations):
             out = driver.step(g)
             stats = {"checkpoint": None, **out.stats}
-            if checkpoints is not None and ((g + 1) % cfg.output.checkpoint_every == 0
-                                            or g + 1 == generations):
-                stats["checkpoint"] = checkpoints.save(g, driver.state(g))
+            if every and ((g + 1) % every == 0 or g + 1 == generations):
+                state = host_tree(driver.state(g))
+                if leader:
+                    stats["checkpoint"] = checkpoints.save(g, state)
             store.record_generation(run_id, g, out.candidates, out.evaluations, out.members,
                                     stats, out.hits, context=out.context)
             best_so_far = min(best_so_far, stats["best"])
             line = {"generation": g, **stats, **out.extra}
             line.setdefault("best_so_far", best_so_far)
-            mf.write(json.dumps(line) + "\n")
-            mf.flush()
+            if leader:
+                mf.write(json.dumps(line) + "\n")
+                mf.flush()
             progress.update(g, stats, line["best_so_far"])
             if on_generation is not None:
                 on_generation(g)
     best = finish(setup, driver)
     if cfg.output.plots:
-        from lab.plots import fitness_over_generations
-        fitness_over_generations(store.generations(run_id), folder / "fitness.png",
-                                 f"{cfg.name} ({run_id})", ylabel=setup.scorer.label)
+        rows = store.generations(run_id)  # every process asks: process 0's store answers
+        if leader:
+            from lab.plots import fitness_over_generations
+            fitness_over_generations(rows, folder / "fitness.png", f"{cfg.name} ({run_id})",
+                                     ylabel=setup.scorer.label)
     return best
 
 
@@ -277,8 +321,9 @@ def finish(setup: Setup, driver: Driver) -> float:
         {k: stats[k] for k in ("best", "mean", "hits", "misses", "hit_rate", "evaluated",
                                "seconds", "candidates_per_s", "checkpoint", "diverged")},
         hits, context=setup.scorer.context.key())
-    if after.report:
-        (store.run_dir(run_id) / "finalists.json").write_text(
+    folder = store.run_dir(run_id)
+    if after.report and hosts.is_leader():
+        (folder / "finalists.json").write_text(
             json.dumps(after.report, indent=1) + "\n")
     best = min(scores.values())
     log(f"final scores on the fixed evaluation seeds: best {best:.4f} of {len(finals)} "

@@ -38,8 +38,9 @@ def check_baseline(name: str) -> None:
 
 # ---- conformance: the drift on a grid and PPO's policy loss with its gradient ------------------
 
-_R = jnp.exp(jnp.linspace(-0.5, 0.5, 7))
-_A = jnp.linspace(-2.0, 2.0, 5)
+# numpy, not jax: importing a kind must not start a JAX backend (several processes join first)
+_R = np.exp(np.linspace(-0.5, 0.5, 7, dtype=np.float32))
+_A = np.linspace(-2.0, 2.0, 5, dtype=np.float32)
 
 
 def apply_drift(objective, genome) -> dict:

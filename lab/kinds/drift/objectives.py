@@ -254,7 +254,7 @@ def fingerprint(objective: Objective, genome=None, jit: bool = True) -> tuple[np
     fingerprint in the lab (``lab.core.hashing.round_mantissa``). Unlike update rules, a drift is
     not divided by its RMS: its scale against ``r * A`` is what makes it strict or lax."""
     from lab.core.hashing import digest, round_mantissa
-    with jax.enable_x64(True), jax.default_device(jax.devices("cpu")[0]):
+    with jax.enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
         r, a, p = (jnp.asarray(x, jnp.float64) for x in _grid())
         g = _cast(objective.genome if genome is None else genome, jnp.float64)
         drift = jax.jit(objective.drift) if jit else objective.drift

@@ -24,7 +24,7 @@ from lab.core.rule import stack_genomes
 from lab.core.target import Target
 from lab.kinds.drift.objectives import objective_from_name, ppo_clip
 from lab.kinds.drift.ppo import CURVE_POINTS, make_train, random_returns
-from lab.kinds.drift.scoring import normalized_return, rl_mesh
+from lab.kinds.drift.scoring import normalized_return
 
 BASELINES = ("ppo_clip", "dpo")
 
@@ -59,7 +59,6 @@ def replay_rl(target: Target, suite: str = "rl-heldout", seeds: int = 8,
     """Trains PPO with ``target``'s drift and with each baseline objective on every environment
     of ``suite`` (same seeds); returns ``{"target", "suite", "seeds", "rows", "summary",
     "random", "plot"}`` (module docstring)."""
-    mesh = rl_mesh(mesh)
     rows, randoms = [], {}
     for task in task_registry.get_suite(suite):
         budget = task.steps

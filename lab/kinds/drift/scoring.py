@@ -34,8 +34,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from lab.console import log
-from lab.core.evaluate import evaluate, make_mesh, task_keys
+from lab.core.evaluate import evaluate, task_keys
 from lab.core.fitness import CLIP, EvalContext
 from lab.core.references import Family, References, register_family
 from lab.core.rule import population_size, stack_genomes
@@ -107,7 +106,6 @@ def compute_reference(task: EnvTask, which: str, budget: int, seeds: int,
     """PPO-clip (eps 0.2) or the random policy on the fixed evaluation seeds:
     ``{"value": mean final return, "values": per seed}``."""
     keys = task_keys(seeds, 1)
-    mesh = rl_mesh(mesh)
     if which == "random":
         returns = random_returns(task, budget, keys[0])
     elif which == "ppo_clip":
@@ -123,21 +121,6 @@ RL = register_family(Family("rl", "rl", "final_return", ("ppo_clip", "random"),
                             reference_context, compute_reference))
 
 
-def rl_mesh(mesh: Mesh | None) -> Mesh | None:
-    """``mesh``, or one device where it spans several CPU devices. PPO sharded over several CPU
-    devices (``jax_num_cpu_devices``) used to hang: its batched QRs waited on XLA's CPU thread
-    pool from inside it (fixed in ``ppo.orthogonal``; a 2-device run of rl-heldout now ends).
-    The one-device rule stays until runs across device counts are checked to agree (PPO's
-    returns move with the last bits of the batched computation). GPUs and TPUs keep their mesh."""
-    if mesh is None or mesh.devices.size == 1:
-        return mesh
-    if all(d.platform == "cpu" for d in mesh.devices.flat):
-        log(f"RL evaluation on CPU uses one device, not {mesh.devices.size} (PPO on several "
-            "CPU devices is not yet checked to agree with one)")
-        return make_mesh(1)
-    return mesh
-
-
 class DriftScorer:
     """Scores populations of one drift family on one RL suite (one compiled function per
     environment): a ``lab.core.fitness.Scorer``."""
@@ -149,7 +132,7 @@ class DriftScorer:
             raise ValueError(f"unknown RL fitness {fitness!r} (one of {', '.join(FITNESS)})")
         self.tasks, self.rule, self.seeds, self.refs = tasks, objective, seeds, refs
         self.fitness, self.chunk, self.budget = fitness, chunk, budget
-        self.mesh = rl_mesh(mesh)
+        self.mesh = mesh
         self.trains = {t.name: make_train(t, objective, self.steps(t)) for t in tasks}
         refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
         self.context = EvalContext(suite, suite_version, budget, seeds, 0.0, (),

@@ -42,6 +42,7 @@ from lab.console import log
 from lab.core import es
 from lab.core.evaluate import task_keys
 from lab.core.hashing import genome_digest
+from lab.core.hosts import gather
 from lab.core.loop import AfterSearch, Finalist, Step, candidate_row, score_fixed
 from lab.kinds.learned.unroll import make_unroll, start_population, unroll_population
 
@@ -118,8 +119,8 @@ class LearnedDriver:
             if not s.persistent:  # the slot continues from its first member's run
                 inner = jax.tree.map(lambda x: x[self.leader], inner)
             st["inner"][name] = inner
-            losses.append(np.asarray(m["meta_loss"], np.float64))
-            diverged.append(np.asarray(m["diverged"]))
+            losses.append(np.asarray(gather(m["meta_loss"]), np.float64))
+            diverged.append(gather(m["diverged"]))
         fitness = np.mean(losses, axis=0)
         bad = np.any(diverged, axis=0)
         told = mean + st["accum"] if s.persistent else flat_pop

@@ -33,7 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from lab.core.evaluate import AXIS, make_mesh, pad, padded_size
+from lab.core.evaluate import AXIS, make_mesh, pad, padded_size, put
 from lab.core.fitness import CLIP, EPS
 from lab.core.rule import UpdateRule, make_ctx, population_size
 from tasks.base import Task
@@ -158,7 +158,7 @@ def _run(fn: Callable, args: tuple, mesh: Mesh | None, donate: bool = False):
     pop = population_size(args[0])
     _, padded = padded_size(pop, mesh)
     shard = NamedSharding(mesh, P(AXIS))
-    args = jax.device_put(pad(args, padded), shard)
+    args = put(pad(args, padded), shard)
     out = compiled(fn, mesh, donate and padded == pop)(*args)
     return out if padded == pop else jax.tree.map(lambda x: x[:pop], out)
 

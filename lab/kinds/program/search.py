@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 from lab.console import log
+from lab.core import hosts
 from lab.core.loop import AfterSearch, Finalist, Step
 from lab.kinds.program import finalize
 from lab.kinds.program.evolution import (
@@ -54,7 +55,7 @@ class ProgramDriver:
         evo.cache.load([m.key for m in [*evo.population, evo.best]], "full")
         if self.validation is not None:
             path = self.setup.store.run_dir(self.setup.run_id) / "metrics.jsonl"
-            self.validation.history = validation_history(path)
+            self.validation.history = hosts.leader_value(validation_history, path)
 
     def step(self, g: int) -> Step:
         evo = self.evo
