@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print("lab: interrupted", file=sys.stderr)
         rc, error = 130, e
     except ValueError as e:  # ConfigError, StoreError, HostsError, bad targets: ValueErrors
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = str(e).strip() or type(e).__name__
         print(f"lab {args.command}: error: {_who()}{msg}", file=sys.stderr)
         rc, error = 2, e
     except (OSError, sqlite3.Error) as e:  # unreadable paths, a locked or broken store

@@ -103,8 +103,9 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
       num_processes, process_id: required with ``HOST:PORT``; with ``auto`` the cluster says.
       peer_timeout: seconds without a peer's heartbeat before it counts as lost.
       connect_timeout: seconds to wait for the coordinator and every process to join.
-      agree: what every process must have been started with (config digest, store, name...):
-        a process that differs from process 0 stops every process with one line naming it.
+      agree: what every process must have been started with (``--resume``; the config is
+        compared in ``lab.core.loop``): a process that differs from process 0 stops with one
+        line naming it.
 
     Raises:
       HostsError: malformed or inconsistent flags, an unreachable coordinator, a process that
