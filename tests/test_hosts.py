@@ -32,7 +32,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def case_args(name: str, generations: int = 3) -> list[str]:
+def case_args(name: str, generations: int = 3, more: tuple[str, ...] = ()) -> list[str]:
     """``lab launch`` arguments of a kind's conformance launch case on the tiny suites, for
     ``generations`` generations, checkpointed every generation, every device in the mesh."""
     kind = get(name)
@@ -40,7 +40,7 @@ def case_args(name: str, generations: int = 3) -> list[str]:
     config = Path(case.config) if Path(case.config).is_absolute() else ROOT / case.config
     sets = [*case.overrides, f"suite={tiny.suite_of(kind.domain)}", "seeds=1",
             "evaluator.devices=0", "output.checkpoint_every=1", "output.plots=false",
-            f"search.generations={generations}"]
+            f"search.generations={generations}", *more]
     return ["launch", str(config), *[a for s in sets for a in ("--set", s)]]
 
 
@@ -106,8 +106,8 @@ def assert_close(a: dict, b: dict, rtol: float = 1e-6) -> None:
         np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol)
 
 
-def two_vs_one(name: str, tmp_path: Path) -> None:
-    args = case_args(name)
+def two_vs_one(name: str, tmp_path: Path, more: tuple[str, ...] = ()) -> None:
+    args = case_args(name, more=more)
     stores = {tag: tmp_path / tag / "lab.db" for tag in ("two", "four", "one")}
     rcs, logs = run_processes([*args, "--store", str(stores["two"]), "--name", "s"], tmp_path,
                               "two")
@@ -128,7 +128,8 @@ def two_vs_one(name: str, tmp_path: Path) -> None:
 
 
 def test_two_processes_equal_one_process_baseline(tmp_path):
-    two_vs_one("baseline", tmp_path)
+    """A population of 6 over 4 devices: padded to 8, as on one host."""
+    two_vs_one("baseline", tmp_path, more=("search.population=6",))
 
 
 @pytest.mark.slow
@@ -138,11 +139,12 @@ def test_two_processes_equal_one_process(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["program", "learned"])
-def test_killed_process_stops_the_other_and_resume_ends_equal(name, tmp_path):
+@pytest.mark.parametrize("name, processes", [("program", 1), ("learned", 2)])
+def test_killed_process_stops_the_other_and_resume_ends_equal(name, processes, tmp_path):
     """Process 1 SIGKILLs itself in generation 1 once it is scored: process 0 (which has every
     fitness by then) commits generation 1 and stops in generation 2 with an error naming the
-    lost process; ``--resume`` on two fresh processes ends where an uninterrupted run ends."""
+    lost process; ``--resume`` on two fresh processes (or on one with the same four devices)
+    ends where an uninterrupted run ends."""
     args = case_args(name)
     db = tmp_path / "cut" / "lab.db"
     start = time.monotonic()
@@ -156,8 +158,8 @@ def test_killed_process_stops_the_other_and_resume_ends_equal(name, tmp_path):
         (run,) = store.runs()
         assert run["status"] == "failed" and run["generations"] == 2, run
     rcs, logs = run_processes(["launch", "--resume", "cut", "--store", str(db)], tmp_path,
-                              "resume")
-    assert rcs == [0, 0], "\n".join(x[-3000:] for x in logs)
+                              "resume", processes=processes, devices=4 // processes)
+    assert rcs == [0] * processes, "\n".join(x[-3000:] for x in logs)
     assert "resuming run" in logs[0]
     straight = tmp_path / "straight" / "lab.db"
     rcs, logs = run_processes([*args, "--store", str(straight), "--name", "cut"], tmp_path,
@@ -213,6 +215,16 @@ def test_bad_flags_one_line_exit_2(cli, flags, message):
     rc, out, err = cli("launch", str(ROOT / "configs" / "smoke.yaml"), *flags)
     assert rc == 2 and message in error_line(err), err
     assert not Path(cli.store).exists()
+
+
+def test_auto_without_a_cluster(tmp_path):
+    log = tmp_path / "auto.log"
+    env = {k: v for k, v in lab_env(JAX_NUM_CPU_DEVICES="1").items()
+           if not k.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "KUBERNETES_"))}
+    proc = spawn_lab([*case_args("baseline"), "--coordinator", "auto", "--connect-timeout", "5"],
+                     env, log)
+    assert proc.wait(timeout=120) == 2, log.read_text()[-2000:]
+    assert "could not join the cluster's coordinator" in error_line(log.read_text())
 
 
 def test_devices_must_cover_every_process(monkeypatch):
