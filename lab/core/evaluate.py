@@ -158,7 +158,10 @@ def compiled(train: TrainFn, mesh: Mesh) -> Callable:
     the first compilation (``compiled(train, mesh)._cache_size()`` counts them)."""
     shard = NamedSharding(mesh, P(AXIS))
     batched = jax.vmap(jax.vmap(train, in_axes=(None, 0)), in_axes=(0, 0))
-    return jax.jit(batched, in_shardings=(shard, shard), out_shardings=shard)
+    # over several processes the metrics come out replicated: one all-gather inside the call,
+    # not one collective per metric afterwards
+    out = shard if shard.is_fully_addressable else NamedSharding(mesh, P())
+    return jax.jit(batched, in_shardings=(shard, shard), out_shardings=out)
 
 
 def put(tree, sharding: NamedSharding):

@@ -289,7 +289,7 @@ class SharedStore:
 
 def gather(x) -> np.ndarray:
     """A sharded result as a numpy array on every process (only this crosses hosts)."""
-    if getattr(x, "is_fully_addressable", True):
+    if getattr(x, "is_fully_addressable", True) or x.is_fully_replicated:
         return np.asarray(x)
     from jax.experimental import multihost_utils
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
