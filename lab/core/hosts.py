@@ -240,6 +240,10 @@ def share(value: Any = None, label: str = "") -> Any:
     n = int(client.blocking_key_value_get(key, wait))
     doc = treeio.tree_from_npz(b"".join(client.blocking_key_value_get_bytes(f"{key}/{i}", wait)
                                         for i in range(n)), source=f"process 0's {label}")
+    if client.key_value_increment(f"{key}/read", 1) == _JOB.count - 1:  # the last reader
+        for k in [key, f"{key}/read", *(f"{key}/{i}" for i in range(n))]:
+            with contextlib.suppress(Exception):  # NOT_FOUND has no public type
+                client.key_value_delete(k)
     if doc["label"] != label:
         raise RuntimeError(f"processes out of step: process 0 shared {doc['label']!r} where "
                            f"process {index()} expected {label!r} (a lab bug: every process "
