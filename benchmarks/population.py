@@ -9,7 +9,9 @@ spread log-uniformly), the same ``[population, seeds]`` keys and the same ``trai
   then called once per candidate from Python.
 
 Compile time (first call) is reported apart from the steady state (median of ``repeats`` later
-calls, blocked on the results). The final losses of both sides must agree (``rtol=1e-4``).
+calls, blocked on the results). ``memory_bytes_per_candidate``: XLA's memory analysis of the
+evaluator's compiled call (temporaries, arguments and outputs on one device) over the candidates
+each device holds. The final losses of both sides must agree (``rtol=1e-4``).
 
 Usage::
 
@@ -91,7 +93,15 @@ def run(populations: Sequence[int] = DEFAULT_POPULATIONS, task=None, seeds: int 
     Returns:
       A strict-JSON-able dict (see the module docstring and ``main``).
     """
-    from lab.core.evaluate import evaluate, make_mesh, make_train, task_keys
+    from lab.core.evaluate import (
+        evaluate,
+        make_mesh,
+        make_train,
+        memory_per_device,
+        pad,
+        padded_size,
+        task_keys,
+    )
     from lab.core.optimizers import make_baseline
 
     populations = [int(p) for p in populations]
@@ -154,10 +164,14 @@ def run(populations: Sequence[int] = DEFAULT_POPULATIONS, task=None, seeds: int 
 
         ev_s = float(statistics.median(ev_times))
         loop_s = float(statistics.median(loop_times))
+        _, padded = padded_size(pop, mesh)
+        per_device = memory_per_device(train, pad(genomes, padded), pad(keys, padded), mesh)
         row = {"population": pop, "evaluator_seconds": ev_s, "loop_seconds": loop_s,
                "speedup": loop_s / ev_s, "candidates_per_s": pop / ev_s,
                "loop_candidates_per_s": pop / loop_s,
-               "evaluator_first_call_seconds": float(first_eval), "agree": ok}
+               "evaluator_first_call_seconds": float(first_eval), "agree": ok,
+               "memory_bytes_per_candidate": None if per_device is None
+               else per_device / (padded // mesh.devices.size)}
         rows.append(row)
         _log(f"population {pop}: evaluator {ev_s:.4f}s, loop {loop_s:.4f}s, "
              f"speedup {row['speedup']:.2f}x, first call {first_eval:.2f}s, agree {ok}")
@@ -172,6 +186,7 @@ def run(populations: Sequence[int] = DEFAULT_POPULATIONS, task=None, seeds: int 
         "devices": int(jax.device_count()),
         "by_population": rows,
         "speedup_vs_loop": float(_middle(rows)),
+        "memory_bytes_per_candidate": _middle(rows, "memory_bytes_per_candidate"),
         "compile_seconds": float(compile_seconds),
         "loop_compile_seconds": float(loop_compile_seconds),
         "max_rel_diff": float(max_rel_diff),

@@ -104,6 +104,12 @@ def test_population_result_contract(capsys):
             row["population"] / row["evaluator_seconds"])
     # no middle 64 here: the middle population (8) gives the headline speedup
     assert r["speedup_vs_loop"] == r["by_population"][1]["speedup"]
+    # XLA's memory analysis per candidate: at least its own arguments (the Adam genome's
+    # log-hyperparameters and 2 seeds' keys) and outputs (2 seeds' metrics)
+    assert r["memory_bytes_per_candidate"] == r["by_population"][1]["memory_bytes_per_candidate"]
+    assert all(type(row["memory_bytes_per_candidate"]) is float for row in r["by_population"])
+    floor = 4 * len(population.adam_population(1)) + 2 * 8 + 2 * 4 * (3 + 8)
+    assert r["memory_bytes_per_candidate"] >= floor
 
 
 def test_population_genomes_differ():

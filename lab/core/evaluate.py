@@ -230,6 +230,20 @@ def evaluate(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh | None = None,
     return jax.tree.map(lambda *xs: np.concatenate([gather(x) for x in xs])[:pop], *parts)
 
 
+def memory_per_device(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh) -> int | None:
+    """XLA's memory analysis of ``evaluate``'s compiled call for this population (its size a
+    multiple of the devices): bytes on one device, temporaries, arguments and outputs together;
+    None where the backend gives no analysis."""
+    try:
+        stats = compiled(train, mesh).lower(genomes, keys).compile().memory_analysis()
+    except Exception:  # noqa: BLE001 - memory analysis is optional on some backends
+        return None
+    if stats is None:
+        return None
+    return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes
+               + stats.output_size_in_bytes) or None
+
+
 def chunk_for_memory(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh,
                      memory_mb: float) -> int:
     """The largest chunk (a multiple of the devices) whose compiled call fits ``memory_mb``.
@@ -242,17 +256,9 @@ def chunk_for_memory(train: TrainFn, genomes, keys: jax.Array, mesh: Mesh,
     n_dev = mesh.devices.size
     probe_g = jax.tree.map(lambda x: jnp.repeat(x[:1], n_dev, axis=0), genomes)
     probe_k = jnp.repeat(keys[:1], n_dev, axis=0)
-    fn = compiled(train, mesh)
-    per_device = None
-    try:
-        stats = fn.lower(probe_g, probe_k).compile().memory_analysis()
-        if stats is not None:
-            per_device = (stats.temp_size_in_bytes + stats.argument_size_in_bytes
-                          + stats.output_size_in_bytes)
-    except Exception:  # noqa: BLE001 - memory analysis is optional on some backends
-        per_device = None
+    per_device = memory_per_device(train, probe_g, probe_k, mesh)
     if not per_device:
-        out = jax.eval_shape(fn, probe_g, probe_k)
+        out = jax.eval_shape(compiled(train, mesh), probe_g, probe_k)
         per_device = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(out)) * 64
     per_candidate = max(1, per_device)  # bytes for one candidate on one device
     fit = int(memory_mb * 2**20 // per_candidate) * n_dev
