@@ -206,3 +206,82 @@ def test_noisy_fitness_is_averaged_over_repeats(store):
     assert len(runs) == 2 and runs[0] != runs[1]
     assert evo.cache.fitness(seed_key) == pytest.approx(np.mean(runs))
     assert out["stats"]["misses"] <= cfg.search.children
+
+
+# Known bug (issue 13): the fingerprint probes 6 steps from a fresh state, so a program whose
+# behaviour changes later (here: AdamW's first-moment bias correction clipped by 0.9^t, which
+# only bites from step 7) gets AdamW's key, and the cache serves AdamW's score for it.
+# Fixed when the probe sees later steps; then these two tests pass and lose their marks.
+PROBE_BLIND = pytest.mark.xfail(strict=True, reason="fingerprints see 6 steps only (issue 13)")
+ADAMW_CLIPPED = """def adamw(g, w, lr, t, m, v):
+    m = interp(g, m, 0.9)
+    x1 = square(g)
+    v = interp(x1, v, 0.999)
+    x3 = pow_t(0.9)
+    x4 = neg(x3)
+    x5 = add_k(x4, 1.0)
+    x6 = pow_t(0.999)
+    x7 = clip_by(x5, x3)
+    x8 = neg(x6)
+    x9 = add_k(x8, 1.0)
+    x10 = div(m, x7)
+    x11 = div(v, x9)
+    x12 = sqrt_abs(x11)
+    x13 = add_k(x12, 1e-08)
+    x14 = div(x10, x13)
+    x15 = scale_k(w, 1e-04)
+    x16 = add(x14, x15)
+    x17 = mul(x16, lr)
+    update = scale_k(x17, 0.001)
+    return update, m, v
+"""
+
+
+@PROBE_BLIND
+def test_equal_hash_means_equal_training(tiny_task):
+    """Two programs with one hash train alike (the cache's promise), checked on a pair the
+    search found: AdamW, and AdamW with its bias correction clipped."""
+    from lab.core.evaluate import evaluate, make_train, task_keys
+    rule = program_rule()
+    programs = [load_seed("adamw"), parse(ADAMW_CLIPPED)]
+    hashes = [hashing.fingerprint(rule, genome_of(p, lr=20.0))[1] for p in programs]
+    genomes = {k: np.stack([genome_of(p, lr=20.0)[k] for p in programs]) for k in
+               genome_of(programs[0])}
+    out = evaluate(make_train(tiny_task, rule, 40), genomes, task_keys(2, 2))
+    loss = out["final_loss"].mean(axis=1)
+    assert hashes[0] != hashes[1] or abs(loss[0] - loss[1]) <= 1e-3 * abs(loss[0]), \
+        (hashes, loss)
+
+
+@PROBE_BLIND
+def test_cache_hits_do_not_change_results(tmp_path, monkeypatch):
+    """Children the cache serves under a key that a symbolically different program scored
+    (equal fingerprints: the same function) score what that program scored when they are
+    trained themselves: pairs sampled from a real search and evaluated again, same data."""
+    from conftest import ROOT
+
+    from lab.core.store import Store
+    seen: dict[str, list] = {}  # key -> the symbolically distinct programs that got it
+    found = {}
+    real_keys = evolution.Evolution.keys
+
+    def keys(self, programs):
+        out = real_keys(self, programs)
+        found["evolution"] = self
+        for p, k in zip(programs, out, strict=True):
+            group = seen.setdefault(k, [])
+            if all(symbolic_hash(p) != symbolic_hash(q) for q in group):
+                group.append(p)
+        return out
+    monkeypatch.setattr(evolution.Evolution, "keys", keys)
+    cfg = load_config(ROOT / "configs" / "program_smoke.yaml", [
+        "suite=tiny", "seeds=1", "evaluator.devices=1", "search.population=8",
+        "search.children=8", "search.generations=6", "search.lr_grid=[1.0]",
+        "search.simplify=false", "output.plots=false", "output.top_k=1"])
+    with Store(tmp_path / "lab.db") as store:
+        launch(cfg, store, name="hits")
+    evo = found["evolution"]
+    pairs = [(group[0], other) for group in seen.values() for other in group[1:]]
+    for first, other in pairs[:4]:
+        a, b = evo.score_programs(evo.scorer, [first, other], [0, 0], evo.full_batch)
+        assert abs(a["fitness"] - b["fitness"]) <= 1e-3, (first, other, a, b)
