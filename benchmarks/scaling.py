@@ -96,7 +96,8 @@ def worker(population: int, steps: int, seeds: int, repeats: int) -> dict:
             "genome_bytes_per_generation": _nbytes(genomes)}
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free local TCP port (for a coordinator)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -109,7 +110,7 @@ def _spawn(devices: int, args: list[str], processes: int = 1, timeout: float = 9
     if env.get("JAX_PLATFORMS", "cpu") != "cpu":
         raise ValueError("the scaling bench's worker runs on CPU devices (JAX_PLATFORMS=cpu)")
     env["JAX_PLATFORMS"] = "cpu"
-    port = _free_port()
+    port = free_port()
     procs = []
     for i in reversed(range(processes)):
         flags = [] if processes == 1 else ["--coordinator", f"127.0.0.1:{port}",

@@ -43,22 +43,16 @@ def cmd_launch(args) -> int:
                      peer_timeout=args.peer_timeout, connect_timeout=args.connect_timeout,
                      agree={"resume": args.resume})
     cfg = load_config(args.config, args.set or ()) if args.resume is None else None
-    if hosts.count() == 1:
-        with _store(args) as store:
-            run_id = launch(cfg, store, name=args.name, resume=args.resume)
-            run = store.get_run(run_id)
-            folder = store.run_dir(run_id)
-    else:  # process 0 alone opens the store; the others get its answers
-        local = _store(args) if hosts.is_leader() else None
-        try:
-            store = hosts.SharedStore(local)
-            run_id = launch(cfg, store, name=args.name, resume=args.resume)
-            run, folder = store.get_run(run_id), store.run_dir(run_id)
-        finally:
-            if local is not None:
-                local.close()
-        if not hosts.is_leader():
-            return 0
+    local = _store(args) if hosts.is_leader() else None  # the others get process 0's answers
+    try:
+        store = local if hosts.count() == 1 else hosts.SharedStore(local)
+        run_id = launch(cfg, store, name=args.name, resume=args.resume)
+        run, folder = store.get_run(run_id), store.run_dir(run_id)
+    finally:
+        if local is not None:
+            local.close()
+    if not hosts.is_leader():
+        return 0
     print(f"run {run_id}  name {run['name']}  best {run['best']}  "
           f"generations {run['generations']}  outputs {Path(folder)}")
     return 0
@@ -331,9 +325,8 @@ def _leave_job(error: BaseException | None, rc: int) -> None:
     if error is not None and rc == 1:  # not reported in one line yet
         lost = hosts.silent_peers()
         if lost:  # a collective failed because a peer is gone (gloo: "connection reset")
-            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
             hosts.report_lost(f"lost process {', '.join(map(str, lost))} of {hosts.count()} "
-                              f"(a collective failed: {first[:200]})")
+                              f"(a collective failed: {hosts.first_line(error)[:200]})")
             rc = hosts.LOST_EXIT
         else:
             import traceback

@@ -7,7 +7,6 @@ The processes are ``lab`` subprocesses on a free local port, each with a timeout
 
 from __future__ import annotations
 
-import socket
 import sqlite3
 import subprocess
 import time
@@ -18,18 +17,13 @@ import pytest
 import tiny
 from conftest import ROOT, lab_env, spawn_lab
 
+from benchmarks.scaling import free_port
 from lab.core import hosts
 from lab.core.kind import get, registry
 from lab.core.store import Store
 
 KINDS = sorted(registry())
 TIMEOUT = 420  # seconds for any one lab process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def case_args(name: str, generations: int = 3, more: tuple[str, ...] = ()) -> list[str]:

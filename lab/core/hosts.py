@@ -59,6 +59,12 @@ class _Job:
 _JOB = _Job()  # this process's place in the job, set once by ``initialize`` (like jax's own)
 
 
+def first_line(error: BaseException | str) -> str:
+    """The first line of an error's message (its type's name when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def index() -> int:
     """This process's index (0 without ``initialize``)."""
     return _JOB.index
@@ -140,8 +146,8 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
         jax.distributed.initialize(**kwargs, initialization_timeout=int(connect_timeout),
                                    heartbeat_timeout_seconds=int(peer_timeout * 2 + 30))
     except (ValueError, RuntimeError) as e:  # jax's errors are RuntimeErrors
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HostsError(f"could not join {where} within {connect_timeout} s: {first}") from None
+        raise HostsError(f"could not join {where} within {connect_timeout} s: "
+                         f"{first_line(e)}") from None
     from jax._src import distributed
     _JOB.index = distributed.global_state.process_id
     _JOB.count = distributed.global_state.num_processes
@@ -334,7 +340,7 @@ class _Watchdog(threading.Thread):
             except Exception as e:  # noqa: BLE001 - the coordinator (process 0) is gone
                 if self._stop_event.is_set():
                     return
-                self.lost(f"lost process 0 of {n} (the coordinator): {str(e).splitlines()[0]}")
+                self.lost(f"lost process 0 of {n} (the coordinator): {first_line(e)}")
 
     def lost(self, message: str) -> None:
         report_lost(message)
@@ -399,7 +405,7 @@ def finish(error: BaseException | str | None = None) -> None:
         import jax
         jax.distributed.shutdown()
         return
-    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    line = first_line(error)
     with contextlib.suppress(Exception):  # the coordinator may be gone already
         client.key_value_set(f"lab/failed/{_JOB.index}", line, allow_overwrite=True)
         if is_leader():  # the coordinator leaves last, so the others report their own error
