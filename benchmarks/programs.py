@@ -13,11 +13,11 @@ Headline keys (plain numbers):
 
 * ``interpreter_overhead``: the Adam seed program (``load_seed("adam")``) run by the interpreter
   (``program_rule()``, P copies of its genome) over optax Adam (``make_baseline("adam")``, P copies
-  of its genome), steady-state time ratio. The interpreter computes every op of each statement and
-  selects one, so on a CPU it is several times slower (about 10x expected); the target of <= 1.5
-  is for a GPU, where the extra arithmetic is hidden behind memory traffic. This machine may have
-  no GPU: read the ``backend`` key. The final losses of both sides must agree (``rtol=1e-3``;
-  ``max_rel_diff``).
+  of its genome), steady-state time ratio. Each statement of the interpreter computes the cheap
+  ops, and the other op groups its batch uses there, and selects one; it moves a register file
+  where optax moves two moments, so it is slower (goal on a CPU: <= 4x; on a GPU, where the
+  arithmetic hides behind memory traffic: <= 1.2x). Read the ``backend`` key. The final losses
+  of both sides must agree (``rtol=1e-3``; ``max_rel_diff``).
 * ``speedup_vs_compile_each``: one generation of P *distinct* programs (mutation chains from the
   seed programs, ``np.random.default_rng(0)``, deduplicated by symbolic hash) through the
   interpreter (steady state, ``interpreter_seconds``: the compiled function the Adam seed warmed,
@@ -67,7 +67,8 @@ DEFAULT_REPEATS = 2  # timed calls after the warm-up (3 puts the bench over 5 mi
 RTOL = 1e-3  # interpreter vs optax Adam final losses
 PROGRAM_RNG_SEED = 0
 SPEEDUP_GATE_CPU = 10.0  # speedup_vs_compile_each on a CPU
-OVERHEAD_TARGET_GPU = 1.5  # interpreter_overhead on a GPU
+OVERHEAD_TARGET_CPU = 4.0  # interpreter_overhead on a CPU
+OVERHEAD_TARGET_GPU = 1.2  # interpreter_overhead on a GPU
 
 REPO = Path(__file__).resolve().parents[1]
 SEARCH_CONFIG = REPO / "configs" / "program_smoke.yaml"
@@ -458,6 +459,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _log(f"programs benchmark: speedup_vs_compile_each "
              f"{result['speedup_vs_compile_each']:.1f} is below the CPU gate "
              f"{SPEEDUP_GATE_CPU:g} (expected only at the pinned configuration)")
+    target = OVERHEAD_TARGET_CPU if result["backend"] == "cpu" else OVERHEAD_TARGET_GPU
+    if result["interpreter_overhead"] > target:
+        _log(f"programs benchmark: interpreter_overhead {result['interpreter_overhead']:.2f} "
+             f"is above the {result['backend']} goal {target:g}")
     return 0
 
 

@@ -174,7 +174,7 @@ def test_programs_distinct_and_deterministic():
 def test_programs_arguments_reach_run(monkeypatch, capsys):
     seen = {}
     programs_result = {"benchmark": "programs", "agree": True, "backend": "gpu",
-                       "speedup_vs_compile_each": 20.0}
+                       "speedup_vs_compile_each": 20.0, "interpreter_overhead": 1.1}
 
     def fake_run(**kwargs):
         seen.update(kwargs)

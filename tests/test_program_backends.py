@@ -124,9 +124,15 @@ def scan_run(rule, genome, params, grads, lr=LR):
 
 @functools.cache
 def interpreter_run():
-    """``jit(genome -> (deltas, states))``: the interpreter on the shared params and grads."""
+    """``jit(genome -> (deltas, states))``: the interpreter on the shared params and grads; the
+    states are its two state registers per step (the statements' scratch left out)."""
     params, grads = make_params(), make_grads()
-    return jax.jit(lambda genome: scan_run(program_rule(), genome, params, grads))
+    return jax.jit(lambda genome: drop_scratch(scan_run(program_rule(), genome, params, grads)))
+
+
+def drop_scratch(run):
+    deltas, states = run
+    return deltas, states.slots
 
 
 @functools.cache
@@ -185,11 +191,35 @@ def test_interpreter_equals_compiled(i):
 def test_vmap_over_programs_equals_loop():
     population = stack_genomes([genome_of(p, L) for p in SAMPLE])
     deltas, states = jax.jit(jax.vmap(
-        lambda g: scan_run(program_rule(), g, make_params(), make_grads())))(population)
+        lambda g: drop_scratch(scan_run(program_rule(), g, make_params(), make_grads()))))(
+        population)
     for i in range(len(SAMPLE)):
         d_i, s_i = interpreted(i)
         assert_close(jax.tree.map(lambda x, i=i: x[i], deltas), d_i, rtol=1e-5, atol=1e-7)
         assert_close(states[i], s_i, rtol=1e-5, atol=1e-7)
+
+
+def test_a_program_does_not_depend_on_the_batch_beside_it():
+    """A statement computes an op group only when some program of the batch runs one of it
+    there; what it computes for a program must not change with its neighbours (bit for bit:
+    the cache and every replay count on it)."""
+    params, grads = make_params(), make_grads()
+    run = jax.jit(jax.vmap(lambda g: drop_scratch(scan_run(program_rule(), g, params, grads))))
+    simple = [load_seed("sgd")] * 3  # only cheap ops beside it
+    mixed = [parse(REDUCTIONS), *SAMPLE[1:3]]  # reductions, tanh, arctan, powers, division
+    used = {OPS[s.op].name for q in mixed for s in q.stmts}
+    assert {"mean", "tanh", "arctan", "div", "sqrt_abs"} <= used
+    for p in (load_seed("adam"), SAMPLE[0], SAMPLE[5]):
+        a = run(stack_genomes([genome_of(q, L) for q in [p, *simple]]))
+        b = run(stack_genomes([genome_of(q, L) for q in [*mixed, p]]))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+            np.testing.assert_array_equal(np.asarray(x[0]), np.asarray(y[-1]))
+
+
+def test_op_groups_cover_every_op_once():
+    from lab.kinds.program.interpreted import GROUPS
+    names = [name for group in GROUPS.values() for name in group]
+    assert sorted(names) == sorted(op.name for op in OPS)
 
 
 def test_interpreter_compiles_once_for_a_population_shape():
@@ -207,7 +237,8 @@ def test_interpreter_compiles_once_for_a_population_shape():
             genomes = stack_genomes([genome_of(p, L) for p in batch])
             state = jax.vmap(rule.init, in_axes=(0, None))(genomes, params)
             delta, state = population_update(genomes, state)
-            assert delta["w"].shape == (3, 4, 3) and state.shape == (3, 2, 15)
+            assert delta["w"].shape == (3, 4, 3) and state.slots.shape == (3, 2, 15)
+            assert state.scratch.shape == (3, L, 15)  # the statements' scratch registers
     finally:
         chex.clear_trace_counter()
 
@@ -228,7 +259,7 @@ def _eager_steps(rule, genome, params, grads, steps=2):
 def test_jit_and_eager_agree():
     p, params, grads = SAMPLE[0], make_params(), make_grads()
     first = functools.partial(jax.tree.map, lambda x: x[:2])
-    eager = _eager_steps(program_rule(), genome_of(p, L), params, grads)
+    eager = drop_scratch(_eager_steps(program_rule(), genome_of(p, L), params, grads))
     # float32: XLA may fuse (and round) differently under jit; cancellations magnify it
     assert_close(eager, first(interpreted(0)), rtol=1e-5, atol=1e-6)
     rule = C.structure_rule(p, simplify_first=False)
@@ -270,7 +301,7 @@ def test_scalar_and_empty_leaves():
     grads = {"w": make_grads(3)["w"], "s": jnp.asarray([1.0, -2.0, 0.5]),
              "e": jnp.zeros((3, 0, 2))}
     p = parse(REDUCTIONS)
-    d_int, s_int = jax.jit(lambda g: scan_run(program_rule(), g, params, grads))(
+    d_int, s_int = jax.jit(lambda g: drop_scratch(scan_run(program_rule(), g, params, grads)))(
         genome_of(p, L))
     rule = C.structure_rule(p, simplify_first=False)
     d_com, s_com = jax.jit(lambda: scan_run(rule, rule.genome, params, grads))()
@@ -338,7 +369,7 @@ def test_seed_matches_optax(name):
     i_deltas, i_states = _interpreter_export_steps(genome_of(seed, L))
     assert_close(i_deltas, ref[0], rtol=5e-5, atol=1e-7)
     for s_ours, s_ref in zip(i_states, ref[1], strict=True):
-        slots = [s_ours.inner[j] for j in range(2) if live[j]]
+        slots = [s_ours.inner.slots[j] for j in range(2) if live[j]]
         assert_close(jnp.concatenate([jnp.zeros(0), *slots]), moments(s_ref), rtol=5e-5,
                      atol=1e-7)
 

@@ -32,6 +32,7 @@ from lab.core.optimizers import (
 )
 from lab.core.rule import UpdateRule, make_ctx, to_optax
 from lab.kinds.program.compiled import structure_rule
+from lab.kinds.program.interpreted import Registers
 from lab.kinds.program.ir import Program
 from lab.kinds.program.programs import genome_of, load_seed, program_rule
 
@@ -100,8 +101,10 @@ RULE_CASES: list[RuleCase] = [baseline_case(name) for name in BASELINES]
 
 def moments(state) -> jax.Array:
     """Every float array of a state with a parameter axis, flattened and concatenated in tree
-    order: optax's mu and nu, the interpreter's ``[2, n]`` slots, the compiled path's slot trees
-    (leaves in the same order as ``ravel_pytree`` of the params)."""
+    order: optax's mu and nu, the interpreter's ``[2, n]`` slots (not its scratch registers),
+    the compiled path's slot trees (leaves in the same order as ``ravel_pytree`` of the params)."""
+    if isinstance(state, Registers):
+        state = state.slots
     leaves = [x for x in jax.tree.leaves(state)
               if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) and jnp.ndim(x) >= 1]
     return jnp.concatenate([jnp.ravel(x) for x in leaves]) if leaves else jnp.zeros(0)

@@ -1,22 +1,32 @@
 """The compile-once interpreter: any program as a genome of arrays, vmappable over programs.
 
 ``update`` runs the statements of one program on the parameters as one flat vector. Under
-``vmap`` over a population every op is computed for every candidate and the wanted one selected,
-so each statement is kept cheap:
+``vmap`` over a population each statement computes its op for every candidate and selects the
+wanted one, so a statement is kept cheap:
 
 * a ``fori_loop`` over statements (compile time does not grow with the program length), its
   bound the genome's ``n`` (under vmap: the batch's longest program);
-* the power-like ops (``sqrt_abs``, ``rsqrt``, ``recip``, ``spow_k``, ``pow_t``) and ``exp``
-  share one ``log|x|`` and one ``exp`` per statement, as ``sign * exp(a * log|x| + b)``;
-* per-tensor reductions as static slices of the flat vector (four sums per statement).
+* ops in groups (``GROUPS``): the cheap elementwise ones always, each other group (division,
+  the power-like ops, ``tanh``, ``arctan``, the reductions) inside a ``cond`` taken only when some
+  candidate of the batch runs an op of it at this statement; a group computes its ops the same
+  way whatever the batch holds, so a program's result does not depend on its neighbours;
+* the power-like ops (``sqrt_abs``, ``rsqrt``, ``spow_k``) and ``exp`` share one ``log|x|`` and
+  one ``exp``; ``pow_t`` is a scalar per program;
+* per-tensor reductions as static slices of the flat vector (four sums);
+* the statements' registers are carried in the state from step to step (every statement
+  writes its row before a later one reads it), so no step fills a fresh register file with
+  zeros, and XLA updates it in place.
 
 The genome (``Program.to_arrays``): ``op, a, b: [L] int32``, ``k: [L] float32``, ``out: [3]
 int32``, ``n: [] int32`` and ``lr: []`` float32, a multiplier on ``ctx.lr`` (the per-candidate
-learning-rate grid of a search; 1 elsewhere). The state is ``[2, n_params]`` in the compute dtype
-(float32, or float64 for float64 parameters).
+learning-rate grid of a search; 1 elsewhere). The state is ``([2, n_params], [L, n_params])``
+in the compute dtype (float32, or float64 for float64 parameters): the program's two state
+registers, and the statements' scratch registers.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,22 +34,10 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lab.core.rule import Ctx
-from lab.kinds.program.ir import LR, N_IN, S0, S1, G, T, W
+from lab.kinds.program.ir import N_IN
 from lab.kinds.program.ops import EXP_CLIP, OP_INDEX, OPS, arctan, guard, tiny_log
 
 _O = OP_INDEX
-
-
-def _coefficients() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per op: the exp argument is ``c_lg * log|x| + c_x * clip(x) + c_t * t * log|k|``."""
-    c_lg, c_x, c_t = (np.zeros(len(OPS), np.float32) for _ in range(3))
-    c_lg[_O["sqrt_abs"]], c_lg[_O["rsqrt"]], c_lg[_O["recip"]] = 0.5, -0.5, -1.0
-    c_x[_O["exp"]] = 1.0
-    c_t[_O["pow_t"]] = 1.0
-    return c_lg, c_x, c_t
-
-
-_C_LG, _C_X, _C_T = _coefficients()
 
 
 def compute_dtype(dtype) -> jnp.dtype:
@@ -87,79 +85,164 @@ def _loop_bound_vmap(axis_size, in_batched, n):
     return (jnp.max(n) if in_batched[0] else n), False
 
 
-def statement(op, x, y, k, t, log_k, layout: Layout, counts):
-    """One statement's value for every op, the wanted one selected (``op`` may be traced)."""
+# Op groups: a statement computes the cheap group always and each other group only when some
+# candidate of the batch runs an op of it at this statement (``any_candidate``), so a batch pays
+# for the ops it uses. A group computes its ops the same way whatever else the batch holds: a
+# program's result does not depend on the programs evaluated beside it.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "cheap": ("nop", "add", "sub", "mul", "max", "min", "neg", "abs", "sign", "square",
+              "interp", "scale_k", "add_k", "const_k", "clip_k", "clip_by", "pow_t"),
+    "div": ("div", "recip"),
+    "power": ("sqrt_abs", "rsqrt", "exp", "log_abs", "spow_k"),
+    "tanh": ("tanh",),
+    "arctan": ("arctan",),
+    "reduce": ("mean", "rms", "dot", "cosine"),
+}
+
+
+def _group_tables() -> tuple[np.ndarray, np.ndarray]:
+    """Per op code: its group's index, and its position inside the group."""
+    group, pos = np.zeros(len(OPS), np.int32), np.zeros(len(OPS), np.int32)
+    for gi, names in enumerate(GROUPS.values()):
+        for j, name in enumerate(names):
+            group[_O[name]], pos[_O[name]] = gi, j
+    missing = [o.name for o in OPS if not any(o.name in g for g in GROUPS.values())]
+    if missing:
+        raise AssertionError(f"ops in no group: {missing}")
+    return group, pos
+
+
+_GROUP, _POS = _group_tables()
+
+
+@jax.custom_batching.custom_vmap
+def any_candidate(b: jax.Array) -> jax.Array:
+    """``b`` itself, and under ``vmap`` over programs whether any program of the batch has it
+    (unbatched, so a ``cond`` on it stays a branch instead of computing both sides)."""
+    return b
+
+
+@any_candidate.def_vmap
+def _any_candidate_vmap(axis_size, in_batched, b):
+    return (jnp.any(b) if in_batched[0] else b), False
+
+
+def _power(pos, x, k):
+    """sqrt_abs, rsqrt, exp, log_abs, spow_k: one ``log|x|`` and one ``exp``."""
     dt = x.dtype
     nz = x != 0
     lg = jnp.log(jnp.where(nz, jnp.abs(x), 1))
-    c_lg = jnp.where(op == _O["spow_k"], k, jnp.asarray(_C_LG, dt)[op])
-    z = (c_lg * lg + jnp.asarray(_C_X, dt)[op] * jnp.clip(x, -EXP_CLIP, EXP_CLIP)
-         + jnp.asarray(_C_T, dt)[op] * (t * log_k))
-    e = jnp.exp(z)
+    c_lg = jnp.asarray([0.5, -0.5, 0.0, 0.0, 0.0], dt)[pos]
+    c_lg = jnp.where(pos == 4, k, c_lg)
+    c_x = jnp.where(pos == 2, jnp.asarray(1, dt), 0)
+    e = jnp.exp(c_lg * lg + c_x * jnp.clip(x, -EXP_CLIP, EXP_CLIP))
     signed = jnp.where(nz, jnp.sign(x) * e, 0)
     unsigned = jnp.where(nz, e, 0)
-    ny = y != 0
-    div = jnp.where(ny, x / jnp.where(ny, y, 1), 0)
+    return jax.lax.select_n(pos, unsigned, unsigned, e, jnp.where(nz, lg, tiny_log(dt)),
+                            signed)
+
+
+def _reduce(pos, x, y, layout: Layout, counts):
+    """mean, rms, dot, cosine: per-tensor sums broadcast back."""
     sx, sxx, syy, sxy = (layout.sum(v) for v in (x, x * x, y * y, x * y))
     den = jnp.sqrt(sxx * syy)
     nd = den != 0
-    ay = jnp.abs(y)
-    ak = jnp.abs(k)
-    values = {
-        "nop": jnp.zeros_like(x), "add": x + y, "sub": x - y, "mul": x * y, "div": div,
+    return jax.lax.select_n(pos, sx / counts, jnp.sqrt(sxx / counts), sxy,
+                            jnp.where(nd, sxy / jnp.where(nd, den, 1), 0))
+
+
+def statement(op, x, y, k, t, log_k, layout: Layout, counts):
+    """One statement's value (``op`` may be traced): the cheap ops always, each other group of
+    ops only when some candidate of the batch runs one of it here."""
+    group, pos = jnp.asarray(_GROUP)[op], jnp.asarray(_POS)[op]
+    ay, ak = jnp.abs(y), jnp.abs(k)
+    pow_t = jnp.exp(t * log_k)  # a scalar per program: |k| ** t
+    cheap = {
+        "nop": jnp.zeros_like(x), "add": x + y, "sub": x - y, "mul": x * y,
         "max": jnp.maximum(x, y), "min": jnp.minimum(x, y), "neg": -x, "abs": jnp.abs(x),
-        "sign": jnp.sign(x), "square": x * x, "sqrt_abs": unsigned, "rsqrt": unsigned,
-        "exp": e, "log_abs": jnp.where(nz, lg, tiny_log(dt)), "tanh": jnp.tanh(x),
-        "arctan": arctan(x), "recip": signed, "interp": (1 - k) * x + k * y,
+        "sign": jnp.sign(x), "square": x * x, "interp": (1 - k) * x + k * y,
         "scale_k": x * k, "add_k": x + k, "const_k": jnp.full_like(x, k),
-        "clip_k": jnp.clip(x, -ak, ak), "clip_by": jnp.clip(x, -ay, ay), "spow_k": signed,
-        "pow_t": jnp.broadcast_to(e, x.shape), "mean": sx / counts,
-        "rms": jnp.sqrt(sxx / counts), "dot": sxy,
-        "cosine": jnp.where(nd, sxy / jnp.where(nd, den, 1), 0),
+        "clip_k": jnp.clip(x, -ak, ak), "clip_by": jnp.clip(x, -ay, ay),
+        "pow_t": jnp.broadcast_to(pow_t, x.shape),
     }
-    return guard(jax.lax.select_n(op, *[values[o.name] for o in OPS]))
+    value = jax.lax.select_n(jnp.where(group == 0, pos, 0), *[cheap[o] for o in GROUPS["cheap"]])
+
+    def div():
+        ny = jnp.where(pos == 0, y, x)
+        num = jnp.where(pos == 0, x, jnp.ones_like(x))
+        nz = ny != 0
+        return jnp.where(nz, num / jnp.where(nz, ny, 1), 0)
+
+    others = {"div": div, "power": lambda: _power(pos, x, k), "tanh": lambda: jnp.tanh(x),
+              "arctan": lambda: arctan(x), "reduce": lambda: _reduce(pos, x, y, layout, counts)}
+    for gi, name in enumerate(GROUPS):
+        if gi == 0:
+            continue
+        mine = group == gi
+        value = jax.lax.cond(any_candidate(mine),
+                             lambda v, fn=others[name], mine=mine: jnp.where(mine, fn(), v),
+                             lambda v: v, value)
+    return guard(value)
 
 
-def run(genome, g, w, lr, t, s0, s1, layout: Layout):
-    """Runs one program on flat vectors; returns (update, new s0, new s1), each ``[n]``."""
+class Registers(NamedTuple):
+    """The interpreter's state: ``slots`` (``[2, n]``, the program's state registers ``m`` and
+    ``v``) and ``scratch`` (``[L, n]``, the statements' registers, carried only so that no step
+    allocates them afresh)."""
+
+    slots: jax.Array
+    scratch: jax.Array
+
+
+def run(genome, scratch, g, w, lr, t, s0, s1, layout: Layout):
+    """Runs one program on flat vectors; returns (update, new s0, new s1, scratch).
+
+    ``scratch`` (``[L, n]``, the statements' registers) is the last step's: every statement
+    writes its row before a later one reads it. Carried rather than made afresh, it costs no
+    per-step fill of ``L`` rows of zeros (on a CPU that fill cost as much as the statements of
+    a short program). The inputs are a separate ``[N_IN, n]`` file.
+    """
     genome = jax.tree.map(jnp.asarray, genome)  # numpy fields cannot be indexed by the loop's i
     dt = g.dtype
-    length = genome["op"].shape[0]
     counts = layout.counts(dt)
-    regs = jnp.zeros((N_IN + length, g.shape[0]), dt)
-    inputs = {G: g, W: w, LR: jnp.full_like(g, lr), T: jnp.full_like(g, t), S0: s0, S1: s1}
-    for r, v in inputs.items():
-        regs = regs.at[r].set(v)
+    inputs = jnp.stack([g, w, jnp.full_like(g, lr), jnp.full_like(g, t), s0, s1])
     ks = genome["k"].astype(dt)
     log_ks = jnp.log(jnp.where(ks != 0, jnp.abs(ks), 1))
     log_ks = jnp.where(ks != 0, log_ks, tiny_log(dt))
 
-    def body(i, regs):
-        x = jax.lax.dynamic_index_in_dim(regs, genome["a"][i], keepdims=False)
-        y = jax.lax.dynamic_index_in_dim(regs, genome["b"][i], keepdims=False)
-        value = statement(genome["op"][i], x, y, ks[i], t, log_ks[i], layout, counts)
-        return jax.lax.dynamic_update_index_in_dim(regs, value, N_IN + i, 0)
+    def read(regs, r):
+        inp = jax.lax.dynamic_index_in_dim(inputs, jnp.minimum(r, N_IN - 1), keepdims=False)
+        reg = jax.lax.dynamic_index_in_dim(regs, jnp.maximum(r - N_IN, 0), keepdims=False)
+        return jnp.where(r < N_IN, inp, reg)
 
-    regs = jax.lax.fori_loop(0, loop_bound(genome["n"]), body, regs)
-    pick = lambda j: jax.lax.dynamic_index_in_dim(regs, genome["out"][j], keepdims=False)  # noqa: E731
-    return pick(0), pick(1), pick(2)
+    def body(i, regs):
+        x, y = read(regs, genome["a"][i]), read(regs, genome["b"][i])
+        value = statement(genome["op"][i], x, y, ks[i], t, log_ks[i], layout, counts)
+        return jax.lax.dynamic_update_index_in_dim(regs, value, i, 0)
+
+    scratch = jax.lax.fori_loop(0, loop_bound(genome["n"]), body, scratch)
+    upd, s0, s1 = (read(scratch, genome["out"][j]) for j in range(3))
+    return upd, s0, s1, scratch
 
 
 def init(genome, params):
-    """``[2, n_params]`` zeros in the compute dtype."""
+    """``Registers`` of zeros in the compute dtype: ``[2, n_params]`` and ``[L, n_params]`` (``L``
+    the genome's padded length)."""
     flat, _ = ravel_pytree(params)
-    return jnp.zeros((2, flat.shape[0]), compute_dtype(flat.dtype))
+    length, dt = np.shape(genome["op"])[0], compute_dtype(flat.dtype)
+    return Registers(jnp.zeros((2, flat.shape[0]), dt), jnp.zeros((length, flat.shape[0]), dt))
 
 
 def update(genome, grads, state, params, ctx: Ctx):
-    """``delta = -update`` of the program on every parameter; the new ``[2, n]`` state."""
+    """``delta = -update`` of the program on every parameter; the new state."""
     layout, dt = _layout(params)
     g, unravel = ravel_pytree(grads)
     w, _ = ravel_pytree(params)
     lr = jnp.asarray(ctx.lr, dt) * jnp.asarray(genome.get("lr", 1.0), dt)
     t = jnp.asarray(ctx.step, dt) + 1
-    upd, s0, s1 = run(genome, g.astype(dt), w.astype(dt), lr, t, state[0].astype(dt),
-                      state[1].astype(dt), layout)
+    s = state.slots
+    upd, s0, s1, scratch = run(genome, state.scratch, g.astype(dt), w.astype(dt), lr, t,
+                               s[0].astype(dt), s[1].astype(dt), layout)
     delta = unravel(-upd)
     delta = jax.tree.map(lambda d, p: d.astype(jnp.asarray(p).dtype), delta, params)
-    return delta, jnp.stack([s0, s1]).astype(state.dtype)
+    return delta, Registers(jnp.stack([s0, s1]).astype(s.dtype), scratch)
