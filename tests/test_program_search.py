@@ -208,14 +208,9 @@ def test_noisy_fitness_is_averaged_over_repeats(store):
     assert out["stats"]["misses"] <= cfg.search.children
 
 
-# Known bug (issue 13): the fingerprint probes 6 steps from a fresh state, so a program whose
-# behaviour changes later (here: AdamW's first-moment bias correction clipped by 0.9^t, which
-# only bites from step 7) gets AdamW's key, and the cache serves AdamW's score for it.
-# A second collision: a rule scaled by min(lr, 0.9^t) gets the hash of the rule scaled by lr
-# (the probe runs at one lr, 0.01). Fixed when the probe sees later steps and other lrs; then
-# these two tests pass and lose their marks (a 32-step, 3-lr probe did, but cost make test
-# about 80 s and broke the program AdamW seed's hash equality with optax's: issue 13's note).
-PROBE_BLIND = pytest.mark.xfail(strict=True, reason="fingerprints see 6 steps only (issue 13)")
+# Pinned collisions of the 6-step, one-lr probe (fingerprint fp2, issue 13): AdamW's first-moment
+# bias correction clipped by 0.9^t (bites from step 7) got AdamW's key, and a rule scaled by
+# min(lr, 0.9^t) the key of the rule scaled by lr; the cache served their scores.
 ADAMW_CLIPPED = """def adamw(g, w, lr, t, m, v):
     m = interp(g, m, 0.9)
     x1 = square(g)
@@ -240,7 +235,6 @@ ADAMW_CLIPPED = """def adamw(g, w, lr, t, m, v):
 """
 
 
-@PROBE_BLIND
 def test_equal_hash_means_equal_training(tiny_task):
     """Two programs with one hash train alike (the cache's promise), checked on a pair the
     search found: AdamW, and AdamW with its bias correction clipped."""
@@ -256,8 +250,24 @@ def test_equal_hash_means_equal_training(tiny_task):
         (hashes, loss)
 
 
+LR_SCALED = """def scaled(g, w, lr, t, m, v):
+    x0 = pow_t(0.9)
+    update = mul(g, lr)
+    return update, m, v
+"""
+
+
+def test_a_step_not_proportional_to_lr_has_its_own_hash():
+    """g * min(lr, 0.9^t) is g * lr at the probe's base lr (0.01) for 43 steps: only a stream
+    at a larger lr tells them apart."""
+    rule = program_rule()
+    plain = hashing.fingerprint(rule, genome_of(parse(LR_SCALED)))[1]
+    assert plain == hashing.fingerprint(rule, genome_of(load_seed("sgd")))[1]
+    clipped = LR_SCALED.replace("update = mul(g, lr)", "x1 = min(lr, x0)\n    update = mul(g, x1)")
+    assert hashing.fingerprint(rule, genome_of(parse(clipped)))[1] != plain
+
+
 @pytest.mark.slow
-@PROBE_BLIND
 def test_cache_hits_do_not_change_results(tmp_path, monkeypatch):
     """Children the cache serves under a key that a symbolically different program scored
     (equal fingerprints: the same function) score what that program scored when they are
@@ -286,6 +296,7 @@ def test_cache_hits_do_not_change_results(tmp_path, monkeypatch):
         launch(cfg, store, name="hits")
     evo = found["evolution"]
     pairs = [(group[0], other) for group in seen.values() for other in group[1:]]
+    assert pairs, "the search served no child a symbolically different program's score"
     for first, other in pairs[:4]:
         a, b = evo.score_programs(evo.scorer, [first, other], [0, 0], evo.full_batch)
         assert abs(a["fitness"] - b["fitness"]) <= 1e-3, (first, other, a, b)

@@ -2,12 +2,16 @@
 
 The procedure (the same for every rule kind):
   * probes: fixed, seeded streams of parameters and gradients, gradient magnitudes log-uniform in
-    [1e-3, 1e2] with random signs (never near zero), at several scales and with a sign flip;
-  * open loop: the rule runs from a fresh state for a few steps; its deltas are recorded but the
-    probe parameters are not moved; ``ctx`` is fixed (lr, horizon, and the step counting from 0);
+    [1e-3, 1e2] with random signs (never near zero): short streams (6 steps) at several scales,
+    with a sign flip and at three learning rates, and one long stream (48 steps, 7 of them
+    recorded) so that behaviour which changes with the step count shows;
+  * open loop: the rule runs from a fresh state; its deltas are recorded but the probe
+    parameters are not moved; ``ctx`` is fixed per stream (lr, horizon, and the step counting
+    from 0);
   * float64 on the CPU, so jit and eager agree and a scale cancels exactly;
-  * the whole delta stream is divided by one positive scalar (its RMS), so the learning rate and
-    any constant step factor drop out while the sign is kept;
+  * each stream is divided by one positive scalar (its RMS), so the learning rate and any
+    constant step factor drop out while the sign is kept; the log-ratios of the streams' RMS to
+    the first one's are kept (how the step scales with the gradient and the lr);
   * mantissas rounded to nearest at 12 bits; NaN, +-Inf and -0 mapped to canonical values.
 The rounded vector is the fingerprint; its blake2b-128 digest is the hash and the cache key.
 """
@@ -26,7 +30,9 @@ from jax.flatten_util import ravel_pytree
 
 from lab.core.rule import UpdateRule, make_ctx
 
-FINGERPRINT_VERSION = "fp2"
+# fp2 probed 6 steps at one lr: AdamW with its bias correction clipped by 0.9^t (differs from
+# step 7) got AdamW's hash, and so did a rule scaled by min(lr, 0.9^t); the cache served them
+FINGERPRINT_VERSION = "fp3"
 MANTISSA_BITS = 12
 PROBE_SEED = 20230213
 PROBE_STEPS = 6
@@ -34,11 +40,17 @@ PROBE_SHAPES = {"matrix": (3, 5), "vector": (5,)}
 PROBE_SCALES = (1.0, 1e-2, 30.0)  # gradient scales of the separate streams
 PROBE_CTX = (1000, 0.01)  # (horizon, lr) of every update; the step counts 0, 1, ... from the fresh
 # state, as optax's own step counters do, so bias corrections agree across representations
+PROBE_LRS = (1.0, 30.0)  # short streams at these lr (the first stream's grads), steps 0 and 5
+# recorded: a rule whose step is not proportional to lr (min(lr, ...)) differs there
+PROBE_LR_RECORDED = (0, PROBE_STEPS - 1)
+LONG_STEPS = 48  # the long stream (the first stream's scale and lr)
+LONG_RECORDED = (6, 8, 11, 16, 23, 32, 47)
 MATCH_TOL = 2.0 ** (1 - MANTISSA_BITS)
 
 
 def _probe_streams() -> list[dict]:
-    """Fixed probe streams: params [..] and grads [steps, ..] per stream, float64 numpy."""
+    """Fixed probe streams: ``params`` [..], ``grads`` [steps, ..] (float64 numpy), ``lr`` and
+    ``record`` (the steps whose deltas are kept), in fingerprint order."""
     rng = np.random.default_rng(PROBE_SEED)
 
     def away_from_zero(shape, lo, hi):
@@ -47,45 +59,65 @@ def _probe_streams() -> list[dict]:
 
     params = {k: away_from_zero(s, 1e-2, 1e2) for k, s in PROBE_SHAPES.items()}
     grads = {k: away_from_zero((PROBE_STEPS, *s), 1e-3, 1e2) for k, s in PROBE_SHAPES.items()}
-    streams = [{"params": params, "grads": {k: g * c for k, g in grads.items()}}
-               for c in PROBE_SCALES]
-    streams.append({"params": params, "grads": {k: -g for k, g in grads.items()}})
-    return streams
+    long = {k: away_from_zero((LONG_STEPS, *s), 1e-3, 1e2) for k, s in PROBE_SHAPES.items()}
+    lr, every = PROBE_CTX[1], tuple(range(PROBE_STEPS))
+
+    def stream(g, lr=lr, record=every):
+        return {"params": params, "grads": g, "lr": lr, "record": record}
+
+    return ([stream({k: g * c for k, g in grads.items()}) for c in PROBE_SCALES]
+            + [stream({k: -g for k, g in grads.items()})]
+            + [stream(grads, x, PROBE_LR_RECORDED) for x in PROBE_LRS]
+            + [stream(long, record=LONG_RECORDED)])
+
+
+def _length(stream: dict) -> int:
+    return max(stream["record"]) + 1
 
 
 def _raw_deltas(rule: UpdateRule, genome, streams) -> jax.Array:
     """The probe's delta stream, step by step in Python (what eager probing runs)."""
     out = []
     for s in streams:
-        params = s["params"]
+        params = jax.tree.map(jnp.asarray, s["params"])
         state = rule.init(genome, params)
-        for t in range(PROBE_STEPS):
-            ctx = make_ctx(t, *PROBE_CTX, dtype=jnp.float64)  # the same in every stream
-            grads = {k: g[t] for k, g in s["grads"].items()}
+        for t in range(_length(s)):
+            ctx = make_ctx(t, PROBE_CTX[0], s["lr"], dtype=jnp.float64)
+            grads = {k: jnp.asarray(g[t]) for k, g in s["grads"].items()}
             delta, state = rule.update(genome, grads, state, params, ctx)
-            out.extend(jnp.ravel(delta[k]) for k in PROBE_SHAPES)
+            if t in s["record"]:
+                out.extend(jnp.ravel(delta[k]) for k in PROBE_SHAPES)
     return jnp.concatenate([jnp.asarray(x, jnp.float64) for x in out])
 
 
 def _raw_deltas_scanned(rule: UpdateRule, genome, streams) -> jax.Array:
-    """``_raw_deltas`` as one traced update: a ``lax.scan`` over the steps, vmapped over the
-    streams (what jitted probing compiles: a rule's graph once, not once per step and stream).
-    The same values in the same order."""
-    params = streams[0]["params"]
-    grads = {k: jnp.stack([s["grads"][k] for s in streams]) for k in PROBE_SHAPES}
+    """``_raw_deltas`` as one traced update: a ``lax.scan`` over the longest stream's steps,
+    vmapped over the streams (what jitted probing compiles: a rule's graph once, not once per
+    step and stream; a short stream's steps past its end are computed and dropped). The same
+    values in the same order."""
+    params = jax.tree.map(jnp.asarray, streams[0]["params"])
+    steps = max(_length(s) for s in streams)
 
-    def one(stream_grads):
+    def padded(g):  # [steps, ...]: the stream's gradients, its last one repeated past its end
+        return np.concatenate([g, np.repeat(g[-1:], steps - g.shape[0], axis=0)])
+
+    grads = {k: jnp.stack([padded(s["grads"][k][:_length(s)]) for s in streams])
+             for k in PROBE_SHAPES}
+    lrs = jnp.asarray([s["lr"] for s in streams], jnp.float64)
+
+    def one(stream_grads, lr):
         def step(state, t):
-            ctx = make_ctx(t, *PROBE_CTX, dtype=jnp.float64)
+            ctx = make_ctx(t, PROBE_CTX[0], lr, dtype=jnp.float64)
             g = {k: stream_grads[k][t] for k in PROBE_SHAPES}
             delta, state = rule.update(genome, g, state, params, ctx)
             return state, jnp.concatenate([jnp.ravel(jnp.asarray(delta[k], jnp.float64))
                                            for k in PROBE_SHAPES])
-        _, out = jax.lax.scan(step, rule.init(genome, params),
-                              jnp.arange(PROBE_STEPS, dtype=jnp.int32))
+        _, out = jax.lax.scan(step, rule.init(genome, params), jnp.arange(steps, dtype=jnp.int32))
         return out  # [steps, n]
 
-    return jnp.ravel(jax.vmap(one)(grads))
+    out = jax.vmap(one)(grads, lrs)  # [streams, steps, n]
+    return jnp.concatenate([jnp.ravel(out[i, np.asarray(s["record"])])
+                            for i, s in enumerate(streams)])
 
 
 def round_mantissa(x: np.ndarray, bits: int = MANTISSA_BITS) -> np.ndarray:
@@ -99,11 +131,35 @@ def round_mantissa(x: np.ndarray, bits: int = MANTISSA_BITS) -> np.ndarray:
     return r
 
 
-def _normalize(raw: np.ndarray) -> np.ndarray:
-    finite = raw[np.isfinite(raw)]
+@functools.cache
+def _segments() -> tuple[int, ...]:
+    """The size of each stream's part of the raw delta stream, in order."""
+    n = sum(int(np.prod(shape)) for shape in PROBE_SHAPES.values())
+    return tuple(len(s["record"]) * n for s in _probe_streams())
+
+
+def _rms(x: np.ndarray) -> float:
+    finite = x[np.isfinite(x)]
     rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
-    scale = rms if np.isfinite(rms) and rms > 0 else 1.0
-    return round_mantissa(raw / scale)
+    return rms if np.isfinite(rms) and rms > 0 else 0.0
+
+
+def _normalize(raw: np.ndarray) -> np.ndarray:
+    """Each stream divided by its own RMS, then per stream the log2 of its RMS over the first
+    stream's, over 16 (NaN where a stream is all zero); all rounded. An lr multiplier or a
+    constant step factor cancels; how the step grows with the gradient's scale or with the lr
+    stays in the ratios (one normalization over every stream would let the lr-30 stream drown
+    the others)."""
+    cuts = np.cumsum((0, *_segments()))
+    if cuts[-1] != raw.size:
+        raise ValueError(f"a raw probe of {raw.size} values, expected {cuts[-1]}")
+    parts, logs = [], []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=True):
+        rms = _rms(raw[a:b])
+        parts.append(raw[a:b] / (rms or 1.0))
+        logs.append(np.log2(rms) if rms else np.nan)
+    ratios = (np.asarray(logs) - logs[0]) / 16
+    return round_mantissa(np.concatenate([*parts, ratios]))
 
 
 def digest(fp: np.ndarray) -> str:
@@ -120,7 +176,7 @@ def _probe_jitted(init, update):
     """One jitted probe per rule family (keyed by its functions), reused for every genome."""
     rule = UpdateRule("", "", init, update, None, str)
     streams = _probe_streams()
-    return jax.jit(lambda g: _raw_deltas_scanned(rule, g, jax.tree.map(jnp.asarray, streams)))
+    return jax.jit(lambda g: _raw_deltas_scanned(rule, g, streams))
 
 
 def _cast64(genome):
@@ -147,7 +203,7 @@ def fingerprint(rule: UpdateRule, genome=None, jit: bool = True) -> tuple[np.nda
         if jit:
             raw = _probe_jitted(rule.init, rule.update)(g)
         else:
-            raw = _raw_deltas(rule, g, jax.tree.map(jnp.asarray, _probe_streams()))
+            raw = _raw_deltas(rule, g, _probe_streams())
         raw = np.asarray(raw, np.float64)
     fp = _normalize(raw)
     return fp, digest(fp)
@@ -159,11 +215,8 @@ PROBE_BATCH = 64  # genomes per compiled call of the batched probe (padded)
 
 def scale_bucket(raw: np.ndarray) -> int | None:
     """The RMS of the raw delta stream in 1/16 octaves (None if zero or non-finite)."""
-    finite = raw[np.isfinite(raw)]
-    rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
-    if not (np.isfinite(rms) and rms > 0):
-        return None
-    return int(np.round(SCALE_STEPS_PER_OCTAVE * np.log2(rms)))
+    rms = _rms(raw)
+    return int(np.round(SCALE_STEPS_PER_OCTAVE * np.log2(rms))) if rms else None
 
 
 def evaluation_key(hash_: str, bucket: int | None) -> str:
@@ -178,8 +231,7 @@ def evaluation_key(hash_: str, bucket: int | None) -> str:
 def _probe_batched(init, update):
     rule = UpdateRule("", "", init, update, None, str)
     streams = _probe_streams()
-    return jax.jit(jax.vmap(lambda g: _raw_deltas_scanned(rule, g,
-                                                          jax.tree.map(jnp.asarray, streams))))
+    return jax.jit(jax.vmap(lambda g: _raw_deltas_scanned(rule, g, streams)))
 
 
 def fingerprints(rule: UpdateRule, genomes: list) -> list[tuple[np.ndarray, str, str]]:
