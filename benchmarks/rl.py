@@ -44,6 +44,19 @@ Keys (plain numbers unless said):
 * strings: ``benchmark`` ("rl"), ``env`` ("CartPole-v1"), ``objective`` (the lpo family name),
   ``device``, ``backend``, ``jax_version``.
 
+With ``--peer PATH`` (a local copy of PureJaxRL's ``purejaxrl/ppo.py``, patched for gymnax 1.0
+outside this repository, never committed), its ``make_train`` runs the same configuration (built
+from the task's fields, ``DEBUG`` off) in the same process, interleaved with ours: one agent
+against our clip agent, and ``--peer-seeds`` seeds vmapped (8) against our clip agent over as many
+seeds (one candidate, ``seeds`` evaluation seeds). More keys then:
+
+* ``vs_peer``: ``env_steps_per_second / peer_env_steps_per_second`` (>= 1: ours is as fast);
+* ``seeds_vs_peer``: the same for the vmapped seeds (``seeds_env_steps_per_second``,
+  ``peer_seeds_env_steps_per_second``);
+* ``peer_seconds``, ``peer_seeds_seconds``, ``seeds_seconds``, their ``*_compile_seconds``,
+  ``peer_final_return`` (PureJaxRL's own metric, the same last tenth), ``peer_seeds``,
+  ``peer_path``.
+
 The persistent XLA compilation cache is off, so compile times are real ones.
 
 Usage::
@@ -51,15 +64,18 @@ Usage::
     python -m benchmarks.rl                       # a table
     lab bench rl --json                           # one strict JSON document on stdout
     lab bench rl --steps 20000 --population 4 --repeats 1   # quick
+    lab bench rl --json --peer ~/purejaxrl/purejaxrl/ppo.py  # beside PureJaxRL
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -77,6 +93,7 @@ DEFAULT_POPULATION = 16
 DEFAULT_REPEATS = 2       # steady-state calls of each single agent
 DEFAULT_POPULATION_REPEATS = 1
 DEFAULT_HIDDEN = 128      # lpo()'s default: 8 x 128 + 128 = 1,152 weights
+DEFAULT_PEER_SEEDS = 8    # seeds vmapped in the side-by-side run with PureJaxRL
 SIGMA = 0.03              # the spread of the LPO population
 SEED = 0
 
@@ -103,14 +120,14 @@ def lpo_population(population: int, hidden: int = DEFAULT_HIDDEN, sigma: float =
 class _Agent:
     """One timed population (1 for a single agent) of PPO runs through ``evaluate``."""
 
-    def __init__(self, name, task, objective, genomes, steps, mesh):
+    def __init__(self, name, task, objective, genomes, steps, mesh, seeds: int = 1):
         from lab.core.evaluate import task_keys
         from lab.kinds.drift.ppo import make_train
 
         self.name, self.genomes, self.mesh = name, genomes, mesh
         self.population = int(jax.tree.leaves(genomes)[0].shape[0])
         self.train = make_train(task, objective, steps)
-        self.keys = task_keys(1, self.population)  # one seed each, drawn before any timing
+        self.keys = task_keys(seeds, self.population)  # drawn before any timing
         jax.block_until_ready(self.keys)
         self.metrics: dict[str, np.ndarray] = {}
 
@@ -123,10 +140,115 @@ class _Agent:
         return time.perf_counter() - t0
 
 
+def load_peer(path: str | Path):
+    """PureJaxRL's ``ppo.py`` (a file, or a folder holding it) as a module; its folder is on the
+    import path while it loads (for its ``wrappers``). ValueError, naming the file, if it cannot
+    be imported or has no ``make_train``."""
+    path = Path(path).expanduser()
+    file = path / "ppo.py" if path.is_dir() else path
+    if not file.is_file():
+        raise ValueError(f"--peer {path}: no such file (a local copy of PureJaxRL's "
+                         f"purejaxrl/ppo.py, patched for gymnax 1.0)")
+    spec = importlib.util.spec_from_file_location("purejaxrl_ppo", file)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(file.parent))
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - reported as one clear error
+        raise ValueError(f"--peer {file}: cannot import it: {type(e).__name__}: {e}") from None
+    finally:
+        sys.path.remove(str(file.parent))
+    if not callable(getattr(module, "make_train", None)):
+        raise ValueError(f"--peer {file}: has no make_train(config)")
+    return module
+
+
+def peer_config(task, steps: int) -> dict:
+    """PureJaxRL's CartPole config, every number taken from our task (the same run)."""
+    return {"LR": task.lr, "NUM_ENVS": task.num_envs, "NUM_STEPS": task.num_steps,
+            "TOTAL_TIMESTEPS": steps, "UPDATE_EPOCHS": task.epochs,
+            "NUM_MINIBATCHES": task.minibatches, "GAMMA": task.gamma,
+            "GAE_LAMBDA": task.gae_lambda, "CLIP_EPS": 0.2, "ENT_COEF": task.ent_coef,
+            "VF_COEF": task.vf_coef, "MAX_GRAD_NORM": task.max_grad_norm,
+            "ACTIVATION": task.activation, "ENV_NAME": task.env_id,
+            "ANNEAL_LR": task.anneal_lr, "DEBUG": False}
+
+
+class _Peer:
+    """PureJaxRL's ``make_train`` jitted (vmapped over ``seeds`` keys when more than one)."""
+
+    def __init__(self, name, module, config, seeds: int):
+        self.name, self.seeds = name, seeds
+        train = module.make_train(dict(config))
+        self.fn = jax.jit(train if seeds == 1 else jax.vmap(train))
+        key = jax.random.PRNGKey(SEED)
+        self.key = key if seeds == 1 else jax.random.split(key, seeds)
+        self.out = None
+
+    def call(self) -> float:
+        t0 = time.perf_counter()
+        self.out = jax.block_until_ready(self.fn(self.key))
+        return time.perf_counter() - t0
+
+    def final_return(self) -> float:
+        """The mean return of the episodes that ended in the last tenth of the updates."""
+        m = self.out["metrics"]
+        ret = np.asarray(m["returned_episode_returns"])
+        ended = np.asarray(m["returned_episode"]).astype(bool)
+        axis = 1 if self.seeds > 1 else 0  # the updates axis
+        tail = max(1, ret.shape[axis] // 10)
+        ret, ended = (np.take(x, range(ret.shape[axis] - tail, ret.shape[axis]), axis=axis)
+                      for x in (ret, ended))
+        return float(ret[ended].mean()) if ended.any() else float("nan")
+
+
+def _steady_pair(ours, theirs, repeats: int) -> tuple[dict, dict]:
+    """Warm-up calls, then ``repeats`` interleaved calls of each; (first, median) seconds."""
+    first = {a.name: a.call() for a in (ours, theirs)}
+    times = {ours.name: [], theirs.name: []}
+    for _ in range(repeats):
+        for a in (ours, theirs):
+            times[a.name].append(a.call())
+    return first, {k: float(statistics.median(v)) for k, v in times.items()}
+
+
+def measure_peer(peer, task, clip, steps: int, env_steps: int, mesh, repeats: int,
+                 seeds: int) -> dict:
+    """Ours against PureJaxRL, one agent and ``seeds`` seeds vmapped, interleaved."""
+    from lab.core.rule import stack_genomes
+
+    config = peer_config(task, steps)
+    genomes = stack_genomes([clip.genome])
+    one = _Agent("clip", task, clip, genomes, steps, mesh)
+    many = _Agent("seeds", task, clip, genomes, steps, mesh, seeds=seeds)
+    peer_one, peer_many = _Peer("peer", peer, config, 1), _Peer("peer_seeds", peer, config, seeds)
+    first, steady = _steady_pair(one, peer_one, repeats)
+    f2, s2 = _steady_pair(many, peer_many, repeats)
+    first.update(f2)
+    steady.update(s2)
+    out = {"peer_env_steps_per_second": env_steps / steady["peer"],
+           "seeds_env_steps_per_second": seeds * env_steps / steady["seeds"],
+           "peer_seeds_env_steps_per_second": seeds * env_steps / steady["peer_seeds"],
+           "vs_peer": steady["peer"] / steady["clip"],
+           "seeds_vs_peer": steady["peer_seeds"] / steady["seeds"],
+           "peer_final_return": peer_one.final_return(),
+           "peer_seeds": int(seeds)}
+    for name in ("peer", "peer_seeds", "seeds"):
+        out[f"{name}_seconds"] = steady[name]
+        out[f"{name}_compile_seconds"] = max(float(first[name]) - steady[name], 1e-6)
+    _log(f"side by side: ours {steady['clip']:.3f}s vs PureJaxRL {steady['peer']:.3f}s "
+         f"(vs_peer {out['vs_peer']:.2f}); {seeds} seeds: ours {steady['seeds']:.3f}s vs "
+         f"{steady['peer_seeds']:.3f}s (seeds_vs_peer {out['seeds_vs_peer']:.2f}); PureJaxRL "
+         f"final return {out['peer_final_return']:.1f}")
+    return out
+
+
 def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
         repeats: int = DEFAULT_REPEATS, population_repeats: int = DEFAULT_POPULATION_REPEATS,
-        hidden: int = DEFAULT_HIDDEN, devices: int = 0) -> dict:
-    """Times one PPO-clip agent, one LPO agent and an LPO population on CartPole.
+        hidden: int = DEFAULT_HIDDEN, devices: int = 0, peer: str | Path | None = None,
+        peer_seeds: int = DEFAULT_PEER_SEEDS) -> dict:
+    """Times one PPO-clip agent, one LPO agent and an LPO population on CartPole (and
+    PureJaxRL's PPO beside ours with ``peer``).
 
     Args:
       steps: environment steps per run (rounded down to whole updates of 512, at least one).
@@ -135,6 +257,8 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
       population_repeats: steady-state calls of the population; the median is reported.
       hidden: the LPO drift network's hidden units.
       devices: devices in the mesh (0 = all).
+      peer: PureJaxRL's ``ppo.py`` (see the module docstring); None: ours alone.
+      peer_seeds: seeds vmapped in the side-by-side run.
 
     Returns:
       A strict-JSON-able dict (see the module docstring).
@@ -148,6 +272,7 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
         raise ValueError(f"steps, population, repeats, population_repeats and hidden must be "
                          f">= 1, got {steps}, {population}, {repeats}, {population_repeats}, "
                          f"{hidden}")
+    peer_module = load_peer(peer) if peer is not None else None  # fails before any timing
     # real compile times: no persistent compilation cache (the lab CLI leaves it off for bench)
     jax.config.update("jax_enable_compilation_cache", False)
     mesh = make_mesh(devices)
@@ -214,6 +339,10 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     result["lpo_final_return"] = float(np.mean(lpo_agent.metrics["final_return"]))
     result["population_final_return"] = float(np.mean(pop_agent.metrics["final_return"]))
     result["diverged"] = float(np.mean(diverged))
+    if peer_module is not None:
+        result.update(measure_peer(peer_module, task, clip, steps, env_steps, mesh, repeats,
+                                   peer_seeds))
+        result["peer_path"] = str(peer)
     result["total_seconds"] = time.perf_counter() - t0
     _log(f"clip {steady['clip']:.3f}s ({result['env_steps_per_second']:,.0f} env steps/s, final "
          f"return {result['final_return']:.1f}); lpo {steady['lpo']:.3f}s; population "
@@ -267,12 +396,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hidden", type=positive_int, default=DEFAULT_HIDDEN,
                         help=f"the LPO drift network's hidden units (default {DEFAULT_HIDDEN})")
     parser.add_argument("--devices", type=int, default=0, help="devices in the mesh (0 = all)")
+    parser.add_argument("--peer", default=None, metavar="PATH",
+                        help="PureJaxRL's ppo.py (patched for gymnax 1.0), timed beside ours")
+    parser.add_argument("--peer-seeds", type=positive_int, default=DEFAULT_PEER_SEEDS,
+                        help=f"seeds vmapped in the side-by-side run (default "
+                             f"{DEFAULT_PEER_SEEDS})")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
     try:
         result = run(steps=args.steps, population=args.population, repeats=args.repeats,
                      population_repeats=args.population_repeats, hidden=args.hidden,
-                     devices=args.devices)
+                     devices=args.devices, peer=args.peer, peer_seeds=args.peer_seeds)
     except (KeyError, ValueError) as e:
         _log(f"rl benchmark: {e.args[0] if e.args else e}")
         return 2

@@ -366,7 +366,7 @@ def test_rl_defaults_are_the_reference_configuration(monkeypatch, capsys):
     monkeypatch.setattr(rl, "_table", lambda r: print("drift cost vs clip"))
     assert benchmarks.run_benchmark("rl", []) == 0  # the table, on stdout
     assert seen == {"steps": 500_000, "population": 16, "repeats": 2, "population_repeats": 1,
-                    "hidden": 128, "devices": 0}
+                    "hidden": 128, "devices": 0, "peer": None, "peer_seeds": 8}
     assert "drift cost vs clip" in capsys.readouterr().out
 
 
@@ -385,3 +385,50 @@ def test_rl_bad_arguments(capsys, argv, message):
     assert captured.out == "" and message in captured.err
 
 
+
+
+# A stand-in for PureJaxRL's ppo.py: make_train(config) -> train(rng) -> {"metrics": ...}, with
+# 10 updates of 2 steps x 3 envs; an episode ends at every step of update u with return u.
+FAKE_PEER = """
+import jax.numpy as jnp
+SEEN = []
+def make_train(config):
+    SEEN.append(dict(config))
+    def train(rng):
+        u = jnp.arange(10.0)[:, None, None] * jnp.ones((10, 2, 3))
+        return {"metrics": {"returned_episode_returns": u + 0 * rng.sum(),
+                            "returned_episode": jnp.ones((10, 2, 3), bool)}}
+    return train
+"""
+
+
+def test_rl_peer_runs_the_task_configuration(tmp_path):
+    (tmp_path / "ppo.py").write_text(FAKE_PEER)
+    module = rl.load_peer(tmp_path)  # a folder holding ppo.py, or the file itself
+    from tasks.rl import make_env_task
+    task = make_env_task("cartpole_bench", rl.ENV_ID, steps=4096)
+    config = rl.peer_config(task, 4096)
+    assert config == {"LR": 2.5e-4, "NUM_ENVS": 4, "NUM_STEPS": 128, "TOTAL_TIMESTEPS": 4096,
+                      "UPDATE_EPOCHS": 4, "NUM_MINIBATCHES": 4, "GAMMA": 0.99,
+                      "GAE_LAMBDA": 0.95, "CLIP_EPS": 0.2, "ENT_COEF": 0.01, "VF_COEF": 0.5,
+                      "MAX_GRAD_NORM": 0.5, "ACTIVATION": "tanh", "ENV_NAME": "CartPole-v1",
+                      "ANNEAL_LR": True, "DEBUG": False}
+    for seeds in (1, 3):
+        peer = rl._Peer("peer", module, config, seeds)
+        assert peer.call() > 0
+        assert peer.final_return() == 9.0  # the last tenth of 10 updates: update 9
+    assert module.SEEN[-1] == config
+
+
+@pytest.mark.parametrize("text, message", [
+    (None, "no such file"),
+    ("x = 1\n", "has no make_train"),
+    ("import no_such_module_here\n", "cannot import it: ModuleNotFoundError"),
+])
+def test_rl_bad_peer(tmp_path, capsys, text, message):
+    if text is not None:
+        (tmp_path / "ppo.py").write_text(text)
+    code = benchmarks.run_benchmark("rl", ["--json", "--peer", str(tmp_path / "ppo.py")])
+    assert code == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err and "ppo.py" in captured.err

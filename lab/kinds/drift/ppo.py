@@ -74,19 +74,23 @@ class ActorCritic(nn.Module):
     activation: str = "tanh"
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, critic_only: bool = False):
+        """(logits, value); ``critic_only``: the value alone (the actor is not computed)."""
         act = nn.tanh if self.activation == "tanh" else nn.relu
         ortho = orthogonal
         zeros = nn.initializers.constant(0.0)
 
-        def mlp(h, scale_out, out):
-            for _ in range(self.layers):
-                h = act(nn.Dense(self.hidden, kernel_init=ortho(np.sqrt(2)), bias_init=zeros)(h))
-            return nn.Dense(out, kernel_init=ortho(scale_out), bias_init=zeros)(h)
+        def mlp(h, scale_out, out, first):  # layers named as flax numbers them: Dense_<i>
+            for i in range(self.layers):
+                h = act(nn.Dense(self.hidden, kernel_init=ortho(np.sqrt(2)), bias_init=zeros,
+                                 name=f"Dense_{first + i}")(h))
+            return nn.Dense(out, kernel_init=ortho(scale_out), bias_init=zeros,
+                            name=f"Dense_{first + self.layers}")(h)
 
-        logits = mlp(x, 0.01, self.actions)
-        value = mlp(x, 1.0, 1)
-        return logits, jnp.squeeze(value, -1)
+        value = jnp.squeeze(mlp(x, 1.0, 1, self.layers + 1), -1)
+        if critic_only:
+            return value
+        return mlp(x, 0.01, self.actions, 0), value
 
 
 class Transition(NamedTuple):
@@ -207,15 +211,17 @@ def _make_train(task: EnvTask, family: str, steps: int, points: int):
             params, opt_state, env_state, obs, ep_ret, key = carry
             (params, env_state, obs, ep_ret, key), (traj, ret_sum, n_done) = jax.lax.scan(
                 env_step, (params, env_state, obs, ep_ret, key), None, n_steps)
-            _, next_values = net.apply(params, flat(traj.final_obs))
+            next_values = net.apply(params, flat(traj.final_obs), critic_only=True)
             adv, targets = gae(traj, next_values, task.gamma, task.gae_lambda)
             progress = u.astype(jnp.float32) / updates
 
             def epoch(carry, k):
                 params, opt_state = carry
                 perm = jax.random.permutation(k, batch)
+                # what the loss reads (the episode flags and final observations are not shuffled)
+                used = traj._replace(reward=None, terminated=None, done=None, final_obs=None)
                 data = jax.tree.map(lambda x: x.reshape((batch, *x.shape[2:]))[perm],
-                                    (traj, adv, targets))
+                                    (used, adv, targets))
                 data = jax.tree.map(lambda x: x.reshape((task.minibatches, mb_size,
                                                          *x.shape[1:])), data)
 
