@@ -19,9 +19,9 @@ wanted one, so a statement is kept cheap:
 
 The genome (``Program.to_arrays``): ``op, a, b: [L] int32``, ``k: [L] float32``, ``out: [3]
 int32``, ``n: [] int32`` and ``lr: []`` float32, a multiplier on ``ctx.lr`` (the per-candidate
-learning-rate grid of a search; 1 elsewhere). The state is ``([2, n_params], [L, n_params])``
-in the compute dtype (float32, or float64 for float64 parameters): the program's two state
-registers, and the statements' scratch registers.
+learning-rate grid of a search; 1 elsewhere). The state is ``Registers(slots, scratch)`` in
+the compute dtype (float32, or float64 for float64 parameters): the program's two state
+registers ``[2, n_params]`` and the statements' scratch registers ``[L, n_params]``.
 """
 
 from __future__ import annotations
