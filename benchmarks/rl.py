@@ -50,7 +50,8 @@ from the task's fields, ``DEBUG`` off) in the same process, interleaved with our
 against our clip agent, and ``--peer-seeds`` seeds vmapped (8) against our clip agent over as many
 seeds (one candidate, ``seeds`` evaluation seeds). More keys then:
 
-* ``vs_peer``: ``env_steps_per_second / peer_env_steps_per_second`` (>= 1: ours is as fast);
+* ``vs_peer``: PureJaxRL's seconds per run over ours, both timed in the side-by-side calls
+  (>= 1: ours is as fast);
 * ``seeds_vs_peer``: the same for the vmapped seeds (``seeds_env_steps_per_second``,
   ``peer_seeds_env_steps_per_second``);
 * ``peer_seconds``, ``peer_seeds_seconds``, ``seeds_seconds``, their ``*_compile_seconds``,
@@ -203,8 +204,12 @@ class _Peer:
 
 
 def _steady_pair(ours, theirs, repeats: int) -> tuple[dict, dict]:
-    """Warm-up calls, then ``repeats`` interleaved calls of each; (first, median) seconds."""
-    first = {a.name: a.call() for a in (ours, theirs)}
+    """Warm-up calls (they compile), then ``repeats`` interleaved calls of each, so drift hits
+    both alike; (first, median) seconds by name."""
+    first = {}
+    for a in (ours, theirs):
+        first[a.name] = a.call()
+        _log(f"{a.name}: first call {first[a.name]:.2f}s")
     times = {ours.name: [], theirs.name: []}
     for _ in range(repeats):
         for a in (ours, theirs):
@@ -212,15 +217,12 @@ def _steady_pair(ours, theirs, repeats: int) -> tuple[dict, dict]:
     return first, {k: float(statistics.median(v)) for k, v in times.items()}
 
 
-def measure_peer(peer, task, clip, steps: int, env_steps: int, mesh, repeats: int,
+def measure_peer(peer, one: _Agent, task, clip, steps: int, env_steps: int, mesh, repeats: int,
                  seeds: int) -> dict:
-    """Ours against PureJaxRL, one agent and ``seeds`` seeds vmapped, interleaved."""
-    from lab.core.rule import stack_genomes
-
+    """Ours (``one``: the clip agent, warm) against PureJaxRL, one agent and ``seeds`` seeds
+    vmapped, interleaved."""
     config = peer_config(task, steps)
-    genomes = stack_genomes([clip.genome])
-    one = _Agent("clip", task, clip, genomes, steps, mesh)
-    many = _Agent("seeds", task, clip, genomes, steps, mesh, seeds=seeds)
+    many = _Agent("seeds", task, clip, one.genomes, steps, mesh, seeds=seeds)
     peer_one, peer_many = _Peer("peer", peer, config, 1), _Peer("peer_seeds", peer, config, seeds)
     first, steady = _steady_pair(one, peer_one, repeats)
     f2, s2 = _steady_pair(many, peer_many, repeats)
@@ -289,19 +291,11 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     _log(f"rl benchmark: {ENV_ID}, {env_steps:,} env steps per run ({updates} updates), "
          f"population {population}, {objective.name}, {mesh.devices.size} device(s)")
 
-    first, times = {}, {}
-    for a in (clip_agent, lpo_agent):
-        first[a.name] = a.call()  # warm-up: compiles
-        _log(f"{a.name}: first call {first[a.name]:.2f}s")
-    times = {"clip": [], "lpo": []}
-    for _ in range(repeats):  # interleaved, so drift hits both alike
-        for a in (clip_agent, lpo_agent):
-            times[a.name].append(a.call())
+    first, steady = _steady_pair(clip_agent, lpo_agent, repeats)  # interleaved
     first["population"] = pop_agent.call()
     _log(f"population: first call {first['population']:.2f}s")
-    times["population"] = [pop_agent.call() for _ in range(population_repeats)]
-
-    steady = {name: float(statistics.median(ts)) for name, ts in times.items()}
+    steady["population"] = float(statistics.median(
+        [pop_agent.call() for _ in range(population_repeats)]))
     diverged = np.concatenate([np.ravel(a.metrics["diverged"]).astype(np.float64)
                                for a in (clip_agent, lpo_agent, pop_agent)])
     result = {
@@ -340,8 +334,8 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     result["population_final_return"] = float(np.mean(pop_agent.metrics["final_return"]))
     result["diverged"] = float(np.mean(diverged))
     if peer_module is not None:
-        result.update(measure_peer(peer_module, task, clip, steps, env_steps, mesh, repeats,
-                                   peer_seeds))
+        result.update(measure_peer(peer_module, clip_agent, task, clip, steps, env_steps, mesh,
+                                   repeats, peer_seeds))
         result["peer_path"] = str(peer)
     result["total_seconds"] = time.perf_counter() - t0
     _log(f"clip {steady['clip']:.3f}s ({result['env_steps_per_second']:,.0f} env steps/s, final "
