@@ -7,6 +7,7 @@ population shape where it can, so the whole file pays for a handful of compilati
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from tiny import TINY_DIM
 
 from lab.core import evaluate as E
 from lab.core.evaluate import (
@@ -187,6 +189,24 @@ def test_chunk_for_memory(train, rule, reference, eight_device_mesh):
         out = evaluate(train, population(rule, LRS), keys_for(len(LRS)), eight_device_mesh,
                        chunk=chunk)
         assert_metrics_equal(out, reference, rtol=1e-6)
+
+
+@pytest.mark.parametrize("pop,seeds", [(1, 1), (1, SEEDS), (len(LRS), 1)])
+def test_axes_of_one_are_not_vmapped(train, rule, reference, one_device_mesh, pop, seeds):
+    """An axis of one (one candidate, or one seed) compiles the unbatched program (no batch
+    dimension of that size in the lowered call), and the metrics are the reference's
+    rows (a one-candidate call returns [1, seeds, ...])."""
+    genomes, keys = population(rule, LRS[:pop]), keys_for(pop, SEEDS)[:, :seeds]
+    out = evaluate(train, genomes, keys, one_device_mesh)
+    for k in METRICS:
+        assert out[k].shape[:2] == (pop, seeds), k
+        np.testing.assert_array_equal(out[k], reference[k][:pop, :seeds], err_msg=k)
+    text = E.compiled(train, one_device_mesh).lower(genomes, keys).as_text()
+    # the inner loop carries the iterate x [TINY_DIM] with exactly the axes larger than one
+    loops = "\n".join(line for line in text.splitlines() if "stablehlo.while" in line)
+    lead = {m.group(1) for m in re.finditer(rf"tensor<((?:\d+x)*){TINY_DIM}xf32>", loops)}
+    want = "".join(f"{n}x" for n in (pop, seeds) if n > 1)  # "": unbatched
+    assert lead - {""} == {want} - {""} and want in lead, lead  # ("": the task's constants)
 
 
 @pytest.mark.parametrize("bad_lr", [1e30, float("nan")])
