@@ -394,6 +394,46 @@ def test_each_mutation_kind(kind):
     assert len(child) - len(p) == {"insert": 1, "delete": -1}.get(kind, 0)
 
 
+@pytest.mark.parametrize("op", ["scale_k", "add_k", "interp", "pow_t"])
+def test_constants_live_on_a_lattice_where_moves_reverse_exactly(op):
+    """A constant moved j points and back is bit-equal to its lattice point; a decay stays in
+    (0, 1); signs and the bound hold; fresh constants are lattice points."""
+    code, rng = OP_INDEX[op], np.random.default_rng(2)
+    decay = code in M.DECAYS
+    for k in [0.9, 0.999, 0.5, 0.02, *rng.uniform(0.05, 0.99, 20)] + (
+            [] if decay else [1.0, 3.7, 1e-8, -0.3, -1e-8, *rng.standard_normal(20)]):
+        point = M.lattice(k, code)
+        assert M.lattice(point, code) == point  # a fixed point
+        assert np.float32(point) != 0 and np.sign(point) == np.sign(k)
+        if decay and 0 < k < 1:
+            assert 0 < point < 1 and abs(point - k) <= 0.1 * min(k, 1 - k)
+        else:
+            assert abs(np.log2(abs(point)) - np.log2(abs(k))) <= 0.5 / M.STEPS + 1e-9
+        for j in (1, 2, 5, -1, -3):
+            moved = M.lattice(k, code, j)
+            assert moved != point and M.lattice(moved, code, -j) == point
+            assert (moved > point) == (j > 0) or (k < 0)
+    assert abs(M.lattice(1e30, code)) <= M.K_MAX and M.lattice(0.0, code) == 0.0
+    if decay:  # the ends of the decays' lattice: moves past them stop there
+        assert 0 < M.lattice(1e-12, code) == M.lattice(0.3, code, -10 ** 6) < 1e-6
+        assert 1 - 1e-6 < M.lattice(1 - 1e-12, code) == M.lattice(0.7, code, 10 ** 6) < 1
+    fresh = [M.random_k(rng, code) for _ in range(50)]
+    assert all(M.lattice(k, code) == k for k in fresh)
+
+
+def test_scale_k_moves_along_the_lattice_and_siblings_meet():
+    """Children of one parent that scale the same constant land on shared lattice points, so
+    the symbolic cache sees repeats (with 2 ** N(0, 1) factors it never did)."""
+    rng = np.random.default_rng(4)
+    p = load_seed("adamw")
+    only = {k: float(k == "scale_k") for k in M.KINDS}
+    kids = [M.mutate(p, rng, weights=only) for _ in range(200)]
+    for q in kids:
+        (i,) = _changed(p, q)
+        assert M.lattice(q.stmts[i].k, q.stmts[i].op) == q.stmts[i].k
+    assert len({H(q) for q in kids}) < 0.6 * len(kids)  # ~100 distinct of 200
+
+
 def test_insert_at_full_length_deletes_and_no_tries_keep_the_parent():
     p = load_seed("adam")
     only_insert = {k: float(k == "insert") for k in M.KINDS}

@@ -100,6 +100,48 @@ def test_adam_program_hits_the_cached_evaluation_of_baseline_adam(store):
     assert scores[key] == pytest.approx(float(result["fitness"][0]))
 
 
+def test_children_the_cache_knows_are_mutated_again(store):
+    """With the cache, a generation's batch holds new functions only: none known before the
+    generation, no two siblings alike; every replaced child counts as a hit."""
+    cfg = load_config(None, [*SMALL, "search.retries=50"])
+    setup = build_setup(cfg, store)
+    evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adamw"))
+    evo.seed_population()
+    replaced = 0
+    for g in range(3):
+        before = set(evo.cache.scores) | set(evo.cache.failed)
+        out = evo.step(g)
+        keys = [m.key for m in out["members"]]
+        assert len(set(keys)) == len(keys) and not set(keys) & before
+        stats, extra = out["stats"], out["extra"]
+        assert stats["misses"] == len(keys) == cfg.search.children
+        assert stats["hits"] == (extra["same_as_parent_symbolic"] +
+                                 extra["same_as_parent_function"] + extra["known_function"])
+        replaced += stats["hits"]
+    assert replaced > 0
+
+
+def test_without_the_cache_every_child_is_scored(store):
+    """``search.cache: false``: one mutation per child, symbolically new or not, and a child
+    whose function was scored before is scored again (a new repeat)."""
+    cfg = load_config(None, [*SMALL, "search.cache=false", "search.children=8",
+                             "search.generations=4"])
+    setup = build_setup(cfg, store)
+    evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adamw"))
+    evo.seed_population()
+    again = 0
+    for g in range(4):
+        before = set(evo.cache.scores)
+        out = evo.step(g)
+        keys = [m.key for m in out["members"]]
+        scored = {e["hash"] for e in out["evaluations"]}
+        assert scored == set(keys)  # the known ones too
+        assert out["extra"]["same_as_parent_symbolic"] == out["extra"]["known_function"] == 0
+        assert out["stats"]["hits"] == len(keys) - len(set(keys))
+        again += len(set(keys) & before)
+    assert again > 0  # some children were known functions, and were scored again
+
+
 def test_hurdle_failures_score_worst_and_batches_are_fixed(store):
     cfg = load_config(None, [*SMALL, "search.hurdle=0.75", "search.hurdle_budget=4"])
     setup = build_setup(cfg, store)

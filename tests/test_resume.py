@@ -54,8 +54,8 @@ def test_strings_and_generator_round_trip_through_orbax(tmp_path):
 
 
 def test_evolution_state_round_trips(tmp_path):
-    """Every field a generation reads: the population in order, the best, parents, the hurdle's
-    cut keys and windows, counters and the generator."""
+    """Every field a generation reads: the population in order, the best, parents, the
+    functions met, the hurdle's cut keys and windows, counters and the generator."""
     cfg = load_config(None, ["kind=program", "search.population=4", "search.children=2",
                              "search.hurdle=0.5", "search.hurdle_window=3"])
     start = load_seed("adamw")
@@ -66,6 +66,7 @@ def test_evolution_state_round_trips(tmp_path):
                                  f"{i - 1:032x}") for i, p in enumerate(programs[:4]))
     evo.best = Member(programs[4], "f" * 32, -1 / 7, 3, "0" * 32)
     evo.cache.failed.update({"e" * 32: 0.25, f"{2:032x}": 1 / 3})
+    evo.met.update({"d" * 32, f"{1:032x}", "f" * 32})
     evo.window.extend([0.1, 0.2, 0.3, 0.4])  # past its length: the first one left
     evo.full_window.append(2 / 3)
     evo.since_best, evo.restarts = 2, 1
@@ -76,7 +77,7 @@ def test_evolution_state_round_trips(tmp_path):
     assert other.restore(ckpt.restore(5)) == 6
     ckpt.close()
     assert list(other.population) == list(evo.population) and other.best == evo.best
-    assert other.cache.failed == evo.cache.failed
+    assert other.cache.failed == evo.cache.failed and other.met == evo.met
     assert list(other.window) == [0.2, 0.3, 0.4] and list(other.full_window) == [2 / 3]
     assert (other.since_best, other.restarts) == (2, 1)
     assert other.rng.random(4).tolist() == evo.rng.random(4).tolist()

@@ -140,7 +140,8 @@ def _segments() -> tuple[int, ...]:
 
 def _rms(x: np.ndarray) -> float:
     finite = x[np.isfinite(x)]
-    rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
+    with np.errstate(over="ignore"):  # a stream too large to square counts as zero, quietly
+        rms = float(np.sqrt(np.mean(finite**2))) if finite.size else 0.0
     return rms if np.isfinite(rms) and rms > 0 else 0.0
 
 

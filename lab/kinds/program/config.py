@@ -59,10 +59,13 @@ class EvolutionConfig:
     tournament: int = field(2, ge=1)
     seed: int = 0
     lr_grid: tuple[float, ...] = field((0.3, 1.0, 3.0), gt=0, nonempty=True)  # x ctx.lr
-    retries: int = field(3, ge=0)  # re-mutations while a child behaves like its parent
+    retries: int = field(3, ge=0)  # re-mutations while the cache knows a child's function
     evaluations: int = field(1, ge=1)  # evaluations averaged per function (noisy fitness)
     confirm: bool = True  # a new best-so-far is scored again on fresh data before it counts
     forget: float = field(0.0, ge=0, le=1)  # chance a full cache hit is evaluated again
+    # false: no functional-equivalence cache (each child one mutation, every child scored,
+    # known ones again); for measuring what the cache buys
+    cache: bool = True
     hurdle: float = field(0.0, ge=0, lt=1)  # fraction cut after a short run (0: no hurdle)
     hurdle_budget: int = field(0, ge=0)  # inner steps of the short run; 0: budget / 5
     hurdle_window: int = field(256, ge=1)  # recent short-run fitnesses the quantile is over

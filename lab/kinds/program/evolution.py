@@ -1,13 +1,15 @@
 """Batched regularized evolution over programs, with a functional-equivalence cache.
 
 Each generation: ``children`` tournaments pick parents from the population; each parent is
-mutated (until valid and symbolically new); children that still behave like their parent
-(functional hash) are mutated again, up to ``retries`` times; each child's evaluation key comes
-from its symbolic hash when that is known, else from a batched fingerprint; keys without enough
-evaluations are scored in one compiled call per task (each candidate at every multiplier of the
-lr grid, the best counts), padded to a fixed batch, optionally behind a hurdle (a short run for
-all, the full run for those better than a rolling quantile, both batches padded); the children
-join the population and the oldest members leave. One store transaction per generation.
+mutated (until valid and symbolically new); each child's evaluation key comes from its symbolic
+hash when that is known, else from a batched fingerprint; children whose function the run has
+met (their parent's, an earlier child's, or a sibling's) are mutated again, up to ``retries``
+times, so the evaluation batch holds new functions (``search.cache: false`` turns all of this
+off, to measure what it buys); keys without enough evaluations are scored in one compiled call
+per task (each candidate at every multiplier of the lr grid, the best counts), padded to a fixed
+batch, optionally behind a hurdle (a short run for all, the full run for those better than a
+rolling quantile, both batches padded); the children join the population and the oldest members
+leave. One store transaction per generation.
 
 Cache hit rate = 1 - (distinct keys evaluated / children generated); noisy fitness is averaged
 over up to ``evaluations`` runs per key (each on fresh data), and a full hit is evaluated again
@@ -83,6 +85,7 @@ class Evolution:
         self.restarts = 0
         self.eval_seconds = 0.0
         self.evaluated_total = 0
+        self.met: set[str] = set()  # every function this run's population has had
 
     # ---- contexts and keys ------------------------------------------------------------------
     def context(self, stage: str, repeat: int) -> str:
@@ -218,6 +221,7 @@ class Evolution:
             self.cache.metrics[key] = r["metrics"]
             self.full_window.append(r["fitness"])
         fit = self.cache.fitness(key)
+        self.met.add(key)
         self.population = deque(Member(self.start, key, fit, -1) for _ in range(self.s.population))
         self.best = self.seed_member = self.population[0]
         return rows
@@ -227,23 +231,37 @@ class Evolution:
         return min((self.population[i] for i in idx), key=lambda m: m.fitness)
 
     def children(self) -> tuple[list[Member], list[Program], list[str], dict]:
-        """B children, and how many more were generated and recognized by the cache as their
-        parent's function (symbolically, or by fingerprint), then mutated again."""
+        """B children, and how many more were generated and recognized by the cache, then
+        mutated again: symbolically their parent (``same``), or by fingerprint their parent's
+        function, one this run has met, or a sibling's (``same_function``, ``known``). Every
+        slot of the generation's evaluation batch then goes to a new function; after
+        ``retries`` re-mutations a known child joins at its cached fitness. What other runs
+        stored does not count as met: a run retraces the same steps whatever the store holds
+        (it is only spared their evaluations). Without the cache (``search.cache: false``)
+        none of this: each child is a single mutation."""
         parents = [self.tournament() for _ in range(self.s.children)]
-        seen = {"same": 0}
-        kids = [mutate(p.program, self.rng, self.cfg.rule.max_len, stats=seen) for p in parents]
+        seen = {"same": 0, "same_function": 0, "known": 0}
+        cache, length = self.s.cache, self.cfg.rule.max_len
+        kids = [mutate(p.program, self.rng, length, stats=seen, distinct=cache) for p in parents]
         keys = self.keys(kids)
-        seen["same_function"] = 0
-        for _ in range(self.s.retries):  # behaves like its parent: mutate again
-            same = [i for i, (k, p) in enumerate(zip(keys, parents, strict=True)) if k == p.key]
-            if not same:
+        for _ in range(self.s.retries if cache else 0):
+            taken, again = set(), []
+            for i, (k, p) in enumerate(zip(keys, parents, strict=True)):
+                if k == p.key:
+                    seen["same_function"] += 1
+                    again.append(i)
+                elif k in taken or k in self.met:
+                    seen["known"] += 1
+                    again.append(i)
+                taken.add(k)
+            if not again:
                 break
-            seen["same_function"] += len(same)
-            for i in same:
-                kids[i] = mutate(kids[i], self.rng, self.cfg.rule.max_len, stats=seen)
-            new = self.keys([kids[i] for i in same])
-            for i, k in zip(same, new, strict=True):
+            for i in again:
+                kids[i] = mutate(kids[i], self.rng, length, stats=seen)
+            new = self.keys([kids[i] for i in again])
+            for i, k in zip(again, new, strict=True):
                 keys[i] = k
+        self.met.update(keys)
         return parents, kids, keys, seen
 
     def step(self, generation: int) -> dict:
@@ -257,7 +275,8 @@ class Evolution:
             n = len(self.cache.scores.get(k, []))
             if k in todo or k in self.cache.failed:
                 continue
-            if n < self.s.evaluations or (self.s.forget and self.rng.random() < self.s.forget):
+            forget = self.s.forget if self.s.cache else 1.0
+            if n < self.s.evaluations or (forget and self.rng.random() < forget):
                 todo[k] = p
         evaluations = self.evaluate(todo, generation)
         confirmed = self.confirm(todo) if self.s.confirm else []
@@ -278,8 +297,9 @@ class Evolution:
         if self.s.plateau and self.since_best >= self.s.plateau:
             restart = self.restart()
         seconds = time.perf_counter() - start
-        # children generated: the B that join, plus those the cache recognized as their parent
-        n, evaluated = len(kids) + seen["same"] + seen["same_function"], len(todo)
+        # children generated: the B that join, plus those the cache recognized and replaced
+        n = len(kids) + seen["same"] + seen["same_function"] + seen["known"]
+        evaluated = len(todo)
         per_eval = self.eval_seconds / max(self.evaluated_total, 1)
         fitness = np.asarray([m.fitness for m in members])
         stats = {"best": float(fitness.min()), "mean": float(fitness.mean()),
@@ -290,6 +310,7 @@ class Evolution:
                  "children": len(kids), "confirmed": len(confirmed),
                  "same_as_parent_symbolic": seen["same"],
                  "same_as_parent_function": seen["same_function"],
+                 "known_function": seen["known"],
                  "hurdle_failed": sum(k in self.cache.failed for k in todo),
                  "best_so_far": self.best.fitness, "best_hash": self.best.key}
         return {"stats": stats, "extra": extra, "members": members,
@@ -315,12 +336,13 @@ class Evolution:
         ``members``: the population in order, then the best so far: stacked genotypes
         (``op, a, b, k: [P + 1, L]``, ``out``, ``n``), ``key`` and ``parent`` (rows of ``hashes``,
         every key the state names as ASCII bytes; -1: none), ``fitness``, ``born``.
-        ``failed``: which hashes the hurdle cut, at what fitness. Then the hurdle's windows
-        (padded), counters and the generator.
+        ``met``: which hashes the run has met. ``failed``: which hashes the hurdle cut, at what
+        fitness. Then the hurdle's windows (padded), counters and the generator.
         """
         members, failed = [*self.population, self.best], self.cache.failed
         names = list(dict.fromkeys([m.key for m in members] + list(failed) +
-                                   [m.parent for m in members if m.parent is not None]))
+                                   [m.parent for m in members if m.parent is not None] +
+                                   sorted(self.met)))
         row = {k: i for i, k in enumerate(names)}
         length = max(len(m.program) for m in members)
         genomes = [m.program.to_arrays(length) for m in members]
@@ -332,6 +354,7 @@ class Evolution:
                         "fitness": np.asarray([m.fitness for m in members], np.float64),
                         "born": np.asarray([m.born for m in members], np.int64)},
             "hashes": strings_to_array(names),
+            "met": np.asarray([k in self.met for k in names]),
             "failed": {"cut": np.asarray([k in failed for k in names]),
                        "fitness": np.asarray([failed.get(k, np.nan) for k in names], np.float64)},
             "window": _padded(self.window), "full_window": _padded(self.full_window),
@@ -359,9 +382,13 @@ class Evolution:
         self.cache.failed.update({k: float(f) for k, f, c in zip(
             names, cut["fitness"], cut["cut"], strict=True) if c})
         set_generator_state(self.rng, tree["rng"])
+        first = int(tree["generation"]) + 1
+        met = tree.get("met")  # absent from checkpoints older than the field: what they hold
+        self.met = ({k for k, flag in zip(names, met, strict=True) if flag} if met is not None
+                    else {x.key for x in [*population, self.best]})
         for p in population:
             self.cache.symbolic.setdefault(symbolic_hash(p.program), (p.key, None))
-        return int(tree["generation"]) + 1
+        return first
 
 
 def _padded(window: deque) -> dict[str, np.ndarray]:

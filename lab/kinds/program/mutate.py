@@ -1,11 +1,15 @@
 """Mutations of programs (host side, numpy randomness from an explicit seed).
 
 Five kinds, as in the Lion search and AutoML-Zero: insert a statement, delete one, change an op,
-change an argument (a statement's or an output's), scale a constant by ``2 ** N(0, 1)``. An
-insertion may *rebind* an earlier register (later reads of ``m`` read the new statement, the
-way ``m = f(m)`` rebinds a name in the text form), so a single insertion can change behaviour.
-``mutate`` retries until the child is valid, fits the length and differs from its parent by
-symbolic hash.
+change an argument (a statement's or an output's), scale a constant by ``2 ** (j / 4)`` (``j`` a
+rounded ``4 N(0, 1)``, never 0). Constants live on a lattice (``lattice``): ``sign 2 ** (e / 4)``,
+and for a decay (``interp``, ``pow_t``) the same on ``1 - k`` above 1/2, so that a step and its
+reverse, or two children that make the same move, give the same function exactly and the cache
+knows it (with ``2 ** N(0, 1)`` factors no constant ever recurred); the ES on constants refines
+the finalists off the lattice. An insertion may *rebind* an earlier register (later reads of
+``m`` read the new statement, the way ``m = f(m)`` rebinds a name in the text form), so a single
+insertion can change behaviour. ``mutate`` retries until the child is valid, fits the length and
+differs from its parent by symbolic hash.
 
 References: Chen et al. 2023 (arXiv 2302.06675); Real et al. 2020, AutoML-Zero (arXiv 2003.03384).
 """
@@ -28,11 +32,35 @@ from lab.kinds.program.ops import OP_INDEX, OPS
 KINDS = ("insert", "delete", "change_op", "change_arg", "scale_k")
 _OPS = [i for i, op in enumerate(OPS) if op.name != "nop"]
 _INTERP = OP_INDEX["interp"]
+DECAYS = frozenset({_INTERP, OP_INDEX["pow_t"]})  # constants read as decays: 1 - k on the lattice
+STEPS = 4  # lattice points per factor of 2
+K_MAX = 1e10
+
+
+def lattice(k: float, op: int, steps: int = 0) -> float:
+    """``k`` rounded to its lattice point, moved ``steps`` points: ``sign(k) 2 ** (e / STEPS)``;
+    a decay in (0, 1) is ``1 - 2 ** (-1 - n / STEPS)`` above 1/2 and ``2 ** (-1 + n / STEPS)``
+    below (one integer ``n``, 0 at 1/2), so it stays a decay and its steps shrink towards 1 as
+    ``1 - k`` does. Every point is computed from its integer, so equal moves give bit-equal
+    constants (a move past the ends stops at the end)."""
+    k = float(k)
+    if not np.isfinite(k) or k == 0.0:
+        return 0.0
+    if op in DECAYS and 0.0 < k < 1.0:
+        n = round(-STEPS * (np.log2(1.0 - k) + 1.0)) if k >= 0.5 else \
+            round(STEPS * (np.log2(k) + 1.0))
+        n = int(np.clip(n + steps, -STEPS * 22, STEPS * 22))
+        k = 1.0 - 2.0 ** (-1.0 - n / STEPS) if n >= 0 else 2.0 ** (-1.0 + n / STEPS)
+        return float(np.float32(k))  # a program's constants are float32
+    top = int(STEPS * np.log2(K_MAX))  # the last lattice point within K_MAX
+    e = int(np.clip(round(STEPS * np.log2(abs(k))) + steps, -top, top))
+    return float(np.float32(np.copysign(2.0 ** (e / STEPS), k)))
 
 
 def random_k(rng: np.random.Generator, op: int) -> float:
-    """A fresh constant: a decay in (0.5, 1) for ``interp``, else N(0, 1)."""
-    return float(rng.uniform(0.5, 1.0)) if op == _INTERP else float(rng.normal())
+    """A fresh constant on the lattice: a decay in [0.5, 1) for ``interp``, else N(0, 1)."""
+    k = float(rng.uniform(0.5, 1.0)) if op == _INTERP else float(rng.normal())
+    return lattice(k, op)
 
 
 def random_stmt(rng: np.random.Generator, n_regs: int, first: int | None = None) -> Stmt:
@@ -123,9 +151,13 @@ def scale_k(p: Program, rng: np.random.Generator) -> Program:
         return p
     i = idx[int(rng.integers(len(idx)))]
     s = p.stmts[i]
-    k = s.k * 2.0 ** rng.normal() if s.k != 0 else float(rng.normal())
+    if s.k == 0:
+        k = random_k(rng, s.op)
+    else:
+        j = round(STEPS * rng.normal())
+        k = lattice(s.k, s.op, j if j else int(rng.choice((-1, 1))))
     stmts = list(p.stmts)
-    stmts[i] = Stmt(s.op, s.a, s.b, float(np.clip(k, -1e10, 1e10)))
+    stmts[i] = Stmt(s.op, s.a, s.b, k)
     return Program(tuple(stmts), p.out, p.name)
 
 
@@ -134,21 +166,22 @@ MUTATIONS = {"insert": insert, "delete": delete, "change_op": change_op,
 
 
 def mutate(p: Program, rng: np.random.Generator, max_len: int = MAX_LEN, tries: int = 100,
-           weights: dict[str, float] | None = None, stats: dict | None = None) -> Program:
+           weights: dict[str, float] | None = None, stats: dict | None = None,
+           distinct: bool = True) -> Program:
     """A valid child of ``p`` with a different symbolic hash (``p`` itself if ``tries`` run
-    out). ``weights``: relative frequency of each kind (default: equal). ``stats["same"]``
-    counts the valid children rejected for having their parent's symbolic hash (hits of the
-    symbolic cache)."""
+    out; with ``distinct=False``, the first valid child, whatever its hash). ``weights``:
+    relative frequency of each kind (default: equal). ``stats["same"]`` counts the valid
+    children rejected for having their parent's symbolic hash (hits of the symbolic cache)."""
     w = np.asarray([(weights or {}).get(k, 1.0) for k in KINDS], np.float64)
     w = w / w.sum()
-    parent = symbolic_hash(p)
+    parent = symbolic_hash(p) if distinct else None
     for _ in range(tries):
         kind = KINDS[int(rng.choice(len(KINDS), p=w))]
         if kind == "insert" and len(p.stmts) >= max_len:
             kind = "delete"
         child = MUTATIONS[kind](p, rng)
         if len(child.stmts) <= max_len and is_valid(child):
-            if symbolic_hash(child) != parent:
+            if not distinct or symbolic_hash(child) != parent:
                 return child
             if stats is not None:
                 stats["same"] = stats.get("same", 0) + 1
