@@ -123,23 +123,26 @@ def test_children_the_cache_knows_are_mutated_again(store):
 
 def test_without_the_cache_every_child_is_scored(store):
     """``search.cache: false``: one mutation per child, symbolically new or not, and a child
-    whose function was scored before is scored again (a new repeat)."""
+    whose function was scored before is scored again, one the hurdle cut too."""
     cfg = load_config(None, [*SMALL, "search.cache=false", "search.children=8",
-                             "search.generations=4"])
+                             "search.generations=4", "search.hurdle=0.5",
+                             "search.hurdle_budget=4"])
     setup = build_setup(cfg, store)
-    evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adamw"))
+    short = evolution.short_scorer(cfg, setup)
+    evo = evolution.Evolution(cfg, store, "r", setup.scorer, short, load_seed("adamw"))
     evo.seed_population()
-    again = 0
+    again = cut_again = 0
     for g in range(4):
-        before = set(evo.cache.scores)
+        before, cut = set(evo.cache.scores), set(evo.cache.failed)
         out = evo.step(g)
         keys = [m.key for m in out["members"]]
         scored = {e["hash"] for e in out["evaluations"]}
         assert scored == set(keys)  # the known ones too
         assert out["extra"]["same_as_parent_symbolic"] == out["extra"]["known_function"] == 0
         assert out["stats"]["hits"] == len(keys) - len(set(keys))
-        again += len(set(keys) & before)
-    assert again > 0  # some children were known functions, and were scored again
+        again += len(set(keys) & (before | cut))
+        cut_again += len(set(keys) & cut)
+    assert again > 0 and cut_again > 0  # known functions, cut ones too, were scored again
 
 
 def test_hurdle_failures_score_worst_and_batches_are_fixed(store):

@@ -273,10 +273,10 @@ class Evolution:
         todo: dict[str, Program] = {}
         for k, p in zip(keys, kids, strict=True):
             n = len(self.cache.scores.get(k, []))
-            if k in todo or k in self.cache.failed:
+            if k in todo or (self.s.cache and k in self.cache.failed):
                 continue
-            forget = self.s.forget if self.s.cache else 1.0
-            if n < self.s.evaluations or (forget and self.rng.random() < forget):
+            if n < self.s.evaluations or not self.s.cache or (
+                    self.s.forget and self.rng.random() < self.s.forget):
                 todo[k] = p
         evaluations = self.evaluate(todo, generation)
         confirmed = self.confirm(todo) if self.s.confirm else []
