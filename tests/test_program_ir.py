@@ -113,15 +113,21 @@ E = "def f(g, w, lr, t, m, v):\n"
     (E + "    u = scale_k(g, nan)\n    return u, m, v\n", 2, 20, "not a finite float32"),
     ("def f(g, w, lr, t, g, v):\n    u = sign(g)\n    return u, g, v\n", 1, 20,
      "input 'g' is named twice"),
-    ("def f(g, w, lr, t, m):\n    return g, m, m\n", 1, 21, "','"),
+    ("def f(g, w, lr, t, m):\n    return g, m, m\n", 1, 6, "5 inputs fit no program signature"),
     (E + "    u = square(g) $\n    return u, m, v\n", 2, 19, "unexpected '\\$'"),
     (E + "    square = sign(g)\n    return square, m, v\n", 2, 5, "cannot be assigned"),
     (E + "    u = sign(g) sign\n    return u, m, v\n", 2, 17, "after the end of the statement"),
     (E + "    return g, m\n", 2, 16, r"return update, m, v"),
+    ("def d(r, A, progress):\n    x = mean(r)\n    return x\n", 2, 9,
+     "op 'mean' is not available to drift programs"),
+    ("def d(r, A, progress):\n    x = abs(r)\n    return x, x\n", 3, 13,
+     "after the end of the statement"),
+    ("def s(t, T):\n    x = div(t, T)\n", 3, 1, "missing 'return multiplier'"),
 ], ids=["garbage", "empty", "unknown_op", "undefined", "return_undefined", "too_few_args",
         "too_many_args", "missing_k", "missing_return", "after_return", "overflowing_k", "inf_k",
         "nan_k", "duplicate_input", "five_inputs", "bad_character", "assign_to_op",
-        "trailing_token", "short_return"])
+        "trailing_token", "short_return", "op_not_in_signature", "drift_returns_one",
+        "schedule_return"])
 def test_malformed_text_names_line_and_column(text, line, column, says):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no RuntimeWarning on the way (1e39 -> inf)
@@ -174,7 +180,7 @@ def test_liveness_across_steps():
     # the update reads m; m's new value reads v; v's new value reads g: all live
     p = prog("u = sign(m)\nm = add(v, m)\nv = neg(g)\nreturn u, m, v")
     assert P.live_slots(p) == (True, True)
-    assert P.depends_on_g(p) and P.remove_dead(p) == p
+    assert P.depends_on_required(p) and P.remove_dead(p) == p
     # the same without the read of v: v is dead and so is its statement
     q = prog("u = sign(m)\nm = scale_k(m, 0.5)\nx = add_k(g, 1.0)\nm = add(m, x)\n"
              "v = neg(g)\nreturn u, m, v")

@@ -70,6 +70,7 @@ CLOSED_FORM = {
     "dot": (lambda x, y, k, t: np.full_like(x, np.sum(x * y)), 0.0),
     "cosine": (lambda x, y, k, t: np.full_like(x, np.sum(x * y) / np.sqrt(np.sum(x * x) *
                                                                           np.sum(y * y))), 0.0),
+    "cos": (lambda x, y, k, t: np.cos(x), 0.0),
 }
 
 

@@ -284,6 +284,15 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(gap**2)))
 
 
+def relative_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS gap between two value fingerprints (a drift surface, a schedule curve) over the RMS
+    of the second (0 = the same; inf where either is not finite)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("inf")
+    return float(np.sqrt(np.mean((a - b) ** 2)) / max(np.sqrt(np.mean(b**2)), 1e-12))
+
+
 @dataclasses.dataclass(frozen=True)
 class Known:
     name: str

@@ -161,17 +161,45 @@ def lpo(spec: LPOSpec = LPOSpec()) -> Objective:
     return Objective(KIND, spec.name, drift, {"w0": w0, "w1": w1}, describe, spec.features)
 
 
+PROGRAM_LEN = 32  # padded statements of a drift program's default genome
+
+
+@functools.cache
+def programs(length: int = PROGRAM_LEN) -> Objective:
+    """Drift programs (the program engine's ``drift`` signature: ``def f(r, A, progress): ...
+    return drift``) through its interpreter: the genome is a program's arrays, so a population of
+    different programs is one vmap and one compilation per padded length. Its default genome is
+    PPO-clip as a program (``seeds/drift/ppo_clip.prog``, equal to ``ppo_clip()`` by
+    fingerprint)."""
+    from lab.kinds.program import interpreted
+    from lab.kinds.program.programs import genome_of, load_seed, program_of
+    from lab.kinds.program.signatures import DRIFT
+    from lab.kinds.program.text import to_source
+
+    def drift(genome, r, adv, progress):
+        return interpreted.apply(genome, r, adv, progress)
+
+    def describe(genome):
+        return to_source(program_of(genome, "drift", DRIFT))
+
+    return Objective(KIND, "program", drift, genome_of(load_seed("ppo_clip", DRIFT.name), length),
+                     describe)
+
+
 def objective_from_name(name: str) -> Objective:
-    """The family called ``name`` (``ppo_clip``, ``dpo``, ``lpo(...)``)."""
+    """The family called ``name`` (``ppo_clip``, ``dpo``, ``lpo(...)``, ``program``)."""
     name = name.strip()
     if name == "ppo_clip":
         return ppo_clip()
     if name == "dpo":
         return dpo()
+    if name == "program":
+        return programs()
     if name.startswith("lpo"):
         return lpo(LPOSpec.parse(name))
     from lab.names import hint
-    raise ValueError(f"unknown drift family {name!r}" + hint(name, ("ppo_clip", "dpo", "lpo")))
+    raise ValueError(f"unknown drift family {name!r}" + hint(name, ("ppo_clip", "dpo", "lpo",
+                                                                    "program")))
 
 
 # ---- the grid: constraints and fingerprint ----------------------------------------------------
@@ -270,18 +298,10 @@ def known_objectives() -> tuple[tuple[str, np.ndarray], ...]:
                  (("ppo_clip", ppo_clip()), ("dpo", dpo())))
 
 
-def relative_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """RMS gap between two drift surfaces over the RMS of the second (0 = the same)."""
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        return float("inf")
-    return float(np.sqrt(np.mean((a - b) ** 2)) / max(np.sqrt(np.mean(b**2)), 1e-12))
-
-
 def describe_function(objective: Objective, genome) -> dict:
     """``{"hash", "equals", "closest", "fingerprint", "constraints"}`` of one drift: the lab's
     ``describe_function`` for kind ``drift``."""
-    from lab.core.hashing import matches
+    from lab.core.hashing import matches, relative_distance
     fp, h = fingerprint(objective, genome)
     known = known_objectives()
     dist = {name: relative_distance(fp, k) for name, k in known}

@@ -1,5 +1,8 @@
 """The compiled path: one program traced straight-line (live statements only).
 
+``structure_function(program)`` is the same for a stateless program (a drift, a schedule):
+a function of its constants and its inputs.
+
 ``structure_rule(program)`` is an ``UpdateRule`` whose genome is the program's constants
 (``{"k": [n] float32}``, n live statements): one compilation per program structure, vmappable
 over constants (the ES stage that tunes the constants of the best structures uses it), and
@@ -20,14 +23,7 @@ import optax
 from lab.core.rule import Ctx, UpdateRule, to_optax
 from lab.kinds.program.interpreted import compute_dtype
 from lab.kinds.program.ir import (
-    LR,
-    N_IN,
-    S0,
-    S1,
-    G,
     Program,
-    T,
-    W,
     live_slots,
     reads,
     simplify,
@@ -36,12 +32,36 @@ from lab.kinds.program.ops import OPS, apply
 from lab.kinds.program.text import to_source
 
 
-def _leaf(p: Program, ks, g, w, lr, t, s0, s1):
-    regs = {G: g, W: w, LR: jnp.full_like(g, lr), T: jnp.full_like(g, t), S0: s0, S1: s1}
+def trace(p: Program, ks, inputs, t) -> tuple:
+    """The outputs of ``p`` on ``inputs`` (one array per input register, same shape), traced
+    statement by statement with the reference ops (``t``: the step count ``pow_t`` reads)."""
+    regs = dict(enumerate(inputs))
     for i, s in enumerate(p.stmts):
-        args = [regs[r] for r in reads(s)] + [g, g]
-        regs[N_IN + i] = apply(s.op, args[0], args[1], ks[i], t)
-    return regs[p.out[0]], regs[p.out[1]], regs[p.out[2]]
+        args = [regs[r] for r in reads(s)] + [inputs[0], inputs[0]]
+        regs[p.n_in + i] = apply(s.op, args[0], args[1], ks[i], t)
+    return tuple(regs[r] for r in p.out)
+
+
+def _leaf(p: Program, ks, g, w, lr, t, s0, s1):
+    return trace(p, ks, (g, w, jnp.full_like(g, lr), jnp.full_like(g, t), s0, s1), t)
+
+
+@functools.lru_cache(maxsize=256)
+def structure_function(program: Program, simplify_first: bool = True):
+    """A stateless program (drift, schedule) as ``(fn, genome)``: ``fn(genome, *inputs)`` its
+    result elementwise on arrays that broadcast together, over its constants ``genome = {"k":
+    [n] float32}`` (one compilation per structure, vmappable over constants)."""
+    p = simplify(program) if simplify_first else program
+    if p.sig.state:
+        raise ValueError(f"{p.name}: a {p.sig.name} program has state; use structure_rule")
+
+    def fn(genome, *inputs):
+        shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
+        dt = compute_dtype(jnp.result_type(*inputs))
+        xs = tuple(jnp.broadcast_to(jnp.asarray(x, dt), shape) for x in inputs)
+        return trace(p, jnp.asarray(genome["k"]).astype(dt), xs, jnp.zeros((), dt))[0]
+
+    return fn, {"k": np.asarray([s.k for s in p.stmts], np.float32)}
 
 
 @functools.lru_cache(maxsize=256)
@@ -92,7 +112,7 @@ def with_constants(p: Program, ks) -> Program:
     ks = np.asarray(ks, np.float32)
     stmts = tuple(Stmt(s.op, s.a, s.b, float(ks[i])) if OPS[s.op].uses_k else s
                   for i, s in enumerate(p.stmts))
-    return Program(stmts, p.out, p.name)
+    return p.but(stmts)
 
 
 def program_to_optax(program: Program, learning_rate: float = 1.0,

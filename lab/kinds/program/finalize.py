@@ -32,7 +32,6 @@ from lab.core.rule import UpdateRule
 from lab.kinds.program.compiled import structure_rule, with_constants
 from lab.kinds.program.evolution import Evolution, scorer_at
 from lab.kinds.program.ir import (
-    N_IN,
     Stmt,
     bake_lr,
     is_valid,
@@ -103,10 +102,10 @@ def knock_out(p: Program, i: int) -> Program | None:
     args = reads(s)
     if not args:
         return None
-    reg, repl = N_IN + i, args[0]
+    reg, repl = p.n_in + i, args[0]
     f = lambda r: repl if r == reg else (r - 1 if r > reg else r)  # noqa: E731
     stmts = tuple(Stmt(t.op, f(t.a), f(t.b), t.k) for j, t in enumerate(p.stmts) if j != i)
-    q = Program(stmts, tuple(f(r) for r in p.out), p.name)
+    q = p.but(stmts, [f(r) for r in p.out])
     return simplify(q) if is_valid(q) else None
 
 

@@ -22,6 +22,8 @@ int32``, ``n: [] int32`` and ``lr: []`` float32, a multiplier on ``ctx.lr`` (the
 learning-rate grid of a search; 1 elsewhere). The state is ``Registers(slots, scratch)`` in
 the compute dtype (float32, or float64 for float64 parameters): the program's two state
 registers ``[2, n_params]`` and the statements' scratch registers ``[L, n_params]``.
+
+``apply`` runs a stateless program (the drift and schedule signatures) elementwise on arrays.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from lab.core.rule import Ctx
-from lab.kinds.program.ir import N_IN
 from lab.kinds.program.ops import EXP_CLIP, OP_INDEX, OPS, arctan, guard, tiny_log
 
 _O = OP_INDEX
@@ -97,6 +98,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "tanh": ("tanh",),
     "arctan": ("arctan",),
     "reduce": ("mean", "rms", "dot", "cosine"),
+    "cos": ("cos",),
 }
 
 
@@ -174,7 +176,8 @@ def statement(op, x, y, k, t, log_k, layout: Layout, counts):
         return jnp.where(nz, num / jnp.where(nz, ny, 1), 0)
 
     others = {"div": div, "power": lambda: _power(pos, x, k), "tanh": lambda: jnp.tanh(x),
-              "arctan": lambda: arctan(x), "reduce": lambda: _reduce(pos, x, y, layout, counts)}
+              "arctan": lambda: arctan(x), "reduce": lambda: _reduce(pos, x, y, layout, counts),
+              "cos": lambda: jnp.cos(x)}
     for gi, name in enumerate(GROUPS):
         if gi == 0:
             continue
@@ -194,35 +197,53 @@ class Registers(NamedTuple):
     scratch: jax.Array
 
 
-def run(genome, scratch, g, w, lr, t, s0, s1, layout: Layout):
-    """Runs one program on flat vectors; returns (update, new s0, new s1, scratch).
+def run(genome, scratch, inputs, t, layout: Layout, differentiable: bool = False):
+    """Runs one program on flat vectors; returns (its outputs, scratch).
 
-    ``scratch`` (``[L, n]``, the statements' registers) is the last step's: every statement
-    writes its row before a later one reads it. Carried rather than made afresh, it costs no
-    per-step fill of ``L`` rows of zeros (on a CPU that fill cost as much as the statements of
-    a short program). The inputs are a separate ``[N_IN, n]`` file.
+    ``inputs`` (``[n_in, n]``) are the signature's input registers, ``t`` the step count that
+    ``pow_t`` reads. ``scratch`` (``[L, n]``, the statements' registers) is the last step's:
+    every statement writes its row before a later one reads it. Carried rather than made
+    afresh, it costs no per-step fill of ``L`` rows of zeros (on a CPU that fill cost as much as
+    the statements of a short program). ``differentiable``: run all ``L`` statements (the
+    padding is NOPs), a loop of static length that reverse-mode autodiff goes through, rather
+    than the batch's longest program.
     """
     genome = jax.tree.map(jnp.asarray, genome)  # numpy fields cannot be indexed by the loop's i
-    dt = g.dtype
+    genome = {**genome, **{f: genome[f].astype(jnp.int32) for f in ("op", "a", "b", "out", "n")}}
+    n_in, dt = inputs.shape[0], inputs.dtype
     counts = layout.counts(dt)
-    inputs = jnp.stack([g, w, jnp.full_like(g, lr), jnp.full_like(g, t), s0, s1])
     ks = genome["k"].astype(dt)
     log_ks = jnp.log(jnp.where(ks != 0, jnp.abs(ks), 1))
     log_ks = jnp.where(ks != 0, log_ks, tiny_log(dt))
 
     def read(regs, r):
-        inp = jax.lax.dynamic_index_in_dim(inputs, jnp.minimum(r, N_IN - 1), keepdims=False)
-        reg = jax.lax.dynamic_index_in_dim(regs, jnp.maximum(r - N_IN, 0), keepdims=False)
-        return jnp.where(r < N_IN, inp, reg)
+        inp = jax.lax.dynamic_index_in_dim(inputs, jnp.minimum(r, n_in - 1), keepdims=False)
+        reg = jax.lax.dynamic_index_in_dim(regs, jnp.maximum(r - n_in, 0), keepdims=False)
+        return jnp.where(r < n_in, inp, reg)
 
     def body(i, regs):
         x, y = read(regs, genome["a"][i]), read(regs, genome["b"][i])
         value = statement(genome["op"][i], x, y, ks[i], t, log_ks[i], layout, counts)
         return jax.lax.dynamic_update_index_in_dim(regs, value, i, 0)
 
-    scratch = jax.lax.fori_loop(0, loop_bound(genome["n"]), body, scratch)
-    upd, s0, s1 = (read(scratch, genome["out"][j]) for j in range(3))
-    return upd, s0, s1, scratch
+    bound = genome["op"].shape[0] if differentiable else loop_bound(genome["n"])
+    scratch = jax.lax.fori_loop(0, bound, body, scratch)
+    outs = tuple(read(scratch, genome["out"][j]) for j in range(genome["out"].shape[0]))
+    return outs, scratch
+
+
+def apply(genome, *inputs):
+    """A stateless program (a drift, a schedule) on arrays that broadcast together: its first
+    output, elementwise, in their shape (float32, or float64 for float64 inputs). Reductions
+    are not in these signatures, so the result is the same whatever the batch beside it;
+    differentiable in the inputs (PPO's loss takes its gradient through a drift)."""
+    shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
+    dt = compute_dtype(jnp.result_type(*inputs))
+    flat = jnp.stack([jnp.broadcast_to(jnp.asarray(x, dt), shape).reshape(-1) for x in inputs])
+    n = flat.shape[1]
+    scratch = jnp.zeros((np.shape(genome["op"])[0], n), dt)
+    outs, _ = run(genome, scratch, flat, jnp.zeros((), dt), Layout((n,)), differentiable=True)
+    return outs[0].reshape(shape)
 
 
 def init(genome, params):
@@ -241,8 +262,10 @@ def update(genome, grads, state, params, ctx: Ctx):
     lr = jnp.asarray(ctx.lr, dt) * jnp.asarray(genome.get("lr", 1.0), dt)
     t = jnp.asarray(ctx.step, dt) + 1
     s = state.slots
-    upd, s0, s1, scratch = run(genome, state.scratch, g.astype(dt), w.astype(dt), lr, t,
-                               s[0].astype(dt), s[1].astype(dt), layout)
+    g, w = g.astype(dt), w.astype(dt)
+    inputs = jnp.stack([g, w, jnp.full_like(g, lr), jnp.full_like(g, t), s[0].astype(dt),
+                        s[1].astype(dt)])
+    (upd, s0, s1), scratch = run(genome, state.scratch, inputs, t, layout)
     delta = unravel(-upd)
     delta = jax.tree.map(lambda d, p: d.astype(jnp.asarray(p).dtype), delta, params)
     return delta, Registers(jnp.stack([s0, s1]).astype(s.dtype), scratch)

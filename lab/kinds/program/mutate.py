@@ -20,7 +20,6 @@ import numpy as np
 
 from lab.kinds.program.ir import (
     MAX_LEN,
-    N_IN,
     Program,
     Stmt,
     is_valid,
@@ -28,9 +27,9 @@ from lab.kinds.program.ir import (
     symbolic_hash,
 )
 from lab.kinds.program.ops import OP_INDEX, OPS
+from lab.kinds.program.signatures import UPDATE, Signature
 
 KINDS = ("insert", "delete", "change_op", "change_arg", "scale_k")
-_OPS = [i for i, op in enumerate(OPS) if op.name != "nop"]
 _INTERP = OP_INDEX["interp"]
 DECAYS = frozenset({_INTERP, OP_INDEX["pow_t"]})  # constants read as decays: 1 - k on the lattice
 STEPS = 4  # lattice points per factor of 2
@@ -63,9 +62,11 @@ def random_k(rng: np.random.Generator, op: int) -> float:
     return lattice(k, op)
 
 
-def random_stmt(rng: np.random.Generator, n_regs: int, first: int | None = None) -> Stmt:
-    """A statement over registers ``< n_regs`` (its first argument ``first`` if given)."""
-    op = int(rng.choice(_OPS))
+def random_stmt(rng: np.random.Generator, n_regs: int, first: int | None = None,
+                sig: Signature = UPDATE) -> Stmt:
+    """A statement of an op of ``sig`` over registers ``< n_regs`` (its first argument
+    ``first`` if given)."""
+    op = int(rng.choice(sig.ops))
     a = int(rng.integers(n_regs)) if first is None else first
     b = int(rng.integers(n_regs))
     return Stmt(op, a, b, random_k(rng, op) if OPS[op].uses_k else 0.0)
@@ -82,8 +83,8 @@ def _redirect(p: Program, start: int, old: int, new: int) -> tuple[list[Stmt], l
 
 
 def _shift(p: Program, at: int, by: int) -> tuple[list[Stmt], list[int]]:
-    """Registers >= ``N_IN + at`` renumbered by ``by`` (for an insertion or deletion at)."""
-    f = lambda r: r + by if r >= N_IN + at else r  # noqa: E731
+    """Registers >= ``n_in + at`` renumbered by ``by`` (for an insertion or deletion at)."""
+    f = lambda r: r + by if r >= p.n_in + at else r  # noqa: E731
     return [Stmt(s.op, f(s.a), f(s.b), s.k) for s in p.stmts], [f(r) for r in p.out]
 
 
@@ -91,13 +92,14 @@ def insert(p: Program, rng: np.random.Generator) -> Program:
     at = int(rng.integers(len(p.stmts) + 1))
     stmts, out = _shift(p, at, 1)
     # half of the insertions rebind an earlier register: later reads see the new value
-    target = int(rng.integers(N_IN + at)) if rng.random() < 0.5 else None
-    new = random_stmt(rng, N_IN + at, first=target)
+    n_in = p.n_in
+    target = int(rng.integers(n_in + at)) if rng.random() < 0.5 else None
+    new = random_stmt(rng, n_in + at, first=target, sig=p.sig)
     stmts.insert(at, new)
-    q = Program(tuple(stmts), tuple(out), p.name)
+    q = p.but(stmts, out)
     if target is not None:
-        stmts, out = _redirect(q, at + 1, target, N_IN + at)
-        q = Program(tuple(stmts), tuple(out), p.name)
+        stmts, out = _redirect(q, at + 1, target, n_in + at)
+        q = p.but(stmts, out)
     return q
 
 
@@ -107,11 +109,11 @@ def delete(p: Program, rng: np.random.Generator) -> Program:
     at = int(rng.integers(len(p.stmts)))
     s = p.stmts[at]
     args = reads(s)
-    repl = args[0] if args else int(rng.integers(N_IN + at))  # reads of it now read its input
-    stmts, out = _redirect(p, at + 1, N_IN + at, repl)
-    q = Program(tuple(stmts[:at] + stmts[at + 1:]), tuple(out), p.name)
-    stmts, out = _shift(Program(q.stmts, q.out), at + 1, -1)
-    return Program(tuple(stmts), tuple(out), p.name)
+    repl = args[0] if args else int(rng.integers(p.n_in + at))  # its reads now read its input
+    stmts, out = _redirect(p, at + 1, p.n_in + at, repl)
+    q = p.but(stmts[:at] + stmts[at + 1:], out)
+    stmts, out = _shift(q, at + 1, -1)
+    return p.but(stmts, out)
 
 
 def change_op(p: Program, rng: np.random.Generator) -> Program:
@@ -119,30 +121,30 @@ def change_op(p: Program, rng: np.random.Generator) -> Program:
         return p
     at = int(rng.integers(len(p.stmts)))
     s = p.stmts[at]
-    op = int(rng.choice(_OPS))
-    a = s.a if OPS[s.op].arity >= 1 else int(rng.integers(N_IN + at))
-    b = s.b if OPS[s.op].arity >= 2 else int(rng.integers(N_IN + at))
+    op = int(rng.choice(p.sig.ops))
+    a = s.a if OPS[s.op].arity >= 1 else int(rng.integers(p.n_in + at))
+    b = s.b if OPS[s.op].arity >= 2 else int(rng.integers(p.n_in + at))
     k = s.k if OPS[s.op].uses_k else random_k(rng, op)
     stmts = list(p.stmts)
     stmts[at] = Stmt(op, a, b, k if OPS[op].uses_k else 0.0)
-    return Program(tuple(stmts), p.out, p.name)
+    return p.but(stmts)
 
 
 def change_arg(p: Program, rng: np.random.Generator) -> Program:
     slots = [(i, j) for i, s in enumerate(p.stmts) for j in range(OPS[s.op].arity)]
-    n_out = len(slots)
-    slots += [(-1, j) for j in range(3)]
-    i, j = slots[int(rng.integers(len(slots)))] if rng.random() < 0.85 or not n_out else \
-        slots[n_out + int(rng.integers(3))]
+    n_args, n_out = len(slots), len(p.out)
+    slots += [(-1, j) for j in range(n_out)]
+    i, j = slots[int(rng.integers(len(slots)))] if rng.random() < 0.85 or not n_args else \
+        slots[n_args + int(rng.integers(n_out))]
     if i < 0:
         out = list(p.out)
-        out[j] = int(rng.integers(N_IN + len(p.stmts)))
-        return Program(p.stmts, tuple(out), p.name)
+        out[j] = int(rng.integers(p.n_in + len(p.stmts)))
+        return p.but(out=out)
     s = p.stmts[i]
-    r = int(rng.integers(N_IN + i))
+    r = int(rng.integers(p.n_in + i))
     stmts = list(p.stmts)
     stmts[i] = Stmt(s.op, r if j == 0 else s.a, r if j == 1 else s.b, s.k)
-    return Program(tuple(stmts), p.out, p.name)
+    return p.but(stmts)
 
 
 def scale_k(p: Program, rng: np.random.Generator) -> Program:
@@ -158,7 +160,7 @@ def scale_k(p: Program, rng: np.random.Generator) -> Program:
         k = lattice(s.k, s.op, j if j else int(rng.choice((-1, 1))))
     stmts = list(p.stmts)
     stmts[i] = Stmt(s.op, s.a, s.b, k)
-    return Program(tuple(stmts), p.out, p.name)
+    return p.but(stmts)
 
 
 MUTATIONS = {"insert": insert, "delete": delete, "change_op": change_op,
@@ -188,12 +190,14 @@ def mutate(p: Program, rng: np.random.Generator, max_len: int = MAX_LEN, tries: 
     return p
 
 
-def random_program(rng: np.random.Generator, length: int = 8) -> Program:
-    """A random valid program of ``length`` statements (for tests and random search)."""
+def random_program(rng: np.random.Generator, length: int = 8,
+                   sig: Signature = UPDATE) -> Program:
+    """A random valid program of signature ``sig`` with ``length`` statements (for tests and
+    random search): the result the last statement, state slots any register."""
     while True:
-        stmts = [random_stmt(rng, N_IN + i) for i in range(length)]
-        n = N_IN + length
-        out = (n - 1, int(rng.integers(n)), int(rng.integers(n)))
-        p = Program(tuple(stmts), out, "random")
+        stmts = [random_stmt(rng, sig.n_in + i, sig=sig) for i in range(length)]
+        n = sig.n_in + length
+        out = (n - 1, *(int(rng.integers(n)) for _ in range(sig.n_out - 1)))
+        p = Program(tuple(stmts), out, "random", sig)
         if is_valid(p):
             return p

@@ -16,6 +16,9 @@ path and by constant folding; the interpreter (``interpret.py``) computes the sa
 (one shared ``log|x|`` and one ``exp`` per statement) and is held equal to these by tests.
 
 Reductions are per tensor and broadcast back: ``mean``, ``rms``, ``dot`` and ``cosine``.
+
+Which ops a program may use depends on its signature (``signatures``): ``cos`` is for schedules,
+and the update signature keeps the table it had before it.
 """
 
 from __future__ import annotations
@@ -165,6 +168,7 @@ OPS: tuple[Op, ...] = (
     _op("dot", 2, False, lambda x, y, k, t, r: r.sum(x * y), commutative=True, reduction=True),
     _op("cosine", 2, False, lambda x, y, k, t, r: _cosine(x, y, r), commutative=True,
         reduction=True),
+    _op("cos", 1, False, lambda x, y, k, t, r: jnp.cos(x)),  # schedules (cosine decay)
 )
 
 OP_INDEX: dict[str, int] = {op.name: i for i, op in enumerate(OPS)}

@@ -3,7 +3,9 @@
 * ``ir``: the IR, its text form and analysis; ``ops``: the op table;
 * ``interpreted``: the compile-once interpreter (the genome is arrays);
 * ``compiled``: the compiled path (a program as an optax transformation);
-* ``seeds``: ``seeds/<name>.prog``, optax's optimizers and PowerSign/AddSign as programs.
+* ``seeds``: ``seeds/<name>.prog``, optax's optimizers and PowerSign/AddSign as programs;
+  ``seeds/<signature>/<name>.prog`` the seeds of the other signatures (``drift``: PPO-clip and
+  DPO; ``schedule``: optax's schedules and REX).
 
 ``program_rule()`` is the interpreter as an ``UpdateRule`` (kind ``program``).
 """
@@ -24,20 +26,24 @@ from lab.kinds.program.ir import (
     ProgramError,
     simplify,
 )
+from lab.kinds.program.signatures import SIGNATURES, UPDATE, Signature
 from lab.kinds.program.text import parse, to_source
 
 KIND = "program"
 
 
 def genome_of(p: Program, length: int = MAX_LEN, lr: float = 1.0) -> dict[str, np.ndarray]:
-    """The interpreter genome of ``p`` (arrays padded to ``length``, lr multiplier ``lr``)."""
-    return {**p.to_arrays(length), "lr": np.asarray(lr, np.float32)}
+    """The interpreter genome of ``p`` (arrays padded to ``length``; an update rule's also its
+    lr multiplier ``lr``)."""
+    arrays = p.to_arrays(length)
+    return {**arrays, "lr": np.asarray(lr, np.float32)} if p.sig == UPDATE else arrays
 
 
-def program_of(genome, name: str = "program") -> Program:
-    """The program a genome runs; an lr multiplier other than 1 becomes its first statement."""
+def program_of(genome, name: str = "program", sig: Signature = UPDATE) -> Program:
+    """The program a genome of signature ``sig`` runs; an lr multiplier other than 1 becomes its
+    first statement."""
     from lab.kinds.program.ir import bake_lr
-    p = Program.from_arrays(genome, name)
+    p = Program.from_arrays(genome, name, sig)
     lr = float(np.asarray(genome.get("lr", 1.0)))
     return bake_lr(p, lr)
 
@@ -60,24 +66,37 @@ def program_rule() -> UpdateRule:
     return rule
 
 
-def seed_names() -> list[str]:
+def _seed_folder(signature: str):
     folder = resources.files("lab.kinds.program") / "seeds"
+    return folder if signature == UPDATE.name else folder / signature
+
+
+def seed_names(signature: str = UPDATE.name) -> list[str]:
+    """The seed programs of ``signature`` (update rules by default)."""
+    folder = _seed_folder(signature)
+    if not folder.is_dir():
+        return []
     return sorted(Path(str(f.name)).stem for f in folder.iterdir() if f.name.endswith(".prog"))
 
 
 @functools.cache
-def load_seed(name: str) -> Program:
-    """Seed program ``name`` (``seeds/<name>.prog``)."""
-    if name not in seed_names():
+def load_seed(name: str, signature: str = UPDATE.name) -> Program:
+    """Seed program ``name`` of ``signature`` (``seeds/<name>.prog`` for update rules,
+    ``seeds/<signature>/<name>.prog`` for the others)."""
+    sig = SIGNATURES.get(signature)
+    names = seed_names(signature) if sig else []
+    if name not in names:
         from lab.names import hint
-        raise ProgramError(f"unknown seed program {name!r}{hint(name, seed_names())} "
-                           f"(seeds: {', '.join(seed_names())})")
-    file = resources.files("lab.kinds.program") / "seeds" / f"{name}.prog"
-    return parse(file.read_text(), f"seeds/{name}.prog")
+        what = "" if signature == UPDATE.name else f"{signature} "
+        raise ProgramError(f"unknown {what}seed program {name!r}{hint(name, names)} "
+                           f"(seeds: {', '.join(names) or 'none'})")
+    rel = f"{name}.prog" if sig == UPDATE else f"{signature}/{name}.prog"
+    return parse((_seed_folder(signature) / f"{name}.prog").read_text(), f"seeds/{rel}", sig)
 
 
-def read_program(path: str | Path) -> Program:
-    """A program text file; ProgramError (naming file, line and column) if malformed."""
+def read_program(path: str | Path, sig: Signature | None = UPDATE) -> Program:
+    """A program text file of signature ``sig`` (``None``: the one its header fits);
+    ProgramError (naming file, line and column) if malformed."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -85,7 +104,7 @@ def read_program(path: str | Path) -> Program:
         raise ProgramError(f"{path}: no such program file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise ProgramError(f"{path}: cannot read: {e}") from None
-    return parse(text, str(path))
+    return parse(text, str(path), sig)
 
 
 __all__ = ["KIND", "MAX_LEN", "Program", "ProgramError", "from_source", "genome_of",
