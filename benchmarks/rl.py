@@ -11,6 +11,9 @@ per run (5e5 by default). Three runs are timed:
 * clip: one PPO-clip agent (``ppo_clip()``, eps 0.2), one seed;
 * lpo: one LPO agent (``lpo(LPOSpec(hidden))``'s default genome: a residual on PPO-clip with a
   zero output layer, 8 x hidden + hidden weights, 1,152 at hidden 128), one seed;
+* program: one agent whose drift is PPO-clip as a program (``seeds/drift/ppo_clip.prog``) run by
+  the program interpreter inside PPO's loss (``objectives.programs()``, the family a drift
+  program search scores, padded to ``program_statements``), one seed;
 * population: ``population`` LPO candidates vmapped, the default genome plus Gaussian noise
   (``SIGMA``, 0.03) on every weight (an LPO search's generation), one seed each (shared, as the
   evaluation seeds are).
@@ -28,15 +31,19 @@ Keys (plain numbers unless said):
 * ``population_env_steps_per_second``: ``population x env_steps / population_seconds``
   (headline);
 * ``drift_cost_vs_clip``: ``lpo_seconds / clip_seconds`` (> 1: the drift network costs more);
+* ``drift_program_cost_vs_clip``: ``program_seconds / clip_seconds`` (the interpreter's cost:
+  the same function as the closed form, run as a program); ``program_statements``;
 * ``lpo_env_steps_per_second``: the lpo agent's ``env_steps / seconds``;
 * ``population_speedup_vs_single``: ``population_env_steps_per_second /
   lpo_env_steps_per_second`` (what vmapping candidates buys over running them one by one);
-* ``clip_seconds``, ``lpo_seconds``, ``population_seconds``: steady-state seconds per call;
-* ``clip_compile_seconds``, ``lpo_compile_seconds``, ``population_compile_seconds`` and the
-  matching ``*_first_call_seconds``;
+* ``clip_seconds``, ``lpo_seconds``, ``program_seconds``, ``population_seconds``: steady-state
+  seconds per call;
+* ``clip_compile_seconds``, ``lpo_compile_seconds``, ``program_compile_seconds``,
+  ``population_compile_seconds`` and the matching ``*_first_call_seconds``;
 * ``final_return``: the clip agent's final return (mean return of the episodes ending in the last
   tenth of the run: a sanity number, several hundred for CartPole at 5e5 steps; the maximum is
-  500); ``lpo_final_return``, ``population_final_return`` (the candidates' mean) likewise;
+  500); ``lpo_final_return``, ``program_final_return``, ``population_final_return`` (the
+  candidates' mean) likewise;
 * ``diverged``: the fraction of all timed runs that diverged (0 expected);
 * ``steps`` (asked), ``env_steps`` (done), ``updates``, ``num_envs``, ``num_steps``,
   ``population``, ``repeats``, ``population_repeats``, ``hidden``, ``lpo_weights``, ``sigma``,
@@ -203,16 +210,16 @@ class _Peer:
         return float(ret[ended].mean()) if ended.any() else float("nan")
 
 
-def _steady_pair(ours, theirs, repeats: int) -> tuple[dict, dict]:
+def _steady(agents: Sequence, repeats: int) -> tuple[dict, dict]:
     """Warm-up calls (they compile), then ``repeats`` interleaved calls of each, so drift hits
-    both alike; (first, median) seconds by name."""
+    all alike; (first, median) seconds by name."""
     first = {}
-    for a in (ours, theirs):
+    for a in agents:
         first[a.name] = a.call()
         _log(f"{a.name}: first call {first[a.name]:.2f}s")
-    times = {ours.name: [], theirs.name: []}
+    times = {a.name: [] for a in agents}
     for _ in range(repeats):
-        for a in (ours, theirs):
+        for a in agents:
             times[a.name].append(a.call())
     return first, {k: float(statistics.median(v)) for k, v in times.items()}
 
@@ -224,8 +231,8 @@ def measure_peer(peer, one: _Agent, task, clip, steps: int, env_steps: int, mesh
     config = peer_config(task, steps)
     many = _Agent("seeds", task, clip, one.genomes, steps, mesh, seeds=seeds)
     peer_one, peer_many = _Peer("peer", peer, config, 1), _Peer("peer_seeds", peer, config, seeds)
-    first, steady = _steady_pair(one, peer_one, repeats)
-    f2, s2 = _steady_pair(many, peer_many, repeats)
+    first, steady = _steady((one, peer_one), repeats)
+    f2, s2 = _steady((many, peer_many), repeats)
     first.update(f2)
     steady.update(s2)
     out = {"peer_env_steps_per_second": env_steps / steady["peer"],
@@ -268,6 +275,7 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     from lab.core.evaluate import make_mesh
     from lab.core.rule import stack_genomes
     from lab.kinds.drift.objectives import ppo_clip
+    from lab.kinds.drift.objectives import programs as drift_programs
     from tasks.rl import make_env_task
 
     if min(steps, population, repeats, population_repeats, hidden) < 1:
@@ -287,17 +295,20 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     objective, genomes = lpo_population(population, hidden)
     clip_agent = _Agent("clip", task, clip, stack_genomes([clip.genome]), steps, mesh)
     lpo_agent = _Agent("lpo", task, objective, stack_genomes([objective.genome]), steps, mesh)
+    programs = drift_programs()  # PPO-clip as a drift program, through the interpreter
+    program_agent = _Agent("program", task, programs, stack_genomes([programs.genome]), steps,
+                           mesh)
     pop_agent = _Agent("population", task, objective, genomes, steps, mesh)
     _log(f"rl benchmark: {ENV_ID}, {env_steps:,} env steps per run ({updates} updates), "
          f"population {population}, {objective.name}, {mesh.devices.size} device(s)")
 
-    first, steady = _steady_pair(clip_agent, lpo_agent, repeats)  # interleaved
+    first, steady = _steady((clip_agent, lpo_agent, program_agent), repeats)  # interleaved
     first["population"] = pop_agent.call()
     _log(f"population: first call {first['population']:.2f}s")
     steady["population"] = float(statistics.median(
         [pop_agent.call() for _ in range(population_repeats)]))
     diverged = np.concatenate([np.ravel(a.metrics["diverged"]).astype(np.float64)
-                               for a in (clip_agent, lpo_agent, pop_agent)])
+                               for a in (clip_agent, lpo_agent, program_agent, pop_agent)])
     result = {
         "benchmark": "rl",
         "env": ENV_ID,
@@ -321,16 +332,19 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
         "lpo_env_steps_per_second": env_steps / steady["lpo"],
         "population_env_steps_per_second": population * env_steps / steady["population"],
         "drift_cost_vs_clip": steady["lpo"] / steady["clip"],
+        "drift_program_cost_vs_clip": steady["program"] / steady["clip"],
+        "program_statements": int(np.shape(programs.genome["op"])[0]),
     }
     result["population_speedup_vs_single"] = (result["population_env_steps_per_second"]
                                               / result["lpo_env_steps_per_second"])
-    for name in ("clip", "lpo", "population"):
+    for name in ("clip", "lpo", "program", "population"):
         result[f"{name}_seconds"] = steady[name]
         result[f"{name}_first_call_seconds"] = float(first[name])
         # the first call compiles; a tiny floor keeps the key positive under timing noise
         result[f"{name}_compile_seconds"] = max(float(first[name]) - steady[name], 1e-6)
     result["final_return"] = float(np.mean(clip_agent.metrics["final_return"]))
     result["lpo_final_return"] = float(np.mean(lpo_agent.metrics["final_return"]))
+    result["program_final_return"] = float(np.mean(program_agent.metrics["final_return"]))
     result["population_final_return"] = float(np.mean(pop_agent.metrics["final_return"]))
     result["diverged"] = float(np.mean(diverged))
     if peer_module is not None:
@@ -341,7 +355,8 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     _log(f"clip {steady['clip']:.3f}s ({result['env_steps_per_second']:,.0f} env steps/s, final "
          f"return {result['final_return']:.1f}); lpo {steady['lpo']:.3f}s; population "
          f"{steady['population']:.3f}s ({result['population_env_steps_per_second']:,.0f} env "
-         f"steps/s); drift cost vs clip {result['drift_cost_vs_clip']:.2f}x")
+         f"steps/s); drift cost vs clip {result['drift_cost_vs_clip']:.2f}x, drift program "
+         f"{result['drift_program_cost_vs_clip']:.2f}x")
     return result
 
 
@@ -356,6 +371,8 @@ def _table(result: dict) -> None:
     rows = (("ppo_clip x1", result["env_steps_per_second"], "clip", result["final_return"]),
             (f"{result['objective']} x1", result["lpo_env_steps_per_second"], "lpo",
              result["lpo_final_return"]),
+            ("ppo_clip.prog x1", result["env_steps"] / result["program_seconds"], "program",
+             result["program_final_return"]),
             (f"{result['objective']} x{result['population']}",
              result["population_env_steps_per_second"], "population",
              result["population_final_return"]))
@@ -364,7 +381,8 @@ def _table(result: dict) -> None:
                       f"{result[key + '_compile_seconds']:.2f}", f"{ret:.1f}")
     console = Console()
     console.print(table)
-    console.print(f"drift cost vs clip: {result['drift_cost_vs_clip']:.2f}x per run; population "
+    console.print(f"drift cost vs clip: {result['drift_cost_vs_clip']:.2f}x per run (drift "
+                  f"program {result['drift_program_cost_vs_clip']:.2f}x); population "
                   f"speedup vs single: {result['population_speedup_vs_single']:.2f}x (median of "
                   f"{result['repeats']}, population {result['population_repeats']}; jax "
                   f"{result['jax_version']})", markup=False, highlight=False)

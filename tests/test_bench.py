@@ -307,7 +307,9 @@ RL_GATED = ("env_steps_per_second", "population_env_steps_per_second", "drift_co
 RL_NUMBERS = ("lpo_env_steps_per_second", "population_speedup_vs_single", "clip_seconds",
               "lpo_seconds", "population_seconds", "clip_compile_seconds",
               "lpo_compile_seconds", "population_compile_seconds", "clip_first_call_seconds",
-              "lpo_first_call_seconds", "population_first_call_seconds", "total_seconds")
+              "lpo_first_call_seconds", "population_first_call_seconds", "total_seconds",
+              "drift_program_cost_vs_clip", "program_seconds", "program_compile_seconds",
+              "program_first_call_seconds")
 
 
 @pytest.mark.slow  # three PPO compiles (~25 s); `lab bench rl` runs in the acceptance check
@@ -326,7 +328,8 @@ def test_rl_result_contract(capsys):
     assert r["jax_version"] == jax.__version__
     for key in RL_GATED + RL_NUMBERS:
         assert _plain_number(r[key]) and r[key] > 0, (key, r[key])
-    for key in ("final_return", "lpo_final_return", "population_final_return", "diverged"):
+    for key in ("final_return", "lpo_final_return", "program_final_return",
+                "population_final_return", "diverged"):
         assert _plain_number(r[key]), (key, r[key])
     assert r["final_return"] > 0  # CartPole pays 1 per step
     assert r["diverged"] == 0
@@ -335,9 +338,14 @@ def test_rl_result_contract(capsys):
     assert r["population_env_steps_per_second"] == pytest.approx(
         2 * 2048 / r["population_seconds"])
     assert r["drift_cost_vs_clip"] == pytest.approx(r["lpo_seconds"] / r["clip_seconds"])
+    assert r["drift_program_cost_vs_clip"] == pytest.approx(
+        r["program_seconds"] / r["clip_seconds"])
+    assert r["program_statements"] == 32
+    # PPO-clip as a program trains as PPO-clip (the same gradients, through the interpreter)
+    assert r["program_final_return"] == pytest.approx(r["final_return"], rel=1e-3)
     assert r["population_speedup_vs_single"] == pytest.approx(
         r["population_env_steps_per_second"] / r["lpo_env_steps_per_second"])
-    for name in ("clip", "lpo", "population"):
+    for name in ("clip", "lpo", "program", "population"):
         assert r[f"{name}_compile_seconds"] == pytest.approx(
             max(r[f"{name}_first_call_seconds"] - r[f"{name}_seconds"], 1e-6))
     assert json.loads(json.dumps(r, allow_nan=False)) == r

@@ -93,8 +93,7 @@ def test_adam_program_hits_the_cached_evaluation_of_baseline_adam(store):
                               "diverged": False, "metrics": {}}],
                             [{"hash": key, "fitness": float(result["fitness"][0])}], {})
     evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adam"))
-    finals = {evo.keys([load_seed("adam")])[0]: evolution.source_genome(load_seed("adam"),
-                                                                          evo.length)}
+    finals = {evo.keys([load_seed("adam")])[0]: evo.space.genome(load_seed("adam"), evo.length)}
     scores, fresh, hits = score_fixed(setup.scorer, store, finals, evo.full_batch)
     assert list(scores) == [key] and fresh == [] and hits == [key]  # served from the cache
     assert scores[key] == pytest.approx(float(result["fitness"][0]))

@@ -11,7 +11,9 @@ nothing outside a kind's package compares against its name.
 What each field is for:
 
 * config: ``rule_config`` and ``search_config`` are the frozen dataclasses of the ``rule`` and
-  ``search`` sections (``lab.core.config`` checks every key against them);
+  ``search`` sections (``lab.core.config`` checks every key against them); ``config_domain``
+  where the suites a config trains on depend on it (a program kind searching RL objectives),
+  ``config_problems`` for what no single section can check;
 * search: ``make_rule(cfg)`` (the family and its start genome), ``make_scorer(cfg, rule, store,
   mesh)`` (a ``lab.core.fitness.Scorer``) and ``make_driver(cfg, setup)`` (its step in the one
   generation loop, ``lab.core.loop.Driver``);
@@ -126,6 +128,10 @@ class Kind:
     replay_seeds: int = 5
     replay_baselines: tuple[str, ...] = ("adam", "adamw", "lion")
     check_baseline: Callable[[str], None] = lambda name: None
+    # the domain a config of this kind trains on, where it depends on the config (default:
+    # ``domain``), and problems across a config's sections: ``[(dotted key, message)]``
+    config_domain: Callable[[Any], str] | None = None
+    config_problems: Callable[[Any], list[tuple[str, str]]] = lambda cfg: []
     views: Callable[[Any, Any, dict], dict] = _no_views
     artifact_fields: Callable[[Any], dict] = _no_fields
     text: TextForm | None = None

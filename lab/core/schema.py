@@ -85,8 +85,14 @@ class Config:
         kind = registry().get(self.kind)
         if kind is None or self.suite not in _suites():
             return []
-        if tasks.domain_of(self.suite) != kind.domain:
-            want = [s for s in _suites() if tasks.domain_of(s) == kind.domain]
-            return [("suite", f"kind {self.kind!r} cannot train on suite {self.suite!r}; "
+        domain = kind.domain
+        if kind.config_domain is not None and self.rule is not None:
+            domain = kind.config_domain(self)
+        if tasks.domain_of(self.suite) != domain:
+            want = [s for s in _suites() if tasks.domain_of(s) == domain]
+            what = f"kind {self.kind!r}" + (f" ({domain})" if domain != kind.domain else "")
+            return [("suite", f"{what} cannot train on suite {self.suite!r}; "
                               f"use one of {', '.join(want)}")]
-        return []
+        if self.rule is None or self.search is None:
+            return []
+        return list(kind.config_problems(self))

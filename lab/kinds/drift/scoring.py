@@ -127,23 +127,24 @@ class DriftScorer:
 
     def __init__(self, suite: str, suite_version: str, tasks: list[EnvTask],
                  objective: Objective, budget: int, seeds: int, refs: dict[str, dict],
-                 fitness: str = "ppo_normalized", mesh: Mesh | None = None, chunk: int = 0):
+                 fitness: str = "ppo_normalized", mesh: Mesh | None = None, chunk: int = 0,
+                 scale: int = 1):
         if fitness not in FITNESS:
             raise ValueError(f"unknown RL fitness {fitness!r} (one of {', '.join(FITNESS)})")
         self.tasks, self.rule, self.seeds, self.refs = tasks, objective, seeds, refs
-        self.fitness, self.chunk, self.budget = fitness, chunk, budget
+        self.fitness, self.chunk, self.budget, self.scale = fitness, chunk, budget, scale
         self.mesh = mesh
         self.trains = {t.name: make_train(t, objective, self.steps(t)) for t in tasks}
         refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
         self.context = EvalContext(suite, suite_version, budget, seeds, 0.0, (),
                                    meta_loss=f"rl-{fitness}", evaluator=f"rl-{RL_VERSION}",
-                                   refs=refs_digest)
+                                   refs=refs_digest, scale=scale)
         self.zero = ("PPO-clip" if fitness == "ppo_normalized" else
                      f"minus the {fitness.replace('_', ' ')}")
         self.label = f"fitness ({fitness}; lower is better, 0 = {self.zero})"
 
     def steps(self, task: EnvTask) -> int:
-        return int(self.budget or task.steps)
+        return int((self.budget or task.steps) * self.scale)
 
     def score(self, genomes: Any, generation: int | None = None,
               slots: np.ndarray | None = None, stream: int = 0) -> dict[str, Any]:
@@ -190,16 +191,21 @@ class DriftScorer:
         return {k: v[:n] for k, v in m.items()}
 
 
-def drift_scorer(cfg, objective: Objective, store=None, mesh: Mesh | None = None) -> DriftScorer:
-    """The scorer of a ``kind: drift`` run config: PPO with each member's drift on the suite's
-    environments, normalized by PPO-clip's and a random policy's returns."""
+def drift_scorer(cfg, objective: Objective, store=None, mesh: Mesh | None = None,
+                 budget: int | None = None, scale: int = 1) -> DriftScorer:
+    """The scorer of a run config on an RL suite: PPO with each member's drift on the suite's
+    environments, normalized by PPO-clip's and a random policy's returns (``search.fitness``,
+    default ``ppo_normalized``); ``budget`` and ``scale`` change the environment steps (the
+    references are PPO-clip's and the random policy's at those steps)."""
     import tasks as registry
+    budget = cfg.budget if budget is None else budget
     refs = References(store, mesh)
     suite = registry.get_suite(cfg.suite)
-    pairs = {t.name: reference_pair(refs, t, cfg.budget or t.steps, cfg.seeds) for t in suite}
+    pairs = {t.name: reference_pair(refs, t, (budget or t.steps) * scale, cfg.seeds)
+             for t in suite}
     return DriftScorer(cfg.suite, registry.suite_version(cfg.suite), suite, objective,
-                       cfg.budget, cfg.seeds, pairs, cfg.search.fitness, mesh,
-                       cfg.evaluator.chunk)
+                       budget, cfg.seeds, pairs, getattr(cfg.search, "fitness", FITNESS[0]),
+                       mesh, cfg.evaluator.chunk, scale)
 
 
 def _scatter(m: dict | None, order: np.ndarray, pop: int, seeds: int) -> dict:

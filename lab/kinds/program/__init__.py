@@ -40,11 +40,31 @@ from lab.kinds.program.programs import (
     source_of,
 )
 from lab.kinds.program.search import ProgramDriver
+from lab.kinds.program.spaces import space_of
 from lab.kinds.program.text import to_source
 
 
 def make_rule(cfg):
-    return program_rule()
+    """The family a config's programs are scored as: the interpreter of its signature."""
+    return space_of(cfg).rule
+
+
+def make_scorer(cfg, rule, store=None, mesh=None):
+    """Update rules: the supervised scorer; drift programs: PPO on the RL suite."""
+    return space_of(cfg).scorer(cfg, rule, store, mesh)
+
+
+def config_domain(cfg) -> str:
+    return "rl" if cfg.rule.signature == "drift" else "supervised"
+
+
+def config_problems(cfg) -> list[tuple[str, str]]:
+    """What a drift program search cannot do (yet): ES on constants (the update rule's
+    compiled path)."""
+    if cfg.rule.signature != "update" and cfg.search.es.top:
+        return [("search.es.top", f"ES on constants is for update programs; set 0 for a "
+                                  f"{cfg.rule.signature} program search")]
+    return []
 
 
 def rule_from_name(name: str):
@@ -130,6 +150,7 @@ KIND_RECORD = register(update_rule_kind(
     search_config=EvolutionConfig,
     make_rule=make_rule,
     rule_from_name=rule_from_name,
+    make_scorer=make_scorer,
     make_driver=ProgramDriver,
     replay=replay_program,
     export=export,
@@ -138,4 +159,6 @@ KIND_RECORD = register(update_rule_kind(
     text=TextForm(source_of, from_source),
     prefix=KIND,
     resolve=resolve,
+    config_domain=config_domain,
+    config_problems=config_problems,
 ))

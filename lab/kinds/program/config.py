@@ -7,28 +7,41 @@ import dataclasses
 from lab.core.es import STRATEGIES
 from lab.core.schema import field
 from lab.kinds.program.ir import ProgramError
-from lab.kinds.program.programs import read_program, seed_names
+from lab.kinds.program.programs import load_seed, read_program, seed_names
+from lab.kinds.program.signatures import SIGNATURES
+
+
+def _all_seeds() -> list[str]:
+    return sorted({n for sig in SIGNATURES for n in seed_names(sig)})
 
 
 @dataclasses.dataclass(frozen=True)
 class ProgramRuleConfig:
-    """The ``rule`` section for ``kind: program``: where the search starts and how long
-    programs may grow."""
+    """The ``rule`` section for ``kind: program``: what the programs are (their ``signature``:
+    ``update`` rules on the supervised suites, ``drift`` functions, PPO objectives, on the RL
+    suites), where the search starts and how long programs may grow."""
 
-    seed: str = field("adamw", choices=seed_names, what="seed program")
+    signature: str = field("update", choices=lambda: ("update", "drift"), what="signature")
+    seed: str = field("adamw", choices=_all_seeds, what="seed program")  # of the signature
     file: str = ""  # a .prog file to start from instead of ``seed`` (relative to the cwd)
     max_len: int = field(20, ge=2, le=64)  # statements a program may have
     lr: float = field(1.0, gt=0)  # outer learning rate (Ctx.lr)
 
     def problems(self) -> list[tuple[str, str]]:
+        if not self.file and self.seed not in seed_names(self.signature):
+            return [("seed", f"{self.seed!r} is no {self.signature} seed program ("
+                             f"{self.signature} seeds: {', '.join(seed_names(self.signature))})")]
         if self.file:
             try:
-                p = read_program(self.file)
+                p = read_program(self.file, SIGNATURES[self.signature])
             except ProgramError as e:
                 return [("file", str(e))]
             if len(p) > self.max_len:
                 return [("file", f"{self.file} has {len(p)} statements, more than "
                                  f"max_len {self.max_len}")]
+        elif len(seed := load_seed(self.seed, self.signature)) > self.max_len:
+            return [("max_len", f"the seed {self.seed} has {len(seed)} statements, more than "
+                                f"max_len {self.max_len}")]
         return []
 
 

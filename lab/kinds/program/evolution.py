@@ -30,18 +30,18 @@ from collections import deque
 import numpy as np
 
 from lab import treeio
-from lab.core import hashing
 from lab.core.checkpoints import (
     array_to_strings,
     generator_state,
     set_generator_state,
     strings_to_array,
 )
-from lab.core.fitness import CLIP, SuiteScorer, suite_scorer
+from lab.core.fitness import CLIP, Scorer
 from lab.kinds.program.cache import FunctionCache
 from lab.kinds.program.ir import Program, simplify, symbolic_hash
 from lab.kinds.program.mutate import mutate
-from lab.kinds.program.programs import genome_of, program_rule
+from lab.kinds.program.programs import genome_of
+from lab.kinds.program.spaces import space_of
 from lab.kinds.program.text import to_source
 
 
@@ -56,21 +56,18 @@ class Member:
     parent: str | None = None
 
 
-def source_genome(p: Program, length: int, lr: float = 1.0) -> dict[str, np.ndarray]:
-    return genome_of(simplify(p), length, lr)
-
-
 class Evolution:
     """The search state and its generation step (host side; scoring goes through scorers)."""
 
-    def __init__(self, cfg, store, run_id: str, scorer: SuiteScorer,
-                 short: SuiteScorer | None, start: Program):
+    def __init__(self, cfg, store, run_id: str, scorer: Scorer, short: Scorer | None,
+                 start: Program, space=None):
         s = cfg.search
         self.cfg, self.s, self.store, self.run_id = cfg, s, store, run_id
         self.scorer, self.short = scorer, short
-        self.rule = program_rule()
+        self.space = space or space_of(cfg)
+        self.rule = self.space.rule
         self.length = cfg.rule.max_len + 1  # room to bake an lr multiplier into any program
-        self.grid = tuple(float(m) for m in s.lr_grid)
+        self.grid = self.space.grid
         self.full_batch = s.children if short is None else max(1, math.ceil(
             s.children * (1 - s.hurdle)))
         self.rng = np.random.default_rng(s.seed)
@@ -86,6 +83,7 @@ class Evolution:
         self.eval_seconds = 0.0
         self.evaluated_total = 0
         self.met: set[str] = set()  # every function this run's population has had
+        self.reasons: dict[str, str] = {}  # per key: why it may not be scored ("" if it may)
 
     # ---- contexts and keys ------------------------------------------------------------------
     def context(self, stage: str, repeat: int) -> str:
@@ -102,15 +100,14 @@ class Evolution:
             if h not in self.cache.symbolic and h not in todo:
                 todo[h] = p
         if todo:
-            genomes = [source_genome(p, self.length) for p in todo.values()]
-            for h, (fp, _, key) in zip(todo, hashing.fingerprints(self.rule, genomes),
-                                       strict=True):
+            genomes = [self.space.genome(p, self.length) for p in todo.values()]
+            for h, (fp, _, key) in zip(todo, self.space.keys(genomes), strict=True):
                 self.cache.symbolic[h] = (key, fp)
                 self.cache.fingerprints.setdefault(key, fp)
         return [self.cache.symbolic[h][0] for h in syms]
 
     # ---- scoring ------------------------------------------------------------------------------
-    def score_programs(self, scorer: SuiteScorer, programs: list[Program], repeats: list[int],
+    def score_programs(self, scorer: Scorer, programs: list[Program], repeats: list[int],
                batch: int, fixed: bool = False, rows_to: int | None = None) -> list[dict]:
         """Scores ``programs`` (at every lr multiplier; with ``fixed``, at 1 on the fixed
         evaluation seeds) in one call per task, padded to ``batch`` x the grid's size.
@@ -119,7 +116,7 @@ class Evolution:
         """
         grid = (1.0,) if fixed else self.grid
         rows = [(i, m) for i in range(len(programs)) for m in grid]
-        genomes = [source_genome(programs[i], self.length, m) for i, m in rows]
+        genomes = [self.space.genome(programs[i], self.length, m) for i, m in rows]
         slots = [repeats[i] for i, _ in rows]
         size = rows_to or batch * len(self.grid)  # one shape per scorer: compiled once
         if len(rows) > size:
@@ -240,14 +237,18 @@ class Evolution:
         (it is only spared their evaluations). Without the cache (``search.cache: false``)
         none of this: each child is a single mutation."""
         parents = [self.tournament() for _ in range(self.s.children)]
-        seen = {"same": 0, "same_function": 0, "known": 0}
+        seen = {"same": 0, "same_function": 0, "known": 0, "inadmissible": 0}
         cache, length = self.s.cache, self.cfg.rule.max_len
         kids = [mutate(p.program, self.rng, length, stats=seen, distinct=cache) for p in parents]
         keys = self.keys(kids)
         for _ in range(self.s.retries if cache else 0):
             taken, again = set(), []
+            reasons = self.admissible(kids, keys)
             for i, (k, p) in enumerate(zip(keys, parents, strict=True)):
-                if k == p.key:
+                if reasons[i]:
+                    seen["inadmissible"] += 1
+                    again.append(i)
+                elif k == p.key:
                     seen["same_function"] += 1
                     again.append(i)
                 elif k in taken or k in self.met:
@@ -263,6 +264,15 @@ class Evolution:
                 keys[i] = k
         self.met.update(keys)
         return parents, kids, keys, seen
+
+    def admissible(self, kids: list[Program], keys: list[str]) -> list[str]:
+        """Per child, why it may not be scored ("" if it may; a drift that breaks the
+        constraints may not), each function checked once."""
+        new = {k: p for k, p in zip(keys, kids, strict=True) if k not in self.reasons}
+        if new:
+            found = self.space.admissible(list(new.values()), self.length)
+            self.reasons.update(zip(new, found, strict=True))
+        return [self.reasons[k] for k in keys]
 
     def step(self, generation: int) -> dict:
         """One generation; returns what the store and the log need."""
@@ -298,6 +308,7 @@ class Evolution:
             restart = self.restart()
         seconds = time.perf_counter() - start
         # children generated: the B that join, plus those the cache recognized and replaced
+        # (a child that broke the signature's constraints was never a candidate: not counted)
         n = len(kids) + seen["same"] + seen["same_function"] + seen["known"]
         evaluated = len(todo)
         per_eval = self.eval_seconds / max(self.evaluated_total, 1)
@@ -310,7 +321,7 @@ class Evolution:
                  "children": len(kids), "confirmed": len(confirmed),
                  "same_as_parent_symbolic": seen["same"],
                  "same_as_parent_function": seen["same_function"],
-                 "known_function": seen["known"],
+                 "known_function": seen["known"], "inadmissible": seen["inadmissible"],
                  "hurdle_failed": sum(k in self.cache.failed for k in todo),
                  "best_so_far": self.best.fitness, "best_hash": self.best.key}
         return {"stats": stats, "extra": extra, "members": members,
@@ -368,7 +379,8 @@ class Evolution:
         def member(i: int) -> Member:
             genome = {f: m[f][i] for f in ("op", "a", "b", "k", "out", "n")}
             parent = int(m["parent"][i])
-            return Member(Program.from_arrays(genome, self.start.name), names[int(m["key"][i])],
+            return Member(Program.from_arrays(genome, self.start.name, self.start.sig),
+                          names[int(m["key"][i])],
                           float(m["fitness"][i]), int(m["born"][i]),
                           names[parent] if parent >= 0 else None)
         *population, self.best = [member(i) for i in range(len(m["key"]))]
@@ -397,13 +409,13 @@ def _padded(window: deque) -> dict[str, np.ndarray]:
     return {"values": np.asarray(values, np.float64), "size": np.asarray(len(window), np.int64)}
 
 
-def scorer_at(cfg, setup, budget: int, scale: int = 1, rule=None) -> SuiteScorer:
+def scorer_at(cfg, setup, space, budget: int, scale: int = 1, rule=None) -> Scorer:
     """A scorer like the run's at another budget, or ``scale`` times its budget (references at
     that budget), or for another rule family (the hurdle, the funnel, the ES on constants)."""
-    return suite_scorer(cfg, rule or setup.rule, setup.store, setup.mesh, budget, scale)
+    return space.scorer(cfg, rule or setup.rule, setup.store, setup.mesh, budget, scale)
 
 
-def short_scorer(cfg, setup) -> SuiteScorer | None:
+def short_scorer(cfg, setup, space=None) -> Scorer | None:
     """The hurdle's short-run scorer (None without a hurdle)."""
     s = cfg.search
     if not s.hurdle:
@@ -412,24 +424,28 @@ def short_scorer(cfg, setup) -> SuiteScorer | None:
     if budget <= 0:
         raise ValueError("search.hurdle_budget: set it (or budget) when search.hurdle > 0: the "
                          "short run needs a number of inner steps")
-    return scorer_at(cfg, setup, budget)
+    return scorer_at(cfg, setup, space or space_of(cfg), budget)
 
 
 def program_row(m_program: Program, key: str, parent: str | None, length: int,
-                fingerprint: np.ndarray | None = None) -> dict:
-    """A store candidate for a program (its genotype, introns included, as arrays)."""
+                fingerprint: np.ndarray | None = None, row=("program", "program")) -> dict:
+    """A store candidate for a program (its genotype, introns included, as arrays), under the
+    kind and family name ``row`` (its space's)."""
     genome = genome_of(m_program, max(length, len(m_program)))
-    return {"hash": key, "kind": "program", "name": "program",
+    return {"hash": key, "kind": row[0], "name": row[1],
             "genome": treeio.tree_to_npz(genome), "readable": to_source(simplify(m_program)),
             "fingerprint": None if fingerprint is None else treeio.tree_to_npz(fingerprint),
             "parent": parent}
 
 
 def describe_start(cfg) -> tuple[Program, str]:
-    """The start program of a config: ``rule.file`` or the seed ``rule.seed``."""
+    """The start program of a config: ``rule.file`` or the seed ``rule.seed`` (of the
+    signature ``rule.signature``)."""
     from lab.kinds.program.programs import load_seed, read_program
+    from lab.kinds.program.signatures import signature
+    sig = signature(cfg.rule.signature)
     if cfg.rule.file:
-        p = read_program(cfg.rule.file)
+        p = read_program(cfg.rule.file, sig)
         return p, cfg.rule.file
-    return load_seed(cfg.rule.seed), f"seed {cfg.rule.seed}"
+    return load_seed(cfg.rule.seed, sig.name), f"seed {cfg.rule.seed}"
 

@@ -74,13 +74,15 @@ def constants_rule(p: Program, lr: float) -> tuple[UpdateRule, np.ndarray, np.nd
     return rule, idx, signs
 
 
-def tune_constants(cfg, setup, p: Program, lr: float, stream: int) -> Program | None:
-    """ES (evosax, the core's driver) on ``p``'s constants; the program at the ES mean."""
+def tune_constants(cfg, setup, evo: Evolution, p: Program, lr: float,
+                   stream: int) -> Program | None:
+    """ES (evosax, the core's driver) on ``p``'s constants; the program at the ES mean
+    (update rules: the compiled path is an update rule over the constants)."""
     e = cfg.search.es
     rule, idx, signs = constants_rule(p, lr)
     if idx.size == 0:
         return None
-    scorer = scorer_at(cfg, setup, cfg.budget, rule=rule)
+    scorer = scorer_at(cfg, setup, evo.space, cfg.budget, rule=rule)
     spec = es.ESSpec(e.strategy, e.population, int(idx.size), e.sigma, e.lr)
     key = jax.random.fold_in(jax.random.key(cfg.search.seed), 1_000_003 + stream)
     state = es.init(spec, jax.random.fold_in(key, 0), jnp.asarray(rule.genome["z"]))
@@ -138,7 +140,7 @@ class MetaValidation:
 
     def __init__(self, cfg, setup, evo: Evolution):
         self.evo = evo
-        self.scorer = scorer_at(cfg, setup, cfg.budget, scale=cfg.search.funnel_scale)
+        self.scorer = scorer_at(cfg, setup, evo.space, cfg.budget, scale=cfg.search.funnel_scale)
         self.last: tuple[str, float] | None = None
         self.history: list[dict] = []
 
@@ -163,7 +165,8 @@ def finalists(cfg, store, run_id: str, setup, evo: Evolution
     found: list[tuple[str, Program, str]] = []  # (search key, program, origin)
     for row in rows:
         genome = treeio.tree_from_npz(row["genome"])
-        found.append((row["hash"], Program.from_arrays(genome), "search"))
+        found.append((row["hash"], Program.from_arrays(genome, "program", evo.start.sig),
+                      "search"))
     finals: dict[str, tuple[Program, str, str]] = {}
     known = [k for k, _, _ in found] + evo.keys([evo.start])
     for stage in ("full", "short") if evo.short is not None else ("full",):
@@ -178,7 +181,7 @@ def finalists(cfg, store, run_id: str, setup, evo: Evolution
     add(bake_lr(simplify(evo.start), _multiplier(evo, start_key)), start_key, "start")
     for n, (key, p, _) in enumerate(found[:s.es.top]):
         log(f"ES on the constants of structure {n + 1}/{s.es.top} ({key[:10]})")
-        tuned = tune_constants(cfg, setup, simplify(p), _multiplier(evo, key), n)
+        tuned = tune_constants(cfg, setup, evo, simplify(p), _multiplier(evo, key), n)
         if tuned is not None:
             add(bake_lr(tuned, _multiplier(evo, key)), key, "es")
     return finals
@@ -217,7 +220,7 @@ def after_search(cfg, setup, evo: Evolution, finals: dict[str, tuple[Program, st
 
 
 def _funnel(cfg, setup, evo: Evolution, finals: dict, scores: dict, top: int) -> list[dict]:
-    scorer = scorer_at(cfg, setup, cfg.budget, scale=cfg.search.funnel_scale)
+    scorer = scorer_at(cfg, setup, evo.space, cfg.budget, scale=cfg.search.funnel_scale)
     keys = sorted(scores, key=scores.get)[:top]
     res = evo.score_programs(scorer, [finals[k][0] for k in keys], [0] * len(keys), len(keys),
                      fixed=True, rows_to=len(keys))

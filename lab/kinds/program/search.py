@@ -19,8 +19,8 @@ from lab.kinds.program.evolution import (
     describe_start,
     program_row,
     short_scorer,
-    source_genome,
 )
+from lab.kinds.program.spaces import space_of
 
 
 class ProgramDriver:
@@ -29,8 +29,10 @@ class ProgramDriver:
     def __init__(self, cfg, setup):
         self.cfg, self.setup = cfg, setup
         start, where = describe_start(cfg)
-        short = short_scorer(cfg, setup)
-        self.evo = evo = Evolution(cfg, setup.store, setup.run_id, setup.scorer, short, start)
+        self.space = space = space_of(cfg)
+        short = short_scorer(cfg, setup, space)
+        self.evo = evo = Evolution(cfg, setup.store, setup.run_id, setup.scorer, short, start,
+                                   space)
         self.validation = (finalize.MetaValidation(cfg, setup, evo)
                            if cfg.search.meta_validate_every else None)
         self.final_rows = evo.full_batch * len(evo.grid)
@@ -64,7 +66,7 @@ class ProgramDriver:
         stats, extra = out["stats"], out["extra"]
         joined = out["members"] + ([evo.seed_member] if g == 0 else [])
         candidates = [program_row(m.program, m.key, m.parent, evo.length,
-                                  evo.cache.fingerprints.get(m.key))
+                                  evo.cache.fingerprints.get(m.key), self.space.row)
                       for m in {m.key: m for m in reversed(joined)}.values()]
         members = [{"hash": m.key, "fitness": m.fitness, "generation": g} for m in joined]
         if self.validation is not None and (g + 1) % self.cfg.search.meta_validate_every == 0:
@@ -83,7 +85,8 @@ class ProgramDriver:
 
     def _finalist(self, key: str, p, parent: str) -> Finalist:
         evo = self.evo
-        return Finalist(source_genome(p, evo.length), program_row(p, key, parent, evo.length))
+        return Finalist(self.space.genome(p, evo.length),
+                        program_row(p, key, parent, evo.length, row=self.space.row))
 
     def after_search(self, finals: dict[str, Finalist], scores: dict[str, float]) -> AfterSearch:
         """Ablation of the best finalist, the funnel, the meta-validation history."""

@@ -1,0 +1,109 @@
+"""Search spaces: what a program search needs to know about its programs' signature.
+
+The evolution (``evolution``), its stages after the search (``finalize``) and the driver
+(``search``) are the same for every signature; a ``Space`` gives them the rest:
+
+* ``rule``: the family the scorers evaluate (a population of genomes is one vmap);
+* ``genome(p, length, multiplier)``: the interpreter genome a program is scored as;
+* ``keys(genomes)``: ``(fingerprint, hash, cache key)`` per genome, batched: the signature's own
+  fingerprint procedure, the one every representation of the signature shares;
+* ``admissible(programs)``: a reason per program ("" when it may be scored): a drift is checked
+  against the Mirror-Learning constraints on the grid before any PPO run;
+* ``scorer(cfg, rule, store, mesh, budget, scale)``: the run's scorer, or one like it at another
+  budget;
+* ``grid``: multipliers of the learning rate each program is scored at (the best counts);
+* ``row``: the ``kind`` and family ``name`` its candidates are stored under, so that ``lab
+  inspect``, ``replay`` and ``export`` treat them as every candidate of that kind.
+
+``UPDATE`` programs are update rules on the supervised suites (kind ``program``); ``DRIFT``
+programs are PPO objectives on the RL suites, stored as kind ``drift``, family ``program``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lab.core import hashing
+from lab.kinds.program.ir import Program, simplify
+from lab.kinds.program.programs import genome_of, program_rule
+from lab.kinds.program.signatures import DRIFT, UPDATE, Signature
+
+
+class UpdateSpace:
+    """Update rules (``g, w, lr, t, m, v -> update, m, v``), scored against tuned Adam."""
+
+    sig: Signature = UPDATE
+    row = ("program", "program")
+
+    def __init__(self, cfg):
+        self.rule = program_rule()
+        self.grid = tuple(float(m) for m in cfg.search.lr_grid)
+
+    def genome(self, p: Program, length: int, multiplier: float = 1.0) -> dict:
+        return genome_of(simplify(p), length, multiplier)
+
+    def keys(self, genomes: list) -> list[tuple[np.ndarray, str, str]]:
+        return hashing.fingerprints(self.rule, genomes)
+
+    def admissible(self, programs: list[Program], length: int) -> list[str]:
+        return [""] * len(programs)
+
+    def scorer(self, cfg, rule, store=None, mesh=None, budget: int | None = None,
+               scale: int = 1):
+        from lab.core.fitness import suite_scorer
+        return suite_scorer(cfg, rule, store, mesh, budget, scale)
+
+
+class DriftSpace:
+    """Drift programs (``r, A, progress -> drift``), PPO objectives scored against PPO-clip; the
+    constraints are checked on the grid first and a violator is never trained."""
+
+    sig: Signature = DRIFT
+    row = ("drift", "program")
+    grid = (1.0,)  # PPO's settings are each environment's own: no learning-rate grid
+
+    def __init__(self, cfg):
+        from lab.kinds.drift.objectives import programs
+        self.rule = programs()
+
+    def genome(self, p: Program, length: int, multiplier: float = 1.0) -> dict:
+        if multiplier != 1.0:
+            raise ValueError("a drift program has no learning rate to scale")
+        return genome_of(simplify(p), length)
+
+    def keys(self, genomes: list) -> list[tuple[np.ndarray, str, str]]:
+        from lab.kinds.drift.objectives import fingerprints
+        return [(fp, h, h) for fp, h in fingerprints(self.rule, genomes)]
+
+    def admissible(self, programs: list[Program], length: int) -> list[str]:
+        from lab.kinds.drift.objectives import check
+        if not programs:
+            return []
+        genomes = [self.genome(p, length) for p in programs]
+        batch = _padded_stack(genomes, _bucket(len(genomes)))
+        return list(check(self.rule, batch)[1][:len(programs)])
+
+    def scorer(self, cfg, rule, store=None, mesh=None, budget: int | None = None,
+               scale: int = 1):
+        from lab.kinds.drift.scoring import drift_scorer
+        return drift_scorer(cfg, rule, store, mesh, budget, scale)
+
+
+SPACES = {UPDATE.name: UpdateSpace, DRIFT.name: DriftSpace}
+
+
+def space_of(cfg) -> Any:
+    """The space of a ``kind: program`` config (``rule.signature``)."""
+    return SPACES[cfg.rule.signature](cfg)
+
+
+def _bucket(n: int) -> int:
+    """A padded batch size (powers of two from 16): few compiled shapes for any count."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
+def _padded_stack(genomes: list, size: int) -> dict:
+    padded = genomes + [genomes[-1]] * (size - len(genomes))
+    return {k: np.stack([np.asarray(g[k]) for g in padded]) for k in padded[0]}

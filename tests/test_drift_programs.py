@@ -1,0 +1,111 @@
+"""Program search over PPO drift functions (``kind: program``, ``rule.signature: drift``): the
+same evolution, cache and store as update rules, scored by PPO on an RL suite. Compiled before
+generation 0 and never again; a child that breaks the Mirror-Learning constraints is mutated
+again, never trained; candidates are stored as drift objectives (kind ``drift``, family
+``program``), so inspect and replay treat them as every drift; configs are checked."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lab import treeio
+from lab.core.config import ConfigError, load_config
+from lab.core.evaluate import compiled
+from lab.core.fitness import CLIP
+from lab.kinds.drift import objectives as O
+from lab.kinds.program import evolution
+from lab.kinds.program.ir import Program
+from lab.kinds.program.programs import genome_of, program_of
+from lab.kinds.program.signatures import DRIFT
+
+pytest.importorskip("gymnax")
+
+SMALL = ["kind=program", "suite=rl-tiny", "rule.signature=drift", "rule.seed=ppo_clip",
+         "rule.max_len=12", "seeds=1", "search.population=6", "search.children=4",
+         "search.generations=3", "evaluator.devices=1", "output.top_k=2",
+         "search.simplify=false"]
+
+
+def test_drift_program_search_compiles_once_and_stores_drift_candidates(store, monkeypatch):
+    from lab.core.loop import launch
+    sizes, admissible = [], []
+    real_step = evolution.Evolution.step
+
+    def step(self, g):
+        out = real_step(self, g)
+        sizes.append([compiled(t, self.scorer.mesh)._cache_size()
+                      for t in self.scorer.trains.values()])
+        admissible.append(dict(self.reasons))
+        return out
+    monkeypatch.setattr(evolution.Evolution, "step", step)
+    cfg = load_config(None, SMALL)
+    run_id = launch(cfg, store, name="drift-programs")
+    assert store.get_run(run_id)["status"] == "done"
+    assert len(sizes) == 3 and all(s == [1] * len(s) for s in sizes), sizes  # compiled once
+    # every evaluated function passed the constraint check; the check found violators
+    evaluated = {r[0] for r in store.conn.execute(
+        "SELECT DISTINCT hash FROM evaluations WHERE first_run = ?", (run_id,))}
+    reasons = admissible[-1]
+    assert evaluated and all(reasons.get(h, "") == "" for h in evaluated)
+    rows = store.best_members(run_id, k=10)
+    assert {r["kind"] for r in rows} == {"drift"} and {r["name"] for r in rows} == {"program"}
+    for r in rows:  # a stored genome is a drift program, scored as the drift family 'program'
+        genome = treeio.tree_from_npz(r["genome"])
+        p = program_of(genome, "p", DRIFT)
+        assert isinstance(p, Program) and p.sig == DRIFT
+        valid = O.check(O.programs(), {k: np.asarray(v)[None] for k, v in genome.items()})[0][0]
+        # a child still violating after its retries joins at the worst fitness, never trained
+        assert valid or r["search_fitness"] == CLIP
+    import json
+    lines = (store.run_dir(run_id) / "metrics.jsonl").read_text().splitlines()
+    assert sum(json.loads(ln)["inadmissible"] for ln in lines) > 0  # some children violated
+
+
+def test_inspect_and_replay_treat_a_drift_program_as_a_drift(cli, tmp_path):
+    import json
+    db = str(tmp_path / "lab.db")
+    rc, _, err = cli("launch", "configs/drift_program_smoke.yaml", "--store", db, "--set",
+                     "suite=rl-tiny", "--set", "search.generations=2", "--set",
+                     "search.population=4", "--set", "search.children=2", "--name", "dp")
+    assert rc == 0, err
+    rc, out, err = cli("inspect", "dp:1", "--store", db, "--json")
+    assert rc == 0, err
+    info = json.loads(out)
+    assert info["kind"] == "drift" and "def " in info["readable"]
+    assert "return drift" in info["readable"]
+    assert info["closest"]["name"] in ("ppo_clip", "dpo") and "surface" in info
+    rc, out, err = cli("replay", "dp:1", "--store", db, "--suite", "rl-tiny", "--seeds", "2",
+                       "--baselines", "ppo_clip", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)["rows"]
+    assert {r["rule"] for r in rows} == {"dp:1", "ppo_clip"}
+
+
+def test_drift_program_configs_are_checked():
+    cfg = load_config("configs/drift_program_smoke.yaml")
+    assert cfg.kind == "program" and cfg.rule.signature == "drift" and cfg.suite == "rl-smoke"
+    with pytest.raises(ConfigError, match=r"rule.seed: 'adamw' is no drift seed program "
+                                          r"\(drift seeds: dpo, ppo_clip\)"):
+        load_config(None, ["kind=program", "suite=rl-smoke", "rule.signature=drift"])
+    with pytest.raises(ConfigError, match=r"suite: kind 'program' \(rl\) cannot train on suite "
+                                          r"'smoke'"):
+        load_config(None, ["kind=program", "suite=smoke", "rule.signature=drift",
+                           "rule.seed=ppo_clip"])
+    with pytest.raises(ConfigError, match=r"suite: kind 'program' cannot train on suite "
+                                          r"'rl-smoke'"):
+        load_config(None, ["kind=program", "suite=rl-smoke"])
+    with pytest.raises(ConfigError, match=r"search.es.top: ES on constants is for update"):
+        load_config(None, [*SMALL, "search.es.top=1"])
+    with pytest.raises(ConfigError, match=r"rule.max_len: the seed dpo has 26 statements"):
+        load_config(None, [*SMALL, "rule.seed=dpo"])
+
+
+def test_batched_drift_fingerprints_equal_one_by_one():
+    from lab.kinds.program.programs import load_seed
+    genomes = [genome_of(load_seed(n, "drift"), 32) for n in ("ppo_clip", "dpo", "ppo_clip")]
+    batched = O.fingerprints(O.programs(), genomes)
+    for g, (fp, h) in zip(genomes, batched, strict=True):
+        fp1, h1 = O.fingerprint(O.programs(), g)
+        assert h == h1 and np.array_equal(fp, fp1)
+    assert batched[0][1] == batched[2][1] != batched[1][1]
