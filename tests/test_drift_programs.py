@@ -62,21 +62,21 @@ def test_drift_program_search_compiles_once_and_stores_drift_candidates(store, m
     assert sum(json.loads(ln)["inadmissible"] for ln in lines) > 0  # some children violated
 
 
+@pytest.mark.slow  # a search, then PPO replays: in-process parts run in the test above
 def test_inspect_and_replay_treat_a_drift_program_as_a_drift(cli, tmp_path):
     import json
-    db = str(tmp_path / "lab.db")
-    rc, _, err = cli("launch", "configs/drift_program_smoke.yaml", "--store", db, "--set",
-                     "suite=rl-tiny", "--set", "search.generations=2", "--set",
-                     "search.population=4", "--set", "search.children=2", "--name", "dp")
+    rc, _, err = cli("launch", "configs/drift_program_smoke.yaml", "--set", "suite=rl-tiny",
+                     "--set", "search.generations=2", "--set", "search.population=4", "--set",
+                     "search.children=2", "--name", "dp")
     assert rc == 0, err
-    rc, out, err = cli("inspect", "dp:1", "--store", db, "--json")
+    rc, out, err = cli("inspect", "dp:1", "--json")
     assert rc == 0, err
     info = json.loads(out)
     assert info["kind"] == "drift" and "def " in info["readable"]
     assert "return drift" in info["readable"]
     assert info["closest"]["name"] in ("ppo_clip", "dpo") and "surface" in info
-    rc, out, err = cli("replay", "dp:1", "--store", db, "--suite", "rl-tiny", "--seeds", "2",
-                       "--baselines", "ppo_clip", "--json")
+    rc, out, err = cli("replay", "dp:1", "--suite", "rl-tiny", "--seeds", "2", "--baselines",
+                       "ppo_clip", "--json")
     assert rc == 0, err
     rows = json.loads(out)["rows"]
     assert {r["rule"] for r in rows} == {"dp:1", "ppo_clip"}

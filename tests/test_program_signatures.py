@@ -228,3 +228,56 @@ def test_a_drift_program_and_the_lpo_network_computing_it_share_a_fingerprint():
     # and PPO-clip's program is not LPO's residual start (that one has the 1e-4 dead zone)
     fp_start, _ = O.fingerprint(O.lpo(O.LPOSpec(hidden=4)))
     assert not matches(O.fingerprint(O.programs())[0], fp_start)
+
+
+# ---- schedules of Adam ------------------------------------------------------------------------
+
+def _adam_run(rule, genome, steps=12, lr=20.0):
+    """Deltas of ``steps`` updates of ``rule`` on a fixed gradient stream (horizon = steps)."""
+    from lab.core.rule import make_ctx
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)}
+    grads = jnp.asarray(rng.normal(size=(steps, 3, 2)), jnp.float32)
+    state = rule.init(genome, params)
+    out = []
+    for t in range(steps):
+        d, state = rule.update(genome, {"w": grads[t]}, state, params, make_ctx(t, steps, lr))
+        out.append(np.asarray(d["w"]))
+    return np.stack(out), grads
+
+
+@pytest.mark.parametrize("name", ["constant", "cosine", "rex"])
+def test_schedule_rule_is_adam_times_the_schedule(name):
+    import optax
+    steps, lr = 12, 20.0
+    rule = S.schedule_rule()
+    got, grads = _adam_run(rule, genome_of(load_seed(name, "schedule"), 24), steps, lr)
+    peak = S.BASE_LR * lr
+    sched = {"constant": optax.constant_schedule(peak),
+             "cosine": optax.cosine_decay_schedule(peak, steps),
+             "rex": lambda t: peak * S.rex(t, steps)}[name]
+    opt = optax.adam(sched)
+    state = opt.init({"w": jnp.zeros((3, 2))})
+    for t in range(steps):
+        want, state = opt.update({"w": grads[t]}, state)
+        np.testing.assert_allclose(got[t], np.asarray(want["w"]), rtol=2e-5, atol=1e-9)
+
+
+def test_a_schedules_lr_multiplier_bakes_into_its_last_statement():
+    p = load_seed("cosine", "schedule")
+    g = genome_of(p, 24, lr=3.0)
+    baked = program_of(g, "s", SCHEDULE)
+    assert len(baked) == len(p) + 1 and OPS[baked.stmts[-1].op].name == "scale_k"
+    t = np.arange(0, 101, 10, dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(I.apply(genome_of(baked, 24), t, np.float32(100))),
+                               3 * np.asarray(I.apply(g, t, np.float32(100))), rtol=1e-6)
+
+
+def test_schedules_not_worth_a_run_are_named():
+    texts = {"zero": "z = const_k(0.0)", "negative": "z = const_k(-1.0)",
+             "larger than": "z = scale_k(t, 1.0)", "": "z = const_k(2.0)"}
+    genomes = [genome_of(parse(f"def s(t, T):\n    {body}\n    return z\n"), 8)
+               for body in texts.values()]
+    reasons = S.problems(genomes)
+    for want, got in zip(texts, reasons, strict=True):
+        assert (want in got) if want else got == "", (want, got)

@@ -26,11 +26,11 @@ def _values(objective: Objective, genome, progress: float) -> np.ndarray:
 
 def surface(objective: Objective, genome) -> dict:
     """``{"r", "a", "slices": [{"progress", "values" [R, A]}], "known": {name: {"values"}}}``;
-    one slice unless the family reads training progress (TA-LPO)."""
-    progress_aware = any(f.startswith("n/N") for f in objective.features)
-    slices = SLICES if progress_aware else (0.5,)
-    return {"r": SURFACE_R, "a": SURFACE_A,
-            "slices": [{"progress": p, "values": _values(objective, genome, p)} for p in slices],
+    one slice unless the drift depends on training progress (TA-LPO, a program reading it)."""
+    slices = [{"progress": p, "values": _values(objective, genome, p)} for p in SLICES]
+    if all(np.array_equal(s["values"], slices[0]["values"]) for s in slices):
+        slices = [{"progress": 0.5, "values": slices[1]["values"]}]
+    return {"r": SURFACE_R, "a": SURFACE_A, "slices": slices,
             "known": {name: {"values": _values(o, o.genome, 0.5)}
                       for name, o in (("ppo_clip", ppo_clip()), ("dpo", dpo()))}}
 

@@ -25,6 +25,7 @@ from lab.core.optimizers import BASELINES
 from lab.core.replay import replay, replay_train, replay_update_rule
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
+from lab.kinds.program import schedules
 from lab.kinds.program.compiled import structure_rule
 from lab.kinds.program.config import EvolutionConfig, ProgramRuleConfig
 from lab.kinds.program.ir import MAX_LEN, simplify
@@ -39,7 +40,9 @@ from lab.kinds.program.programs import (
     seed_names,
     source_of,
 )
+from lab.kinds.program.schedules import schedule_rule
 from lab.kinds.program.search import ProgramDriver
+from lab.kinds.program.signatures import SCHEDULE
 from lab.kinds.program.spaces import space_of
 from lab.kinds.program.text import to_source
 
@@ -55,7 +58,7 @@ def make_scorer(cfg, rule, store=None, mesh=None):
 
 
 def config_domain(cfg) -> str:
-    return "rl" if cfg.rule.signature == "drift" else "supervised"
+    return "rl" if cfg.rule.signature == "drift" else "supervised"  # schedules: of Adam
 
 
 def config_problems(cfg) -> list[tuple[str, str]]:
@@ -68,20 +71,35 @@ def config_problems(cfg) -> list[tuple[str, str]]:
 
 
 def rule_from_name(name: str):
-    if name != KIND:
-        raise ValueError(f"unknown program family {name!r} (expected {KIND!r})")
-    return program_rule()
+    if name == KIND:
+        return program_rule()
+    if name == schedule_rule().name:
+        return schedule_rule()
+    raise ValueError(f"unknown program family {name!r} (expected {KIND!r} or "
+                     f"{schedule_rule().name!r})")
 
 
 def resolve(rest: str) -> Target:
-    p = read_program(rest.strip())
-    return Target(f"{KIND}:{rest}", program_rule(), genome_of(p, max(len(p), MAX_LEN)), 1.0,
-                  f"{KIND}:{p.name}")
+    """``program:PATH``: an update rule, a schedule (of Adam) or a drift (a PPO objective, kind
+    ``drift``), by the signature its header declares."""
+    p = read_program(rest.strip(), None)
+    length = max(len(p) + 1, MAX_LEN)
+    if p.sig.name == "schedule":
+        rule = schedule_rule()
+    elif p.sig.name == "drift":
+        from lab.kinds.drift.objectives import programs
+        rule = programs()
+    else:
+        rule = program_rule()
+    return Target(f"{KIND}:{rest}", rule, genome_of(p, length), 1.0, f"{KIND}:{p.name}")
 
 
 def compiled_form(target: Target) -> tuple:
-    """(rule, genome) to replay: the program through its compiled path (live statements traced
-    straight-line, as fast as a hand-written optax optimizer)."""
+    """(rule, genome) to replay: an update program through its compiled path (live statements
+    traced straight-line, as fast as a hand-written optax optimizer); a schedule as it is (one
+    scalar program per step)."""
+    if target.rule.name != KIND:
+        return target.rule, target.genome
     rule = structure_rule(program_of(target.genome))
     return rule, rule.genome
 
@@ -115,10 +133,23 @@ def export(target: Target, store, suite: str, seeds: int) -> dict:
 
 
 def views(target: Target, store, info: dict) -> dict:
-    """``simplified`` (dead code out, constants folded) and the statement counts."""
-    p = program_of(target.genome)
+    """``simplified`` (dead code out, constants folded) and the statement counts; for a schedule
+    also ``schedule`` (the known schedules it equals and the closest, by the schedules'
+    fingerprint) and ``plot``, its curve beside optax's."""
+    schedule = target.rule.name != KIND
+    p = program_of(target.genome, "schedule", SCHEDULE) if schedule else \
+        program_of(target.genome)
     q = simplify(p)
-    return {"simplified": to_source(q), "statements": len(p), "live_statements": len(q)}
+    out = {"simplified": to_source(q), "statements": len(p), "live_statements": len(q)}
+    if schedule:
+        from lab.core.target import write_plot
+        fp, h = schedules.fingerprint(q)
+        out["schedule"] = {"hash": h, **{k: v for k, v in schedules.describe(fp).items()
+                                         if k != "distances"}}
+        view = schedules.curve(target.genome)
+        out["plot"] = write_plot(target, store, info["hash"], "schedule",
+                                 lambda path: schedules.draw(view, path, target.label))
+    return out
 
 
 def _known():

@@ -19,9 +19,10 @@ def _all_seeds() -> list[str]:
 class ProgramRuleConfig:
     """The ``rule`` section for ``kind: program``: what the programs are (their ``signature``:
     ``update`` rules on the supervised suites, ``drift`` functions, PPO objectives, on the RL
-    suites), where the search starts and how long programs may grow."""
+    suites, ``schedule`` programs of Adam's learning rate on the supervised suites), where the
+    search starts and how long programs may grow."""
 
-    signature: str = field("update", choices=lambda: ("update", "drift"), what="signature")
+    signature: str = field("update", choices=lambda: tuple(SIGNATURES), what="signature")
     seed: str = field("adamw", choices=_all_seeds, what="seed program")  # of the signature
     file: str = ""  # a .prog file to start from instead of ``seed`` (relative to the cwd)
     max_len: int = field(20, ge=2, le=64)  # statements a program may have

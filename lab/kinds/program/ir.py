@@ -238,10 +238,14 @@ def _follow(r: int, alias: dict[int, int]) -> int:
 
 def bake_lr(p: Program, multiplier: float) -> Program:
     """``p`` run with ``lr * multiplier``: a first statement ``lr_m = scale_k(lr, multiplier)``
-    that every read of ``lr`` now reads (``p`` itself when the multiplier is 1)."""
+    that every read of ``lr`` now reads (``p`` itself when the multiplier is 1); a schedule's
+    multiplier scaled by a last statement."""
     m = float(np.float32(multiplier))
     if m == 1.0:
         return p
+    if p.sig.name == "schedule":  # the multiplier of the learning rate, scaled
+        stmts = (*p.stmts, Stmt(OP_INDEX["scale_k"], p.out[0], 0, m))
+        return p.but(stmts, (p.n_in + len(p.stmts), *p.out[1:]))
     if p.sig != UPDATE:
         raise ProgramError(f"{p.name}: a {p.sig.name} program has no learning rate to scale")
     shift = lambda r: N_IN if r == LR else (r + 1 if r >= N_IN else r)  # noqa: E731

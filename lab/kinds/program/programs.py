@@ -33,23 +33,36 @@ KIND = "program"
 
 
 def genome_of(p: Program, length: int = MAX_LEN, lr: float = 1.0) -> dict[str, np.ndarray]:
-    """The interpreter genome of ``p`` (arrays padded to ``length``; an update rule's also its
-    lr multiplier ``lr``)."""
+    """The interpreter genome of ``p`` (arrays padded to ``length``; an update rule's or a
+    schedule's also its lr multiplier ``lr``)."""
     arrays = p.to_arrays(length)
-    return {**arrays, "lr": np.asarray(lr, np.float32)} if p.sig == UPDATE else arrays
+    if p.sig.name == "drift":  # PPO's settings are each environment's own: no learning rate
+        return arrays
+    return {**arrays, "lr": np.asarray(lr, np.float32)}
 
 
 def program_of(genome, name: str = "program", sig: Signature = UPDATE) -> Program:
     """The program a genome of signature ``sig`` runs; an lr multiplier other than 1 becomes its
-    first statement."""
+    first statement (a schedule's: its last)."""
     from lab.kinds.program.ir import bake_lr
     p = Program.from_arrays(genome, name, sig)
     lr = float(np.asarray(genome.get("lr", 1.0)))
     return bake_lr(p, lr)
 
 
+def signature_of(genome) -> Signature:
+    """The signature a genome's arrays are of: three outputs make an update rule; one output a
+    schedule, with its ``lr`` multiplier, or a drift, without."""
+    if np.shape(genome["out"])[0] == UPDATE.n_out:
+        return UPDATE
+    return SIGNATURES["schedule" if "lr" in genome else "drift"]
+
+
 def source_of(genome, name: str = "program") -> str:
-    return to_source(program_of(genome, name))
+    """The text of the program a genome runs (its signature read off the arrays)."""
+    sig = signature_of(genome)
+    return to_source(program_of(genome, sig.name if name == "program" and sig != UPDATE
+                                else name, sig))
 
 
 def from_source(text: str, length: int = MAX_LEN, source: str = "") -> dict[str, np.ndarray]:

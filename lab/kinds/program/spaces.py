@@ -16,7 +16,9 @@ The evolution (``evolution``), its stages after the search (``finalize``) and th
   inspect``, ``replay`` and ``export`` treat them as every candidate of that kind.
 
 ``UPDATE`` programs are update rules on the supervised suites (kind ``program``); ``DRIFT``
-programs are PPO objectives on the RL suites, stored as kind ``drift``, family ``program``.
+programs are PPO objectives on the RL suites, stored as kind ``drift``, family ``program``;
+``SCHEDULE`` programs are learning-rate schedules of Adam on the supervised suites, stored as kind
+``program``, family ``schedule(adam)`` (an update rule: Adam's step times the schedule).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import numpy as np
 from lab.core import hashing
 from lab.kinds.program.ir import Program, simplify
 from lab.kinds.program.programs import genome_of, program_rule
-from lab.kinds.program.signatures import DRIFT, UPDATE, Signature
+from lab.kinds.program.signatures import DRIFT, SCHEDULE, UPDATE, Signature
 
 
 class UpdateSpace:
@@ -91,7 +93,38 @@ class DriftSpace:
         return drift_scorer(cfg, rule, store, mesh, budget, scale)
 
 
-SPACES = {UPDATE.name: UpdateSpace, DRIFT.name: DriftSpace}
+class ScheduleSpace:
+    """Schedules (``t, T -> multiplier``) of Adam's step, scored against tuned Adam at every
+    multiplier of the learning-rate grid, as update rules are; keyed by the schedule's curve (the
+    fingerprint optax's schedules share). A schedule negative, zero everywhere, or beyond
+    ``schedules.MAX_MULTIPLIER`` on the grid is not scored."""
+
+    sig: Signature = SCHEDULE
+
+    def __init__(self, cfg):
+        from lab.kinds.program.schedules import schedule_rule
+        self.rule = schedule_rule(cfg.rule.max_len + 1)
+        self.row = ("program", self.rule.name)
+        self.grid = tuple(float(m) for m in cfg.search.lr_grid)
+
+    def genome(self, p: Program, length: int, multiplier: float = 1.0) -> dict:
+        return genome_of(simplify(p), length, multiplier)
+
+    def keys(self, genomes: list) -> list[tuple[np.ndarray, str, str]]:
+        from lab.kinds.program.schedules import fingerprints
+        return [(fp, h, h) for fp, h in fingerprints(genomes)]
+
+    def admissible(self, programs: list[Program], length: int) -> list[str]:
+        from lab.kinds.program.schedules import problems
+        return problems([self.genome(p, length) for p in programs]) if programs else []
+
+    def scorer(self, cfg, rule, store=None, mesh=None, budget: int | None = None,
+               scale: int = 1):
+        from lab.core.fitness import suite_scorer
+        return suite_scorer(cfg, rule, store, mesh, budget, scale)
+
+
+SPACES = {UPDATE.name: UpdateSpace, DRIFT.name: DriftSpace, SCHEDULE.name: ScheduleSpace}
 
 
 def space_of(cfg) -> Any:
