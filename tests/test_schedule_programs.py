@@ -51,6 +51,7 @@ def test_schedule_search_compiles_once_and_stores_schedules(store, monkeypatch):
         assert p.sig == SCHEDULE and "return multiplier" in to_source(p)
 
 
+@pytest.mark.slow  # a search, replays and an export at two horizons
 def test_schedule_inspect_replay_and_program_file_targets(cli, tmp_path):
     rc, _, err = cli("launch", "configs/schedule_smoke.yaml", "--set", "suite=tiny", "--set",
                      "budget=8", "--set", "seeds=1", "--set", "search.generations=2", "--set",
@@ -67,6 +68,19 @@ def test_schedule_inspect_replay_and_program_file_targets(cli, tmp_path):
     assert rc == 0, err
     rules = {r["rule"] for r in json.loads(out)["rows"]}
     assert rules == {"sch:1", "sch:1 (lr tuned)", "tuned adam"}
+    # export: 1x and 4x horizons, beside tuned Adam and the seed schedules tuned alike
+    rc, out, err = cli("export", "sch:1", "--name", "sch", "--out", str(tmp_path / "art"),
+                       "--suite", "tiny", "--seeds", "2")
+    assert rc == 0, err
+    metrics = json.loads((tmp_path / "art" / "sch" / "metrics.json").read_text())
+    for key, scale in (("heldout", 1), ("heldout_4x", 4)):
+        held = metrics[key]
+        assert held["horizon_scale"] == scale and held["seeds"] == 2
+        assert {"sch:1 (lr tuned)", "tuned adam", "cosine schedule (lr tuned)",
+                "rex schedule (lr tuned)", "warmup_cosine schedule (lr tuned)"} <= set(
+                    held["summary"])
+    readme = (tmp_path / "art" / "sch" / "README.md").read_text()
+    assert "horizons 4x" in readme and "rex schedule (lr tuned)" in readme
     # program files: a schedule is Adam times it (the constant one is Adam), a drift a drift
     for name, sig, equals in (("rex", "schedule", "REX"), ("constant", "schedule",
                                                             "optax.constant_schedule")):

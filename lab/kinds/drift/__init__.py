@@ -21,7 +21,15 @@ from lab.core.es import ESDriver
 from lab.core.kind import Conformance, Kind, LaunchCase, RuleCase, register
 from lab.kinds.drift import objectives
 from lab.kinds.drift.config import DriftRuleConfig, DriftSearchConfig
-from lab.kinds.drift.objectives import KIND, LPOSpec, dpo, lpo, objective_from_name, ppo_clip
+from lab.kinds.drift.objectives import (
+    KIND,
+    LPOSpec,
+    dpo,
+    lpo,
+    objective_from_name,
+    ppo_clip,
+    programs,
+)
 from lab.kinds.drift.ppo import policy_loss
 from lab.kinds.drift.replay import BASELINES, export, readme_tables, replay_drift
 from lab.kinds.drift.scoring import drift_scorer
@@ -66,6 +74,15 @@ def apply_exported(objective, genome) -> dict:
     return apply_drift(objective_from_name(objective.name), back)
 
 
+def drift_program_genomes() -> tuple:
+    """PPO-clip and DPO as programs, and PPO-clip's program at eps 0.3 (one length)."""
+    from lab.kinds.program.compiled import with_constants
+    from lab.kinds.program.programs import genome_of, load_seed
+    clip, dpo_prog = load_seed("ppo_clip", "drift"), load_seed("dpo", "drift")
+    wide = with_constants(clip, [0.3 if s.k == np.float32(0.2) else s.k for s in clip.stmts])
+    return tuple(genome_of(p, objectives.PROGRAM_LEN) for p in (clip, dpo_prog, wide))
+
+
 def conformance() -> Conformance:
     small = lpo(LPOSpec(hidden=4, ppo_init=False))
     w = small.genome
@@ -79,6 +96,8 @@ def conformance() -> Conformance:
         RuleCase(f"{KIND}:dpo", dpo(), tuple({"alpha": np.float32(a), "beta": np.float32(b)}
                                              for a, b in ((2.0, 0.6), (1.0, 0.3), (3.0, 0.9))),
                  apply_drift, apply_exported),
+        RuleCase(f"{KIND}:program", programs(), drift_program_genomes(), apply_drift,
+                 apply_exported),
     ]
     return Conformance(cases, LaunchCase("configs/lpo_smoke.yaml", (
         "search.population=4", "search.generations=3", "rule.hidden=4", "output.top_k=2")))

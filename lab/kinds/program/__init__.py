@@ -125,11 +125,37 @@ def replay_program(target: Target, req) -> dict:
     return replay_update_rule(target, req, compiled_form(target), tune_lr)
 
 
+# Seed schedules replayed beside a discovered schedule, their learning rate tuned the same way
+# (the constant schedule is Adam, the tuned baseline itself)
+SCHEDULE_BASELINES = ("cosine", "rex", "warmup_cosine")
+SCHEDULE_HORIZONS = (1, 4)  # a schedule's held-out scores at 1x and 4x the tasks' horizons
+
+
 def export(target: Target, store, suite: str, seeds: int) -> dict:
     """Held-out scores at the program's own learning rate and, like the baselines', with its
-    learning rate tuned per task."""
-    return {"heldout": replay(target, suite, seeds, store=store, tuner=tune_lr,
-                              form=compiled_form(target))}
+    learning rate tuned per task. A schedule's at 1x and 4x horizons (``heldout``,
+    ``heldout_4x``), beside tuned Adam and the seed schedules (``SCHEDULE_BASELINES``), each
+    with its learning rate tuned per task on the same multipliers."""
+    if target.rule.name == KIND:
+        return {"heldout": replay(target, suite, seeds, store=store, tuner=tune_lr,
+                                  form=compiled_form(target))}
+    out = {}
+    for scale in SCHEDULE_HORIZONS:
+        doc = replay(target, suite, seeds, ("adam",), store, tuner=tune_lr,
+                     horizon_scale=scale)
+        for name in SCHEDULE_BASELINES:
+            p = load_seed(name, SCHEDULE.name)
+            seed = Target(f"{KIND}:seeds/schedule/{name}.prog", target.rule,
+                          genome_of(p, np.shape(target.genome["op"])[0]), target.lr,
+                          f"{name} schedule")
+            doc["rows"] += replay(seed, suite, seeds, (), store, tuner=tune_lr,
+                                  horizon_scale=scale)["rows"]
+        summary: dict[str, list[float]] = {}
+        for r in doc["rows"]:
+            summary.setdefault(r["rule"], []).append(r["score"])
+        doc["summary"] = {k: float(np.mean(v)) for k, v in summary.items()}
+        out["heldout" if scale == 1 else f"heldout_{scale}x"] = doc
+    return out
 
 
 def views(target: Target, store, info: dict) -> dict:
@@ -166,9 +192,14 @@ def conformance() -> Conformance:
     seeds = [genome_of(load_seed(n)) for n in ("momentum", "rmsprop", "adam")]
     lion = structure_rule(load_seed("lion"))
     k = np.asarray(lion.genome["k"])
+    sched = schedule_rule()
+    length = np.shape(sched.genome["op"])[0]
     cases = [update_rule_case(f"{KIND}:interpreted", program_rule(), seeds),
              update_rule_case(f"{KIND}:compiled(lion)", lion,
-                              [{"k": k * s} for s in (0.9, 1.0, 1.1)])]
+                              [{"k": k * s} for s in (0.9, 1.0, 1.1)]),
+             update_rule_case(f"{KIND}:{sched.name}", sched,
+                              [genome_of(load_seed(n, SCHEDULE.name), length, m) for n, m in
+                               (("cosine", 1.0), ("rex", 3.0), ("warmup_cosine", 0.5))])]
     return Conformance(cases, LaunchCase("configs/program_smoke.yaml", (
         "search.population=8", "search.children=4", "search.generations=3",
         "search.lr_grid=[1.0, 3.0]", "search.simplify=false", "output.top_k=2")))

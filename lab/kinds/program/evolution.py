@@ -44,6 +44,8 @@ from lab.kinds.program.programs import genome_of
 from lab.kinds.program.spaces import space_of
 from lab.kinds.program.text import to_source
 
+ADMISSIBLE_ROUNDS = 16  # extra rounds of re-mutation for children that break the constraints
+
 
 @dataclasses.dataclass
 class Member:
@@ -241,13 +243,19 @@ class Evolution:
         cache, length = self.s.cache, self.cfg.rule.max_len
         kids = [mutate(p.program, self.rng, length, stats=seen, distinct=cache) for p in parents]
         keys = self.keys(kids)
-        for _ in range(self.s.retries if cache else 0):
-            taken, again = set(), []
+        # a known child is mutated again in the first ``retries`` rounds; one that breaks the
+        # signature's constraints (no training run: a cheap check) is mutated afresh from its
+        # parent for up to ``ADMISSIBLE_ROUNDS`` more
+        for round_ in range(self.s.retries + ADMISSIBLE_ROUNDS if cache else 0):
+            taken, again, fresh = set(), [], set()
             reasons = self.admissible(kids, keys)
             for i, (k, p) in enumerate(zip(keys, parents, strict=True)):
                 if reasons[i]:
                     seen["inadmissible"] += 1
                     again.append(i)
+                    fresh.add(i)
+                elif round_ >= self.s.retries:
+                    pass
                 elif k == p.key:
                     seen["same_function"] += 1
                     again.append(i)
@@ -258,7 +266,8 @@ class Evolution:
             if not again:
                 break
             for i in again:
-                kids[i] = mutate(kids[i], self.rng, length, stats=seen)
+                kids[i] = mutate(parents[i].program if i in fresh else kids[i], self.rng, length,
+                                 stats=seen)
             new = self.keys([kids[i] for i in again])
             for i, k in zip(again, new, strict=True):
                 keys[i] = k
