@@ -197,16 +197,14 @@ class Registers(NamedTuple):
     scratch: jax.Array
 
 
-def run(genome, scratch, inputs, t, layout: Layout, differentiable: bool = False):
+def run(genome, scratch, inputs, t, layout: Layout):
     """Runs one program on flat vectors; returns (its outputs, scratch).
 
     ``inputs`` (``[n_in, n]``) are the signature's input registers, ``t`` the step count that
     ``pow_t`` reads. ``scratch`` (``[L, n]``, the statements' registers) is the last step's:
     every statement writes its row before a later one reads it. Carried rather than made
     afresh, it costs no per-step fill of ``L`` rows of zeros (on a CPU that fill cost as much as
-    the statements of a short program). ``differentiable``: run all ``L`` statements (the
-    padding is NOPs), a loop of static length that reverse-mode autodiff goes through, rather
-    than the batch's longest program.
+    the statements of a short program).
     """
     genome = jax.tree.map(jnp.asarray, genome)  # numpy fields cannot be indexed by the loop's i
     genome = {**genome, **{f: genome[f].astype(jnp.int32) for f in ("op", "a", "b", "out", "n")}}
@@ -226,8 +224,7 @@ def run(genome, scratch, inputs, t, layout: Layout, differentiable: bool = False
         value = statement(genome["op"][i], x, y, ks[i], t, log_ks[i], layout, counts)
         return jax.lax.dynamic_update_index_in_dim(regs, value, i, 0)
 
-    bound = genome["op"].shape[0] if differentiable else loop_bound(genome["n"])
-    scratch = jax.lax.fori_loop(0, bound, body, scratch)
+    scratch = jax.lax.fori_loop(0, loop_bound(genome["n"]), body, scratch)
     outs = tuple(read(scratch, genome["out"][j]) for j in range(genome["out"].shape[0]))
     return outs, scratch
 
@@ -235,15 +232,49 @@ def run(genome, scratch, inputs, t, layout: Layout, differentiable: bool = False
 def apply(genome, *inputs):
     """A stateless program (a drift, a schedule) on arrays that broadcast together: its first
     output, elementwise, in their shape (float32, or float64 for float64 inputs). Reductions
-    are not in these signatures, so the result is the same whatever the batch beside it;
-    differentiable in the inputs (PPO's loss takes its gradient through a drift)."""
+    are not in these signatures, so the result is the same whatever the batch beside it.
+
+    Differentiable in the inputs (PPO's loss takes its gradient through a drift), not in the
+    genome: the program being elementwise, its Jacobian in each input is diagonal, and one
+    forward-mode pass (tangents of ones, one per input) gives all of it beside the value
+    (``_elementwise``), through the same loop over the batch's longest program. Reverse mode
+    through the loop itself would need all ``L`` statements and their registers at every one.
+    """
     shape = jnp.broadcast_shapes(*(jnp.shape(x) for x in inputs))
     dt = compute_dtype(jnp.result_type(*inputs))
     flat = jnp.stack([jnp.broadcast_to(jnp.asarray(x, dt), shape).reshape(-1) for x in inputs])
-    n = flat.shape[1]
+    return _elementwise(genome, flat).reshape(shape)
+
+
+def _values(genome, flat):
+    """The first output of a stateless program on ``flat`` ([n_in, n]), not differentiable."""
+    n, dt = flat.shape[1], flat.dtype
     scratch = jnp.zeros((np.shape(genome["op"])[0], n), dt)
-    outs, _ = run(genome, scratch, flat, jnp.zeros((), dt), Layout((n,)), differentiable=True)
-    return outs[0].reshape(shape)
+    outs, _ = run(genome, scratch, flat, jnp.zeros((), dt), Layout((n,)))
+    return outs[0]
+
+
+@jax.custom_vjp
+def _elementwise(genome, flat):
+    return _values(genome, flat)
+
+
+def _elementwise_fwd(genome, flat):
+    basis = jnp.eye(flat.shape[0], dtype=flat.dtype)[:, :, None] * jnp.ones_like(flat)[None]
+    value, diag = jax.vmap(lambda t: jax.jvp(lambda x: _values(genome, x), (flat,), (t,)),
+                           out_axes=(None, 0))(basis)
+    return value, (genome, diag)
+
+
+def _elementwise_bwd(res, ct):
+    genome, diag = res
+    zero = jax.tree.map(lambda x: np.zeros(np.shape(x), jax.dtypes.float0)
+                        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer) else
+                        jnp.zeros_like(x), genome)
+    return zero, diag * ct[None]
+
+
+_elementwise.defvjp(_elementwise_fwd, _elementwise_bwd)
 
 
 def init(genome, params):
