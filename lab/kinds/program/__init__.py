@@ -9,6 +9,11 @@ held equal by the tests: the compile-once interpreter vmapped over many programs
 ``program:PATH`` read a program text file; seeds (``seeds/*.prog``, optax's optimizers as programs
 plus PowerSign and AddSign) are its known rules.
 
+One engine for every symbolic object (``signatures``): ``rule.signature: update`` (above),
+``drift`` (PPO objectives ``D(r, A, progress)`` on the RL suites, stored as kind ``drift``) and
+``schedule`` (learning-rate schedules of Adam, family ``schedule(adam)``); ``spaces`` gives the
+search what differs between them.
+
 References: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms" (arXiv 2302.06675).
 """
 

@@ -4,12 +4,14 @@ Each generation: ``children`` tournaments pick parents from the population; each
 mutated (until valid and symbolically new); each child's evaluation key comes from its symbolic
 hash when that is known, else from a batched fingerprint; children whose function the run has
 met (their parent's, an earlier child's, or a sibling's) are mutated again, up to ``retries``
-times, so the evaluation batch holds new functions (``search.cache: false`` turns all of this
-off, to measure what it buys); keys without enough evaluations are scored in one compiled call
-per task (each candidate at every multiplier of the lr grid, the best counts), padded to a fixed
-batch, optionally behind a hurdle (a short run for all, the full run for those better than a
-rolling quantile, both batches padded); the children join the population and the oldest members
-leave. One store transaction per generation.
+times, so the evaluation batch holds new functions, and a child that breaks its signature's
+constraints (a drift's, checked on a grid) is mutated afresh from its parent (``search.cache:
+false`` turns all of this off, to measure what it buys); keys without enough evaluations are
+scored in one compiled call per task (each candidate at every multiplier of the lr grid, the
+best counts), padded to a fixed batch, optionally behind a hurdle (a short run for all, the full
+run for those better than a rolling quantile, both batches padded); the children join the
+population and the oldest members leave. One store transaction per generation. The signature's
+``spaces`` entry says how its programs are scored, keyed and checked.
 
 Cache hit rate = 1 - (distinct keys evaluated / children generated); noisy fitness is averaged
 over up to ``evaluations`` runs per key (each on fresh data), and a full hit is evaluated again
