@@ -51,6 +51,10 @@ def _candidate(doc: dict) -> None:
     _OUT.print(f"  {doc['readable']}", markup=False)
     _OUT.print(f"  hash {doc['hash']}   = {eq}   closest {doc['closest']['name']} "
                f"(distance {doc['closest']['distance']:.3g})")
+    same = (doc.get("store") or {}).get("equals")
+    if same:
+        _OUT.print(f"  same function in the store: {', '.join(h[:12] for h in same[:8])}"
+                   + (f" and {len(same) - 8} more" if len(same) > 8 else ""))
     if doc.get("fitness") is not None:
         _OUT.print(f"  fitness {doc['fitness']:.4f}   outer lr {doc['lr']}")
     if doc.get("behaviour"):

@@ -109,3 +109,29 @@ def test_batched_drift_fingerprints_equal_one_by_one():
         fp1, h1 = O.fingerprint(O.programs(), g)
         assert h == h1 and np.array_equal(fp, fp1)
     assert batched[0][1] == batched[2][1] != batched[1][1]
+
+
+def test_inspect_finds_a_stored_lpo_network_computing_the_same_drift(store, tmp_path):
+    """``lab inspect`` of a drift program names the stored candidates of its kind with the same
+    fingerprint, whatever their representation (here an LPO network with one tanh unit)."""
+    from lab.commands.inspection import inspect_target
+    from lab.kinds.program.text import parse
+    spec = O.LPOSpec(hidden=1, ppo_init=False)
+    w0 = np.zeros((len(spec.features), 1), np.float32)
+    w0[spec.features.index("(r-1)^2"), 0] = 0.75
+    genome = {"w0": w0, "w1": np.asarray([0.5], np.float32)}
+    fp, h = O.fingerprint(O.lpo(spec), genome)
+    run = store.create_run("lpo", "drift", {}, "h", "v", "ctx", {})
+    store.record_generation(run, 0, [{"hash": h, "kind": "drift", "name": spec.name,
+                                      "genome": treeio.tree_to_npz(genome),
+                                      "fingerprint": treeio.tree_to_npz(fp)}],
+                            [], [{"hash": h, "fitness": 0.0}], {})
+    path = tmp_path / "one_unit.prog"
+    path.write_text("def one_unit(r, A, progress):\n    x0 = add_k(r, -1.0)\n"
+                    "    x1 = square(x0)\n    x2 = scale_k(x1, 0.75)\n    x3 = tanh(x2)\n"
+                    "    x4 = scale_k(x3, 0.5)\n    x5 = add_k(x4, -0.0001)\n"
+                    "    zero = const_k(0.0)\n    drift = max(x5, zero)\n    return drift\n")
+    assert parse(path.read_text()).sig == DRIFT
+    doc = inspect_target(f"program:{path}", store)
+    assert doc["kind"] == "drift" and doc["store"]["equals"] == [h]
+    assert doc["store"]["closest"]["hash"] == h

@@ -1,5 +1,6 @@
 """`lab inspect`: a run's best candidates, or one candidate: readable form, hash, equals,
-closest, scores, lineage, and what its kind adds (``Kind.views``: a program's simplified source,
+closest (among known rules, and among the store's fingerprinted candidates of its kind), scores,
+lineage, and what its kind adds (``Kind.views``: a program's simplified source,
 a learned rule's behaviour, a drift's surface); for a run also a PNG of fitness over
 generations."""
 
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+
+import numpy as np
 
 from lab import treeio
 from lab.commands.targets import resolve
@@ -21,6 +24,29 @@ def function_info(target: Target, store: Store | None) -> dict:
     if store is not None and target.store_hash is not None:
         store.set_fingerprint(target.store_hash, treeio.tree_to_npz(info["fingerprint"]))
     return info
+
+
+def in_store(store: Store, kind: str, fp, own: str | None) -> dict:
+    """The stored candidates of ``kind`` computing the same function as fingerprint ``fp``
+    (``equals``: store hashes, whatever their representation: a drift program and an LPO
+    network, a schedule program and another) and the nearest other one (``closest``: hash and
+    RMS gap between fingerprints; None when no other is fingerprinted)."""
+    from lab.core.hashing import distance, matches
+    fp = np.asarray(fp, np.float64)
+    equals, best = [], None
+    for h, raw in store.fingerprinted(kind):
+        if h == own:
+            continue
+        other = np.asarray(treeio.tree_from_npz(raw), np.float64)
+        if other.shape != fp.shape:  # another signature or probe version
+            continue
+        if matches(fp, other):
+            equals.append(h)
+        d = distance(fp, other)
+        if best is None or d < best[1]:
+            best = (h, d)
+    return {"equals": equals, "closest": None if best is None else
+            {"hash": best[0], "distance": best[1]}}
 
 
 def _lineage(store: Store, hash_: str | None, limit: int = 20) -> list[str]:
@@ -50,6 +76,8 @@ def candidate_doc(target: Target, store: Store | None) -> dict:
                           "run": e["first_run"], "generation": e["first_generation"]}
                          for e in store.evaluations_for(target.store_hash)]
         doc["lineage"] = _lineage(store, target.store_hash)
+    if store is not None:
+        doc["store"] = in_store(store, target.rule.kind, info["fingerprint"], target.store_hash)
     if target.artifact is not None:
         doc["artifact"] = str(target.artifact)
     if kind.text is not None:  # parses back to the same candidate

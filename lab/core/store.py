@@ -385,10 +385,13 @@ class Store:
             d["diverged"], d["metrics"] = bool(d["diverged"]), from_json(d["metrics"], {})
         return out
 
-    def fingerprinted(self) -> list[tuple[str, bytes]]:
-        """(hash, fingerprint bytes) of every candidate that has been fingerprinted."""
-        return [(r[0], r[1]) for r in self.conn.execute(
-            "SELECT hash, fingerprint FROM candidates WHERE fingerprint IS NOT NULL")]
+    def fingerprinted(self, kind: str | None = None) -> list[tuple[str, bytes]]:
+        """(hash, fingerprint bytes) of every candidate that has been fingerprinted (of one
+        ``kind`` when given)."""
+        sql = "SELECT hash, fingerprint FROM candidates WHERE fingerprint IS NOT NULL"
+        rows = (self.conn.execute(sql + " AND kind = ?", (kind,)) if kind is not None else
+                self.conn.execute(sql))
+        return [(r[0], r[1]) for r in rows]
 
     def first_run(self, hash: str) -> str | None:
         """The run that first evaluated candidate ``hash``, if any."""
