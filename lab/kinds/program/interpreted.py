@@ -37,6 +37,7 @@ from jax.flatten_util import ravel_pytree
 
 from lab.core.rule import Ctx
 from lab.kinds.program.ops import EXP_CLIP, OP_INDEX, OPS, arctan, guard, tiny_log
+from lab.kinds.program.signatures import DRIFT, SCHEDULE, UPDATE
 
 _O = OP_INDEX
 
@@ -153,7 +154,19 @@ def _reduce(pos, x, y, layout: Layout, counts):
                             jnp.where(nd, sxy / jnp.where(nd, den, 1), 0))
 
 
-def statement(op, x, y, k, t, log_k, layout: Layout, counts):
+def groups_of(ops) -> frozenset[str]:
+    """The op groups (``GROUPS``) a set of op codes needs: a signature's. A statement does not
+    test for the groups its signature cannot hold (no ``cos`` for update rules, no reductions
+    for drifts and schedules)."""
+    names = list(GROUPS)
+    return frozenset(names[int(_GROUP[o])] for o in ops)
+
+
+_UPDATE_GROUPS = groups_of(UPDATE.ops)
+_STATELESS_GROUPS = groups_of(DRIFT.ops + SCHEDULE.ops)
+
+
+def statement(op, x, y, k, t, log_k, layout: Layout, counts, groups: frozenset | None = None):
     """One statement's value (``op`` may be traced): the cheap ops always, each other group of
     ops only when some candidate of the batch runs one of it here."""
     group, pos = jnp.asarray(_GROUP)[op], jnp.asarray(_POS)[op]
@@ -179,7 +192,7 @@ def statement(op, x, y, k, t, log_k, layout: Layout, counts):
               "arctan": lambda: arctan(x), "reduce": lambda: _reduce(pos, x, y, layout, counts),
               "cos": lambda: jnp.cos(x)}
     for gi, name in enumerate(GROUPS):
-        if gi == 0:
+        if gi == 0 or (groups is not None and name not in groups):
             continue
         mine = group == gi
         value = jax.lax.cond(any_candidate(mine),
@@ -197,7 +210,7 @@ class Registers(NamedTuple):
     scratch: jax.Array
 
 
-def run(genome, scratch, inputs, t, layout: Layout):
+def run(genome, scratch, inputs, t, layout: Layout, groups: frozenset | None = None):
     """Runs one program on flat vectors; returns (its outputs, scratch).
 
     ``inputs`` (``[n_in, n]``) are the signature's input registers, ``t`` the step count that
@@ -221,7 +234,7 @@ def run(genome, scratch, inputs, t, layout: Layout):
 
     def body(i, regs):
         x, y = read(regs, genome["a"][i]), read(regs, genome["b"][i])
-        value = statement(genome["op"][i], x, y, ks[i], t, log_ks[i], layout, counts)
+        value = statement(genome["op"][i], x, y, ks[i], t, log_ks[i], layout, counts, groups)
         return jax.lax.dynamic_update_index_in_dim(regs, value, i, 0)
 
     scratch = jax.lax.fori_loop(0, loop_bound(genome["n"]), body, scratch)
@@ -250,7 +263,7 @@ def _values(genome, flat):
     """The first output of a stateless program on ``flat`` ([n_in, n]), not differentiable."""
     n, dt = flat.shape[1], flat.dtype
     scratch = jnp.zeros((np.shape(genome["op"])[0], n), dt)
-    outs, _ = run(genome, scratch, flat, jnp.zeros((), dt), Layout((n,)))
+    outs, _ = run(genome, scratch, flat, jnp.zeros((), dt), Layout((n,)), _STATELESS_GROUPS)
     return outs[0]
 
 
@@ -296,7 +309,7 @@ def update(genome, grads, state, params, ctx: Ctx):
     g, w = g.astype(dt), w.astype(dt)
     inputs = jnp.stack([g, w, jnp.full_like(g, lr), jnp.full_like(g, t), s[0].astype(dt),
                         s[1].astype(dt)])
-    (upd, s0, s1), scratch = run(genome, state.scratch, inputs, t, layout)
+    (upd, s0, s1), scratch = run(genome, state.scratch, inputs, t, layout, _UPDATE_GROUPS)
     delta = unravel(-upd)
     delta = jax.tree.map(lambda d, p: d.astype(jnp.asarray(p).dtype), delta, params)
     return delta, Registers(jnp.stack([s0, s1]).astype(s.dtype), scratch)
