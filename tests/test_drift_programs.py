@@ -27,6 +27,7 @@ SMALL = ["kind=program", "suite=rl-tiny", "rule.signature=drift", "rule.seed=ppo
          "search.simplify=false"]
 
 
+@pytest.mark.slow  # PPO with the drift interpreter compiles for ~15 s on 2 cores
 def test_drift_program_search_compiles_once_and_stores_drift_candidates(store, monkeypatch):
     from lab.core.loop import launch
     sizes, admissible = [], []

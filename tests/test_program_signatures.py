@@ -182,6 +182,7 @@ def test_schedules_that_differ_have_different_fingerprints():
 
 # ---- drift constraints and fingerprints across representations ------------------------------
 
+@pytest.mark.slow  # every random program three times in float64, op by op
 def test_constraint_check_agrees_with_a_direct_evaluation_on_random_drift_programs():
     fam = O.programs()
     genomes = [genome_of(p, L) for p in DRIFTS]
