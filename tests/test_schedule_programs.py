@@ -61,7 +61,8 @@ def test_schedule_inspect_replay_and_program_file_targets(cli, tmp_path):
     assert rc == 0, err
     info = json.loads(out)
     assert info["name"] == "schedule(adam)" and "def " in info["source"]
-    assert info["schedule"]["closest"]["name"].startswith(("optax.", "REX"))
+    assert info["closest"]["name"].startswith(("optax.", "REX"))
+    assert info["hash"] == info["store_key"]  # named by its curve, the key it is stored under
     assert info["plot"] and info["plot"].endswith(".png")
     rc, out, err = cli("replay", "sch:1", "--suite", "tiny", "--seeds", "2", "--tune-lr",
                        "--baselines", "adam", "--json")
@@ -89,7 +90,7 @@ def test_schedule_inspect_replay_and_program_file_targets(cli, tmp_path):
         rc, out, err = cli("inspect", f"program:{path}", "--json")
         assert rc == 0, err
         info = json.loads(out)
-        assert info["name"] == "schedule(adam)" and info["schedule"]["equals"] == [equals]
+        assert info["name"] == "schedule(adam)" and info["equals"][0] == equals
     assert "adam" in info["equals"]  # Adam at a constant schedule is Adam, across kinds
     path = tmp_path / "dpo.prog"
     path.write_text(to_source(load_seed("dpo", "drift")))

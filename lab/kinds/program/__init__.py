@@ -62,6 +62,33 @@ def make_scorer(cfg, rule, store=None, mesh=None):
     return space_of(cfg).scorer(cfg, rule, store, mesh)
 
 
+def is_schedule(rule) -> bool:
+    return rule.name == schedule_rule().name
+
+
+def fingerprint(rule, genome=None, jit: bool = True):
+    """Update programs: the update-rule probe; schedules of Adam: the schedule's own
+    fingerprint (its curve on the grid, the one optax's schedules share)."""
+    if is_schedule(rule):
+        return schedules.fingerprints([rule.genome if genome is None else genome])[0]
+    return hashing.fingerprint(rule, genome, jit)
+
+
+def describe_function(rule, genome=None) -> dict:
+    """A schedule of Adam is named by its curve (``= optax.cosine_decay_schedule``, ``REX``)
+    and, as an update rule, by the update rules it equals (the constant schedule ``= adam``);
+    its hash is the curve's, the key its search stored it under."""
+    if not is_schedule(rule):
+        return hashing.describe_function(rule, genome)
+    g = rule.genome if genome is None else genome
+    fp, h = fingerprint(rule, g)
+    named = schedules.describe(fp)
+    update = hashing.describe_function(rule, g)
+    return {"hash": h, "fingerprint": fp, "equals": named["equals"] + update["equals"],
+            "closest": named["closest"], "distances": named["distances"],
+            "as_update_rule": {"hash": update["hash"], "closest": update["closest"]}}
+
+
 def config_domain(cfg) -> str:
     return "rl" if cfg.rule.signature == "drift" else "supervised"  # schedules: of Adam
 
@@ -165,18 +192,14 @@ def export(target: Target, store, suite: str, seeds: int) -> dict:
 
 def views(target: Target, store, info: dict) -> dict:
     """``simplified`` (dead code out, constants folded) and the statement counts; for a schedule
-    also ``schedule`` (the known schedules it equals and the closest, by the schedules'
-    fingerprint) and ``plot``, its curve beside optax's."""
-    schedule = target.rule.name != KIND
+    also ``plot``, its curve beside optax's schedules and REX."""
+    schedule = is_schedule(target.rule)
     p = program_of(target.genome, "schedule", SCHEDULE) if schedule else \
         program_of(target.genome)
     q = simplify(p)
     out = {"simplified": to_source(q), "statements": len(p), "live_statements": len(q)}
     if schedule:
         from lab.core.target import write_plot
-        fp, h = schedules.fingerprint(q)
-        out["schedule"] = {"hash": h, **{k: v for k, v in schedules.describe(fp).items()
-                                         if k != "distances"}}
         view = schedules.curve(target.genome)
         out["plot"] = write_plot(target, store, info["hash"], "schedule",
                                  lambda path: schedules.draw(view, path, target.label))
@@ -223,4 +246,6 @@ KIND_RECORD = register(update_rule_kind(
     resolve=resolve,
     config_domain=config_domain,
     config_problems=config_problems,
+    fingerprint=fingerprint,
+    describe_function=describe_function,
 ))
