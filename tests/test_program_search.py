@@ -13,7 +13,8 @@ from lab.core.evaluate import compiled
 from lab.core.fitness import CLIP
 from lab.core.loop import build_setup, launch, score_fixed
 from lab.core.optimizers import make_baseline
-from lab.kinds.program import evolution, finalize
+from lab.kinds.program import evolution, finalize, spaces
+from lab.kinds.program import search as search_module
 from lab.kinds.program.ir import live_statements, simplify, symbolic_hash
 from lab.kinds.program.programs import genome_of, load_seed, parse, program_rule
 
@@ -34,7 +35,7 @@ def _spy(monkeypatch, module, name, into):
 def test_three_generations_with_hurdles_compile_before_generation_0(store, monkeypatch):
     setups, shorts, sizes = [], [], []
     _spy(monkeypatch, __import__("lab.core.loop", fromlist=["x"]), "build_setup", setups)
-    _spy(monkeypatch, evolution, "short_scorer", shorts)
+    _spy(monkeypatch, search_module, "short_scorer", shorts)
     real_step = evolution.Evolution.step
 
     def step(self, g):
@@ -127,7 +128,7 @@ def test_without_the_cache_every_child_is_scored(store):
                              "search.generations=4", "search.hurdle=0.5",
                              "search.hurdle_budget=4"])
     setup = build_setup(cfg, store)
-    short = evolution.short_scorer(cfg, setup)
+    short = spaces.short_scorer(cfg, setup)
     evo = evolution.Evolution(cfg, store, "r", setup.scorer, short, load_seed("adamw"))
     evo.seed_population()
     again = cut_again = 0
@@ -147,7 +148,7 @@ def test_without_the_cache_every_child_is_scored(store):
 def test_hurdle_failures_score_worst_and_batches_are_fixed(store):
     cfg = load_config(None, [*SMALL, "search.hurdle=0.75", "search.hurdle_budget=4"])
     setup = build_setup(cfg, store)
-    short = evolution.short_scorer(cfg, setup)
+    short = spaces.short_scorer(cfg, setup)
     evo = evolution.Evolution(cfg, store, "r", setup.scorer, short, load_seed("adamw"))
     assert evo.full_batch == 1  # ceil(4 x (1 - 0.75))
     evo.seed_population()

@@ -420,24 +420,6 @@ def _padded(window: deque) -> dict[str, np.ndarray]:
     return {"values": np.asarray(values, np.float64), "size": np.asarray(len(window), np.int64)}
 
 
-def scorer_at(cfg, setup, space, budget: int, scale: int = 1, rule=None) -> Scorer:
-    """A scorer like the run's at another budget, or ``scale`` times its budget (references at
-    that budget), or for another rule family (the hurdle, the funnel, the ES on constants)."""
-    return space.scorer(cfg, rule or setup.rule, setup.store, setup.mesh, budget, scale)
-
-
-def short_scorer(cfg, setup, space=None) -> Scorer | None:
-    """The hurdle's short-run scorer (None without a hurdle)."""
-    s = cfg.search
-    if not s.hurdle:
-        return None
-    budget = s.hurdle_budget or cfg.budget // 5
-    if budget <= 0:
-        raise ValueError("search.hurdle_budget: set it (or budget) when search.hurdle > 0: the "
-                         "short run needs a number of inner steps")
-    return scorer_at(cfg, setup, space or space_of(cfg), budget)
-
-
 def program_row(m_program: Program, key: str, parent: str | None, length: int,
                 fingerprint: np.ndarray | None = None, row=("program", "program")) -> dict:
     """A store candidate for a program (its genotype, introns included, as arrays), under the

@@ -30,7 +30,7 @@ from lab.console import log
 from lab.core import es
 from lab.core.rule import UpdateRule
 from lab.kinds.program.compiled import structure_rule, with_constants
-from lab.kinds.program.evolution import Evolution, scorer_at
+from lab.kinds.program.evolution import Evolution
 from lab.kinds.program.ir import (
     Stmt,
     bake_lr,
@@ -41,6 +41,7 @@ from lab.kinds.program.ir import (
 )
 from lab.kinds.program.ops import OPS
 from lab.kinds.program.programs import Program
+from lab.kinds.program.spaces import scorer_at
 from lab.kinds.program.text import to_source
 
 

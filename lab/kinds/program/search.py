@@ -18,9 +18,8 @@ from lab.kinds.program.evolution import (
     Evolution,
     describe_start,
     program_row,
-    short_scorer,
 )
-from lab.kinds.program.spaces import space_of
+from lab.kinds.program.spaces import short_scorer, space_of
 
 
 class ProgramDriver:

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from lab.core import hashing
+from lab.core.fitness import Scorer
 from lab.kinds.program.ir import Program, simplify
 from lab.kinds.program.programs import genome_of, program_rule
 from lab.kinds.program.signatures import DRIFT, SCHEDULE, UPDATE, Signature
@@ -140,3 +141,21 @@ def _bucket(n: int) -> int:
 def _padded_stack(genomes: list, size: int) -> dict:
     padded = genomes + [genomes[-1]] * (size - len(genomes))
     return {k: np.stack([np.asarray(g[k]) for g in padded]) for k in padded[0]}
+
+
+def scorer_at(cfg, setup, space, budget: int, scale: int = 1, rule=None) -> Scorer:
+    """A scorer like the run's at another budget, or ``scale`` times its budget (references at
+    that budget), or for another rule family (the hurdle, the funnel, the ES on constants)."""
+    return space.scorer(cfg, rule or setup.rule, setup.store, setup.mesh, budget, scale)
+
+
+def short_scorer(cfg, setup, space=None) -> Scorer | None:
+    """The hurdle's short-run scorer (None without a hurdle)."""
+    s = cfg.search
+    if not s.hurdle:
+        return None
+    budget = s.hurdle_budget or cfg.budget // 5
+    if budget <= 0:
+        raise ValueError("search.hurdle_budget: set it (or budget) when search.hurdle > 0: the "
+                         "short run needs a number of inner steps")
+    return scorer_at(cfg, setup, space or space_of(cfg), budget)
