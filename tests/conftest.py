@@ -137,6 +137,26 @@ def eight_device_mesh():
 
 
 @pytest.fixture
+def program_generations(monkeypatch):
+    """Watches a program search: after each generation, the compiled-cache size of each task's
+    training function (``sizes``: [1, 1, ...] while nothing recompiles) and the evolution
+    (``evolutions``)."""
+    from lab.core.evaluate import compiled
+    from lab.kinds.program import evolution
+    seen = {"sizes": [], "evolutions": []}
+    real_step = evolution.Evolution.step
+
+    def step(self, g):
+        out = real_step(self, g)
+        seen["evolutions"].append(self)
+        seen["sizes"].append([compiled(t, self.scorer.mesh)._cache_size()
+                              for t in self.scorer.trains.values()])
+        return out
+    monkeypatch.setattr(evolution.Evolution, "step", step)
+    return seen
+
+
+@pytest.fixture
 def store(tmp_path):
     from lab.core.store import Store
     with Store(tmp_path / "lab.db") as s:

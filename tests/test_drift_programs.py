@@ -11,10 +11,8 @@ import pytest
 
 from lab import treeio
 from lab.core.config import ConfigError, load_config
-from lab.core.evaluate import compiled
 from lab.core.fitness import CLIP
 from lab.kinds.drift import objectives as O
-from lab.kinds.program import evolution
 from lab.kinds.program.ir import Program
 from lab.kinds.program.programs import genome_of, program_of
 from lab.kinds.program.signatures import DRIFT
@@ -28,18 +26,10 @@ SMALL = ["kind=program", "suite=rl-tiny", "rule.signature=drift", "rule.seed=ppo
 
 
 @pytest.mark.slow  # PPO with the drift interpreter compiles for ~15 s on 2 cores
-def test_drift_program_search_compiles_once_and_stores_drift_candidates(store, monkeypatch):
+def test_drift_program_search_compiles_once_and_stores_drift_candidates(store,
+                                                                      program_generations):
     from lab.core.loop import launch
-    sizes, admissible = [], []
-    real_step = evolution.Evolution.step
-
-    def step(self, g):
-        out = real_step(self, g)
-        sizes.append([compiled(t, self.scorer.mesh)._cache_size()
-                      for t in self.scorer.trains.values()])
-        admissible.append(dict(self.reasons))
-        return out
-    monkeypatch.setattr(evolution.Evolution, "step", step)
+    sizes = program_generations["sizes"]
     cfg = load_config(None, SMALL)
     run_id = launch(cfg, store, name="drift-programs")
     assert store.get_run(run_id)["status"] == "done"
@@ -47,7 +37,7 @@ def test_drift_program_search_compiles_once_and_stores_drift_candidates(store, m
     # every evaluated function passed the constraint check; the check found violators
     evaluated = {r[0] for r in store.conn.execute(
         "SELECT DISTINCT hash FROM evaluations WHERE first_run = ?", (run_id,))}
-    reasons = admissible[-1]
+    reasons = program_generations["evolutions"][-1].reasons
     assert evaluated and all(reasons.get(h, "") == "" for h in evaluated)
     rows = store.best_members(run_id, k=10)
     assert {r["kind"] for r in rows} == {"drift"} and {r["name"] for r in rows} == {"program"}

@@ -136,7 +136,13 @@ def cheap_views(monkeypatch):
     monkeypatch.setattr(lab.kinds.learned.views, "BEHAVIOUR_TASK", "digits_mlp_tiny")
 
 
-@pytest.mark.parametrize("name", KINDS)
+# the drift kind's case runs whole PPO runs (~45 s on 2 cores): a slow test (CI runs it); its
+# searches are also under test_drift and test_resume
+SLOW_LAUNCHES = {"drift"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_LAUNCHES
+                                  else n for n in KINDS])
 def test_launch_kill_resume_inspect_replay_export(name, tmp_path, cli, cheap_views):
     kind = get(name)
     case = kind.conformance().launch

@@ -1,6 +1,7 @@
 """Checkpointed search state round-trips through orbax (strings, the numpy generator, a program
-search's whole evolution), and a program search killed by an outside SIGKILL while it runs,
-between checkpoints taken every 2 generations, resumes to the same run as an uninterrupted one.
+search's whole evolution), and a program search of each signature (update rules, schedules,
+joint programs, drifts) killed by an outside SIGKILL while it runs, between checkpoints taken
+every 2 generations, resumes to the same run as an uninterrupted one.
 
 Every kind's kill-and-resume case (a SIGKILL at a set point of a generation) is in
 ``test_kinds``; this one kills a running process from outside, at whatever point it has reached.
@@ -117,10 +118,21 @@ def _wait_for_generations(proc, db: Path, name: str, n: int, log: Path, timeout:
     raise AssertionError(f"no {n} generations within {timeout} s:\n{log.read_text()}")
 
 
+# every signature's search: the drift's without the lr grid, the hurdle and the supervised budget
+SEARCHES = {"update": ("configs/program_smoke.yaml", OVERRIDES),
+            "schedule": ("configs/schedule_smoke.yaml", OVERRIDES),
+            "joint": ("configs/joint_smoke.yaml", OVERRIDES),
+            "drift": ("configs/drift_program_smoke.yaml",
+                      [o for o in OVERRIDES if not o.startswith(("budget", "search.lr_grid",
+                                                                 "search.hurdle"))])}
+
+
 @pytest.mark.slow
-def test_program_search_killed_between_checkpoints_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("signature", sorted(SEARCHES))
+def test_program_search_killed_between_checkpoints_resumes_exactly(tmp_path, signature):
     env = lab_env()
-    args = ["configs/program_smoke.yaml", *[a for o in OVERRIDES for a in ("--set", o)]]
+    config, overrides = SEARCHES[signature]
+    args = [config, *[a for o in overrides for a in ("--set", o)]]
     straight_db, cut_db = tmp_path / "straight" / "lab.db", tmp_path / "cut" / "lab.db"
     run_lab(["launch", *args, "--name", "straight", "--store", str(straight_db)], env)
     straight = _run(straight_db, "straight")

@@ -13,8 +13,6 @@ import pytest
 
 from lab import treeio
 from lab.core.config import ConfigError, load_config
-from lab.core.evaluate import compiled
-from lab.kinds.program import evolution
 from lab.kinds.program import schedules as S
 from lab.kinds.program.programs import genome_of, load_seed, program_of
 from lab.kinds.program.signatures import SCHEDULE
@@ -26,18 +24,9 @@ SMALL = ["kind=program", "suite=tiny", "budget=8", "seeds=1", "rule.signature=sc
          "search.lr_grid=[1.0, 3.0]", "output.top_k=2", "search.simplify=false"]
 
 
-def test_schedule_search_compiles_once_and_stores_schedules(store, monkeypatch):
+def test_schedule_search_compiles_once_and_stores_schedules(store, program_generations):
     from lab.core.loop import launch
-    sizes, evos = [], []
-    real_step = evolution.Evolution.step
-
-    def step(self, g):
-        out = real_step(self, g)
-        evos.append(self)
-        sizes.append([compiled(t, self.scorer.mesh)._cache_size()
-                      for t in self.scorer.trains.values()])
-        return out
-    monkeypatch.setattr(evolution.Evolution, "step", step)
+    sizes, evos = program_generations["sizes"], program_generations["evolutions"]
     run_id = launch(load_config(None, SMALL), store, name="schedules")
     assert store.get_run(run_id)["status"] == "done"
     assert len(sizes) == 3 and all(s == [1] * len(s) for s in sizes), sizes

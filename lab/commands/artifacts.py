@@ -48,7 +48,7 @@ def write_artifact(out_dir: Path, name: str, target: Target, function: dict, met
         treeio.save_npz(folder / "weights.npz", genome)
         doc["weights"] = "weights.npz"
     if kind.text is not None:
-        doc["source"] = kind.text.to_text(target.genome)
+        doc["source"] = kind.text.to_text(target.rule, target.genome)
     # one line for the long fingerprint, so the rest of the file stays readable
     text = dumps({**doc, "fingerprint": "@FP@"}).replace(
         '"@FP@"', dumps(doc["fingerprint"], indent=None))

@@ -81,7 +81,7 @@ def candidate_doc(target: Target, store: Store | None) -> dict:
     if target.artifact is not None:
         doc["artifact"] = str(target.artifact)
     if kind.text is not None:  # parses back to the same candidate
-        doc["source"] = kind.text.to_text(target.genome)
+        doc["source"] = kind.text.to_text(target.rule, target.genome)
     doc.update(kind.views(target, store, info))
     return doc
 

@@ -38,10 +38,11 @@ GROUP = "lab.kinds"  # the entry point group of kinds in other packages
 
 
 class TextForm(NamedTuple):
-    """A readable, parseable form of a genome: ``to_text(genome)`` and ``from_text(text)``
+    """A readable, parseable form of a genome: ``to_text(rule, genome)`` (a genome of the family
+    ``rule``: one kind's families may read the same arrays differently) and ``from_text(text)``
     (ValueError naming the line when malformed). Loading text never executes it."""
 
-    to_text: Callable[[Any], str]
+    to_text: Callable[[Any, Any], str]
     from_text: Callable[[str], Any]
 
 

@@ -11,8 +11,9 @@ plus PowerSign and AddSign) are its known rules.
 
 One engine for every symbolic object (``signatures``): ``rule.signature: update`` (above),
 ``drift`` (PPO objectives ``D(r, A, progress)`` on the RL suites, stored as kind ``drift``) and
-``schedule`` (learning-rate schedules of Adam, family ``schedule(adam)``); ``spaces`` gives the
-search what differs between them.
+``schedule`` (learning-rate schedules of Adam, family ``schedule(adam)``) and ``joint`` (an
+update rule with its schedule, family ``joint``: programs that also read the horizon ``T``);
+``spaces`` gives the search what differs between them.
 
 References: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms" (arXiv 2302.06675).
 """
@@ -30,7 +31,7 @@ from lab.core.optimizers import BASELINES
 from lab.core.replay import replay, replay_train, replay_update_rule
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
-from lab.kinds.program import schedules
+from lab.kinds.program import joint, schedules
 from lab.kinds.program.compiled import structure_rule
 from lab.kinds.program.config import EvolutionConfig, ProgramRuleConfig
 from lab.kinds.program.ir import MAX_LEN, simplify
@@ -38,16 +39,16 @@ from lab.kinds.program.programs import (
     KIND,
     from_source,
     genome_of,
+    joint_rule,
     load_seed,
     program_of,
     program_rule,
     read_program,
     seed_names,
-    source_of,
 )
 from lab.kinds.program.schedules import schedule_rule
 from lab.kinds.program.search import ProgramDriver
-from lab.kinds.program.signatures import SCHEDULE
+from lab.kinds.program.signatures import JOINT, SCHEDULE
 from lab.kinds.program.spaces import space_of
 from lab.kinds.program.text import to_source
 
@@ -66,18 +67,28 @@ def is_schedule(rule) -> bool:
     return rule.name == schedule_rule().name
 
 
+def is_joint(rule) -> bool:
+    return rule.name == JOINT.name
+
+
 def fingerprint(rule, genome=None, jit: bool = True):
     """Update programs: the update-rule probe; schedules of Adam: the schedule's own
-    fingerprint (its curve on the grid, the one optax's schedules share)."""
+    fingerprint (its curve on the grid, the one optax's schedules share); joint programs: the
+    update-rule probe at two horizons (``joint``)."""
     if is_schedule(rule):
         return schedules.fingerprints([rule.genome if genome is None else genome])[0]
+    if is_joint(rule):
+        return joint.fingerprint(rule, genome)
     return hashing.fingerprint(rule, genome, jit)
 
 
 def describe_function(rule, genome=None) -> dict:
     """A schedule of Adam is named by its curve (``= optax.cosine_decay_schedule``, ``REX``)
     and, as an update rule, by the update rules it equals (the constant schedule ``= adam``);
-    its hash is the curve's, the key its search stored it under."""
+    its hash is the curve's, the key its search stored it under. A joint program is named by the
+    update rules it equals over a whole run (``joint.describe_function``)."""
+    if is_joint(rule):
+        return joint.describe_function(rule, genome)
     if not is_schedule(rule):
         return hashing.describe_function(rule, genome)
     g = rule.genome if genome is None else genome
@@ -94,9 +105,9 @@ def config_domain(cfg) -> str:
 
 
 def config_problems(cfg) -> list[tuple[str, str]]:
-    """What a drift program search cannot do (yet): ES on constants (the update rule's
-    compiled path)."""
-    if cfg.rule.signature != "update" and cfg.search.es.top:
+    """What a drift or schedule program search cannot do (yet): ES on constants (the compiled
+    path of update rules, joint ones included)."""
+    if cfg.rule.signature not in ("update", JOINT.name) and cfg.search.es.top:
         return [("search.es.top", f"ES on constants is for update programs; set 0 for a "
                                   f"{cfg.rule.signature} program search")]
     return []
@@ -107,13 +118,16 @@ def rule_from_name(name: str):
         return program_rule()
     if name == schedule_rule().name:
         return schedule_rule()
-    raise ValueError(f"unknown program family {name!r} (expected {KIND!r} or "
-                     f"{schedule_rule().name!r})")
+    if name == JOINT.name:
+        return joint_rule()
+    raise ValueError(f"unknown program family {name!r} (expected {KIND!r}, "
+                     f"{schedule_rule().name!r} or {JOINT.name!r})")
 
 
 def resolve(rest: str) -> Target:
-    """``program:PATH``: an update rule, a schedule (of Adam) or a drift (a PPO objective, kind
-    ``drift``), by the signature its header declares."""
+    """``program:PATH``: an update rule, a schedule (of Adam), a joint program (an update rule
+    with its schedule) or a drift (a PPO objective, kind ``drift``), by the signature its header
+    declares."""
     p = read_program(rest.strip(), None)
     length = max(len(p) + 1, MAX_LEN)
     if p.sig.name == "schedule":
@@ -121,6 +135,8 @@ def resolve(rest: str) -> Target:
     elif p.sig.name == "drift":
         from lab.kinds.drift.objectives import programs
         rule = programs()
+    elif p.sig == JOINT:
+        rule = joint_rule()
     else:
         rule = program_rule()
     return Target(f"{KIND}:{rest}", rule, genome_of(p, length), 1.0, f"{KIND}:{p.name}")
@@ -130,6 +146,9 @@ def compiled_form(target: Target) -> tuple:
     """(rule, genome) to replay: an update program through its compiled path (live statements
     traced straight-line, as fast as a hand-written optax optimizer); a schedule as it is (one
     scalar program per step)."""
+    if is_joint(target.rule):
+        rule = structure_rule(program_of(target.genome, "joint", JOINT))
+        return rule, rule.genome
     if target.rule.name != KIND:
         return target.rule, target.genome
     rule = structure_rule(program_of(target.genome))
@@ -167,8 +186,9 @@ def export(target: Target, store, suite: str, seeds: int) -> dict:
     """Held-out scores at the program's own learning rate and, like the baselines', with its
     learning rate tuned per task. A schedule's at 1x and 4x horizons (``heldout``,
     ``heldout_4x``), beside tuned Adam and seed schedules (``SCHEDULE_BASELINES``), each with
-    its learning rate tuned per task on the same multipliers."""
-    if target.rule.name == KIND:
+    its learning rate tuned per task on the same multipliers. A joint program's like an update
+    rule's."""
+    if target.rule.name == KIND or is_joint(target.rule):
         return {"heldout": replay(target, suite, seeds, store=store, tuner=tune_lr,
                                   form=compiled_form(target))}
     out = {}
@@ -194,8 +214,8 @@ def views(target: Target, store, info: dict) -> dict:
     """``simplified`` (dead code out, constants folded) and the statement counts; for a schedule
     also ``plot``, its curve beside optax's schedules and REX."""
     schedule = is_schedule(target.rule)
-    p = program_of(target.genome, "schedule", SCHEDULE) if schedule else \
-        program_of(target.genome)
+    sig = SCHEDULE if schedule else JOINT if is_joint(target.rule) else None
+    p = program_of(target.genome, sig.name, sig) if sig else program_of(target.genome)
     q = simplify(p)
     out = {"simplified": to_source(q), "statements": len(p), "live_statements": len(q)}
     if schedule:
@@ -241,7 +261,7 @@ KIND_RECORD = register(update_rule_kind(
     export=export,
     conformance=conformance,
     views=views,
-    text=TextForm(source_of, from_source),
+    text=TextForm(lambda rule, genome: rule.describe(genome), from_source),
     prefix=KIND,
     resolve=resolve,
     config_domain=config_domain,

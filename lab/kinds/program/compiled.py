@@ -42,8 +42,10 @@ def trace(p: Program, ks, inputs, t) -> tuple:
     return tuple(regs[r] for r in p.out)
 
 
-def _leaf(p: Program, ks, g, w, lr, t, s0, s1):
-    return trace(p, ks, (g, w, jnp.full_like(g, lr), jnp.full_like(g, t), s0, s1), t)
+def _leaf(p: Program, ks, g, w, lr, t, horizon, s0, s1):
+    values = {"g": g, "w": w, "lr": jnp.full_like(g, lr), "t": jnp.full_like(g, t),
+              "T": jnp.full_like(g, horizon), "m": s0, "v": s1}
+    return trace(p, ks, tuple(values[name] for name in p.sig.inputs), t)
 
 
 @functools.lru_cache(maxsize=256)
@@ -86,7 +88,8 @@ def structure_rule(program: Program, simplify_first: bool = True) -> UpdateRule:
             s = [next(it).astype(dt) if live[j] else jnp.zeros(g.shape, dt) for j in range(2)]
             lr = jnp.asarray(ctx.lr, dt) * jnp.asarray(genome.get("lr", 1.0), dt)
             t = jnp.asarray(ctx.step, dt) + 1
-            u, n0, n1 = _leaf(p, ks.astype(dt), g.astype(dt), w.astype(dt), lr, t, s[0], s[1])
+            u, n0, n1 = _leaf(p, ks.astype(dt), g.astype(dt), w.astype(dt), lr, t,
+                              jnp.asarray(ctx.horizon, dt), s[0], s[1])
             return (-u).astype(w.dtype), n0, n1
 
         slot_trees = [state[j] for j in range(2) if live[j]]

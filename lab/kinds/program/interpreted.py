@@ -23,7 +23,9 @@ learning-rate grid of a search; 1 elsewhere). The state is ``Registers(slots, sc
 the compute dtype (float32, or float64 for float64 parameters): the program's two state
 registers ``[2, n_params]`` and the statements' scratch registers ``[L, n_params]``.
 
-``apply`` runs a stateless program (the drift and schedule signatures) elementwise on arrays.
+``update_joint`` is ``update`` for the joint signature (an update rule that also reads the
+horizon ``T``); ``apply`` runs a stateless program (the drift and schedule signatures)
+elementwise on arrays.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from jax.flatten_util import ravel_pytree
 
 from lab.core.rule import Ctx
 from lab.kinds.program.ops import EXP_CLIP, OP_INDEX, OPS, arctan, guard, tiny_log
-from lab.kinds.program.signatures import DRIFT, SCHEDULE, UPDATE
+from lab.kinds.program.signatures import DRIFT, JOINT, SCHEDULE, UPDATE, Signature
 
 _O = OP_INDEX
 
@@ -162,7 +164,7 @@ def groups_of(ops) -> frozenset[str]:
     return frozenset(names[int(_GROUP[o])] for o in ops)
 
 
-_UPDATE_GROUPS = groups_of(UPDATE.ops)
+_STATEFUL_GROUPS = {sig.name: groups_of(sig.ops) for sig in (UPDATE, JOINT)}
 _STATELESS_GROUPS = groups_of(DRIFT.ops + SCHEDULE.ops)
 
 
@@ -298,8 +300,7 @@ def init(genome, params):
     return Registers(jnp.zeros((2, flat.shape[0]), dt), jnp.zeros((length, flat.shape[0]), dt))
 
 
-def update(genome, grads, state, params, ctx: Ctx):
-    """``delta = -update`` of the program on every parameter; the new state."""
+def _update(sig: Signature, genome, grads, state, params, ctx: Ctx):
     layout, dt = _layout(params)
     g, unravel = ravel_pytree(grads)
     w, _ = ravel_pytree(params)
@@ -307,9 +308,23 @@ def update(genome, grads, state, params, ctx: Ctx):
     t = jnp.asarray(ctx.step, dt) + 1
     s = state.slots
     g, w = g.astype(dt), w.astype(dt)
-    inputs = jnp.stack([g, w, jnp.full_like(g, lr), jnp.full_like(g, t), s[0].astype(dt),
-                        s[1].astype(dt)])
-    (upd, s0, s1), scratch = run(genome, state.scratch, inputs, t, layout, _UPDATE_GROUPS)
+    values = {"g": g, "w": w, "lr": jnp.full_like(g, lr), "t": jnp.full_like(g, t),
+              "T": jnp.full_like(g, jnp.asarray(ctx.horizon, dt)), "m": s[0].astype(dt),
+              "v": s[1].astype(dt)}
+    inputs = jnp.stack([values[name] for name in sig.inputs])
+    (upd, s0, s1), scratch = run(genome, state.scratch, inputs, t, layout,
+                                 _STATEFUL_GROUPS[sig.name])
     delta = unravel(-upd)
     delta = jax.tree.map(lambda d, p: d.astype(jnp.asarray(p).dtype), delta, params)
     return delta, Registers(jnp.stack([s0, s1]).astype(s.dtype), scratch)
+
+
+def update(genome, grads, state, params, ctx: Ctx):
+    """``delta = -update`` of the program on every parameter; the new state."""
+    return _update(UPDATE, genome, grads, state, params, ctx)
+
+
+def update_joint(genome, grads, state, params, ctx: Ctx):
+    """``update`` for a joint program (``signatures.JOINT``): it also reads the horizon ``T``
+    (``ctx.horizon``)."""
+    return _update(JOINT, genome, grads, state, params, ctx)

@@ -246,10 +246,11 @@ def bake_lr(p: Program, multiplier: float) -> Program:
     if p.sig.name == "schedule":  # the multiplier of the learning rate, scaled
         stmts = (*p.stmts, Stmt(OP_INDEX["scale_k"], p.out[0], 0, m))
         return p.but(stmts, (p.n_in + len(p.stmts), *p.out[1:]))
-    if p.sig != UPDATE:
+    if "lr" not in p.sig.inputs:
         raise ProgramError(f"{p.name}: a {p.sig.name} program has no learning rate to scale")
-    shift = lambda r: N_IN if r == LR else (r + 1 if r >= N_IN else r)  # noqa: E731
-    stmts = [Stmt(OP_INDEX["scale_k"], LR, 0, m)]
+    lr, n_in = p.sig.inputs.index("lr"), p.n_in
+    shift = lambda r: n_in if r == lr else (r + 1 if r >= n_in else r)  # noqa: E731
+    stmts = [Stmt(OP_INDEX["scale_k"], lr, 0, m)]
     for s in p.stmts:
         args = [shift(r) for r in reads(s)] + [0, 0]
         stmts.append(Stmt(s.op, args[0], args[1], s.k))

@@ -5,9 +5,11 @@
 * ``compiled``: the compiled path (a program as an optax transformation);
 * ``seeds``: ``seeds/<name>.prog``, optax's optimizers and PowerSign/AddSign as programs;
   ``seeds/<signature>/<name>.prog`` the seeds of the other signatures (``drift``: PPO-clip and
-  DPO; ``schedule``: optax's schedules and REX).
+  DPO; ``schedule``: optax's schedules and REX); a joint seed ``UPDATE+SCHEDULE`` is the
+  composition of an update seed and a schedule seed (``compose``).
 
-``program_rule()`` is the interpreter as an ``UpdateRule`` (kind ``program``).
+``program_rule()`` is the interpreter as an ``UpdateRule`` (kind ``program``); ``joint_rule()``
+the interpreter of joint programs (family ``joint``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from lab.kinds.program.ir import (
     MAX_LEN,
     Program,
     ProgramError,
+    Stmt,
+    reads,
     simplify,
 )
-from lab.kinds.program.signatures import SIGNATURES, UPDATE, Signature
+from lab.kinds.program.ops import OP_INDEX
+from lab.kinds.program.signatures import JOINT, SCHEDULE, SIGNATURES, UPDATE, Signature
 from lab.kinds.program.text import parse, to_source
 
 KIND = "program"
@@ -79,6 +84,53 @@ def program_rule() -> UpdateRule:
     return rule
 
 
+@functools.cache
+def joint_rule() -> UpdateRule:
+    """The interpreter of joint programs (``signatures.JOINT``: an update rule that also reads
+    the horizon ``T``), family ``joint``; its default genome is Adam with a cosine schedule."""
+    def describe(genome) -> str:
+        return to_source(program_of(genome, "joint", JOINT))
+    return UpdateRule(KIND, JOINT.name, interpreted.init, interpreted.update_joint,
+                      genome_of(load_seed("adam+cosine", JOINT.name)), describe)
+
+
+def compose(update: Program, schedule: Program, name: str | None = None) -> Program:
+    """The joint program that runs ``update`` with its learning rate times ``schedule(t, T)``.
+
+    Statements: ``t0 = add_k(t, -1)`` (a schedule reads the 0-based step, optax's ``count``; an
+    update rule the 1-based ``t``), the schedule's statements on ``(t0, T)``, ``lr_s = mul(lr,
+    multiplier)``, then the update's statements with ``lr_s`` for ``lr``. Its interpreter and
+    compiled path equal ``update`` under ``optax.scale_by_schedule`` (tested)."""
+    if update.sig != UPDATE or schedule.sig != SCHEDULE:
+        raise ProgramError(f"compose takes an update program and a schedule program, not "
+                           f"{update.sig.name} and {schedule.sig.name}")
+    n_in = JOINT.n_in
+    t, horizon = JOINT.inputs.index("t"), JOINT.inputs.index("T")
+    stmts = [Stmt(OP_INDEX["add_k"], t, 0, -1.0)]
+    base = n_in + 1  # the schedule's first statement
+
+    def sched(r):
+        return (n_in, horizon)[r] if r < schedule.n_in else base + r - schedule.n_in
+
+    for st in schedule.stmts:
+        args = [sched(r) for r in reads(st)] + [0, 0]
+        stmts.append(Stmt(st.op, args[0], args[1], st.k))
+    lr_s = base + len(schedule.stmts)
+    stmts.append(Stmt(OP_INDEX["mul"], JOINT.inputs.index("lr"), sched(schedule.out[0]), 0.0))
+    names = {name: i for i, name in enumerate(JOINT.inputs)}
+
+    def upd(r):
+        if r < update.n_in:
+            return lr_s if update.sig.inputs[r] == "lr" else names[update.sig.inputs[r]]
+        return lr_s + 1 + r - update.n_in
+
+    for st in update.stmts:
+        args = [upd(r) for r in reads(st)] + [0, 0]
+        stmts.append(Stmt(st.op, args[0], args[1], st.k))
+    return Program(tuple(stmts), tuple(upd(r) for r in update.out),
+                   name or f"{update.name}_{schedule.name}", JOINT)
+
+
 def _seed_folder(signature: str):
     folder = resources.files("lab.kinds.program") / "seeds"
     return folder if signature == UPDATE.name else folder / signature
@@ -86,6 +138,8 @@ def _seed_folder(signature: str):
 
 def seed_names(signature: str = UPDATE.name) -> list[str]:
     """The seed programs of ``signature`` (update rules by default)."""
+    if signature == JOINT.name:  # every pair of an update seed and a schedule seed
+        return [f"{u}+{s}" for u in seed_names(UPDATE.name) for s in seed_names(SCHEDULE.name)]
     folder = _seed_folder(signature)
     if not folder.is_dir():
         return []
@@ -103,6 +157,9 @@ def load_seed(name: str, signature: str = UPDATE.name) -> Program:
         what = "" if signature == UPDATE.name else f"{signature} "
         raise ProgramError(f"unknown {what}seed program {name!r}{hint(name, names)} "
                            f"(seeds: {', '.join(names) or 'none'})")
+    if sig == JOINT:
+        update, schedule = name.split("+")
+        return compose(load_seed(update), load_seed(schedule, SCHEDULE.name))
     rel = f"{name}.prog" if sig == UPDATE else f"{signature}/{name}.prog"
     return parse((_seed_folder(signature) / f"{name}.prog").read_text(), f"seeds/{rel}", sig)
 
@@ -120,6 +177,6 @@ def read_program(path: str | Path, sig: Signature | None = UPDATE) -> Program:
     return parse(text, str(path), sig)
 
 
-__all__ = ["KIND", "MAX_LEN", "Program", "ProgramError", "from_source", "genome_of",
-           "load_seed", "parse", "program_of", "program_rule", "read_program", "seed_names",
-           "simplify", "source_of", "to_source"]
+__all__ = ["KIND", "MAX_LEN", "Program", "ProgramError", "compose", "from_source", "genome_of",
+           "joint_rule", "load_seed", "parse", "program_of", "program_rule", "read_program",
+           "seed_names", "simplify", "source_of", "to_source"]

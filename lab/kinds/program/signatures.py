@@ -11,6 +11,11 @@ symbolic object the lab searches; a signature is what tells them apart:
   ``-mean(r * A - D)``. No state, no reductions, no step count.
 * ``schedule`` (learning-rate schedules): ``t, T`` (step, horizon) -> a multiplier of the
   learning rate. No state, no reductions.
+* ``joint`` (an update rule and its schedule, searched together): ``g, w, lr, t, T`` and the
+  state slots ``m, v`` -> ``update, m, v``, the update signature plus the horizon ``T`` and the
+  ``cos`` op. ``programs.compose(update, schedule)`` writes any pair of an update program and a
+  schedule program as one joint program (the schedule's statements first, its multiplier scaling
+  ``lr``); the search then mutates both parts, and may mix them.
 
 Registers ``0 .. n_in - 1`` hold the inputs; a program's outputs are registers, the first the
 signature's result and the rest the new values of the state slots, in order. A signature also
@@ -30,7 +35,7 @@ class Signature:
     """A program signature.
 
     Attributes:
-      name: its name (``update``, ``drift``, ``schedule``).
+      name: its name (``update``, ``drift``, ``schedule``, ``joint``).
       inputs: the canonical names of the input registers, in order.
       outputs: the names of the outputs: the result, then the new value of each state slot.
       state: the input registers that are state slots (output ``1 + j`` is the new value of
@@ -87,7 +92,12 @@ SCHEDULE = Signature(
     "schedule", ("t", "T"), ("multiplier",), (), None, _codes(_ELEMENTWISE),
     "learning-rate schedule: (t, T) -> multiplier of the learning rate at step t of T")
 
-SIGNATURES: dict[str, Signature] = {s.name: s for s in (UPDATE, DRIFT, SCHEDULE)}
+JOINT = Signature(
+    "joint", ("g", "w", "lr", "t", "T", "m", "v"), ("update", "m", "v"), (5, 6), 0,
+    _codes((*_UPDATE_OPS, "cos")),
+    "update rule with its schedule: (g, w, lr, t, T, m, v) -> (update, m, v); t of T steps")
+
+SIGNATURES: dict[str, Signature] = {s.name: s for s in (UPDATE, DRIFT, SCHEDULE, JOINT)}
 
 
 def signature(name: str) -> Signature:

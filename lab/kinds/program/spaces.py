@@ -18,7 +18,10 @@ The evolution (``evolution``), its stages after the search (``finalize``) and th
 ``UPDATE`` programs are update rules on the supervised suites (kind ``program``); ``DRIFT``
 programs are PPO objectives on the RL suites, stored as kind ``drift``, family ``program``;
 ``SCHEDULE`` programs are learning-rate schedules of Adam on the supervised suites, stored as kind
-``program``, family ``schedule(adam)`` (an update rule: Adam's step times the schedule).
+``program``, family ``schedule(adam)`` (an update rule: Adam's step times the schedule);
+``JOINT`` programs are update rules with their schedule (they read the horizon ``T``), scored
+as update rules are and stored as kind ``program``, family ``joint``, keyed by the joint
+fingerprint (``joint``: the update-rule probe at two horizons).
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ import numpy as np
 from lab.core import hashing
 from lab.core.fitness import Scorer
 from lab.kinds.program.ir import Program, simplify
-from lab.kinds.program.programs import genome_of, program_rule
-from lab.kinds.program.signatures import DRIFT, SCHEDULE, UPDATE, Signature
+from lab.kinds.program.programs import genome_of, joint_rule, program_rule
+from lab.kinds.program.signatures import DRIFT, JOINT, SCHEDULE, UPDATE, Signature
 
 
 class UpdateSpace:
@@ -125,7 +128,24 @@ class ScheduleSpace:
         return suite_scorer(cfg, rule, store, mesh, budget, scale)
 
 
-SPACES = {UPDATE.name: UpdateSpace, DRIFT.name: DriftSpace, SCHEDULE.name: ScheduleSpace}
+class JointSpace(UpdateSpace):
+    """Update rules with their schedule (``g, w, lr, t, T, m, v -> update, m, v``), scored
+    against tuned Adam as update rules are; keyed by the joint fingerprint."""
+
+    sig: Signature = JOINT
+    row = ("program", JOINT.name)
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.rule = joint_rule()
+
+    def keys(self, genomes: list) -> list[tuple[np.ndarray, str, str]]:
+        from lab.kinds.program.joint import fingerprints
+        return fingerprints(self.rule, genomes)
+
+
+SPACES = {UPDATE.name: UpdateSpace, DRIFT.name: DriftSpace, SCHEDULE.name: ScheduleSpace,
+          JOINT.name: JointSpace}
 
 
 def space_of(cfg) -> Any:
