@@ -1,7 +1,8 @@
 """Joint programs (``rule.signature: joint``): an update rule and its learning-rate schedule as one
 program ``g, w, lr, t, T, m, v -> update, m, v``. ``compose(update, schedule)`` equals the
 update under optax's schedule on both backends; random joint programs agree across backends and
-round-trip as text; the joint fingerprint (the update probe at two horizons) tells schedules apart
+round-trip as text; the fingerprint over a whole run (the update probe at two horizons,
+``hashing.run_fingerprints``) tells schedules apart
 that differ only late in a run, and still names Adam at a constant schedule ``adam``; the search
 compiles once and stores the family ``joint``, which inspect and replay read back."""
 
@@ -19,7 +20,6 @@ from lab import treeio
 from lab.core import hashing
 from lab.core.config import ConfigError, load_config
 from lab.core.rule import make_ctx
-from lab.kinds.program import joint as J
 from lab.kinds.program import mutate as M
 from lab.kinds.program import schedules as S
 from lab.kinds.program.compiled import structure_rule
@@ -117,17 +117,17 @@ def test_the_joint_fingerprint_tells_late_schedules_apart_and_names_adam():
              for name in ("constant", "cosine", "linear", "rex")}
     progs["late"] = compose(load_seed("adam"), late)
     genomes = [genome_of(p, L) for p in progs.values()]
-    batched = J.fingerprints(rule, genomes)
+    batched = hashing.run_fingerprints(rule, genomes)
     assert len({h for _, h, _ in batched}) == len(progs)
     for g, (fp, h, key) in zip(genomes, batched, strict=True):
-        fp1, h1 = J.fingerprint(rule, g)
+        fp1, h1 = hashing.run_fingerprint(rule, g)
         assert h == h1 and np.array_equal(fp, fp1) and key.startswith(h)
     # the probe at its own horizon alone cannot tell "late" from the constant schedule
     alone = hashing.fingerprints(rule, [genomes[0], genomes[-1]])
     assert alone[0][1] == alone[1][1]
     # Adam at a constant schedule is Adam over a whole run; at cosine it is no known rule
-    assert "adam" in J.describe_function(rule, genomes[0])["equals"]
-    assert J.describe_function(rule, genomes[1])["equals"] == []
+    assert "adam" in hashing.describe_over_run(rule, genomes[0])["equals"]
+    assert hashing.describe_over_run(rule, genomes[1])["equals"] == []
     # the same step scale: the evaluation key's scale part is the update probe's
     assert batched[0][2][len(batched[0][1]):] == hashing.fingerprints(
         rule, [genomes[0]])[0][2][-4:]
@@ -147,7 +147,8 @@ def test_joint_search_compiles_once_and_stores_joint_programs(store, program_gen
     assert store.get_run(run_id)["status"] == "done"
     assert len(sizes) == 3 and all(s == [1] * len(s) for s in sizes), sizes
     seed = load_seed("adam+cosine", "joint")
-    assert evos[-1].keys([seed])[0] == J.fingerprints(joint_rule(), [genome_of(seed, 31)])[0][2]
+    want = hashing.run_fingerprints(joint_rule(), [genome_of(seed, 31)])[0][2]
+    assert evos[-1].keys([seed])[0] == want
     rows = store.best_members(run_id, k=10)
     assert {(r["kind"], r["name"]) for r in rows} == {("program", "joint")}
     for r in rows:

@@ -262,6 +262,60 @@ def function_key(rule: UpdateRule, genome=None) -> str:
     return evaluation_key(digest(_normalize(raw)), scale_bucket(raw))
 
 
+# ---- rules that read the horizon: the probe over a whole run ----------------------------------
+# The probe's streams run at horizon PROBE_CTX[0] (1000 steps), so they see t / T below 0.05: a
+# rule that reads the horizon (a schedule inside it, a hyperparameter trajectory) is probed again
+# at a horizon as long as the long stream (RUN_HORIZON), which then spans a whole run. The two
+# fingerprints are concatenated and hashed; the evaluation key adds the first probe's step scale.
+# A rule that ignores the horizon gives the same probe twice, so it equals a known rule exactly
+# when both probes match it.
+RUN_HORIZON = LONG_STEPS
+
+
+def over_run(rule: UpdateRule) -> UpdateRule:
+    """``rule`` told, at every update, that the horizon is ``RUN_HORIZON`` (its update function
+    cached per rule's: one compiled probe per family)."""
+    return rule._replace(name=f"{rule.name}@T={RUN_HORIZON}", update=_at_run_horizon(rule.update))
+
+
+@functools.cache
+def _at_run_horizon(update):
+    def short(genome, grads, state, params, ctx):
+        horizon = jnp.asarray(RUN_HORIZON, jnp.asarray(ctx.horizon).dtype)
+        return update(genome, grads, state, params, ctx._replace(horizon=horizon))
+    return short
+
+
+def run_fingerprints(rule: UpdateRule, genomes: list) -> list[tuple[np.ndarray, str, str]]:
+    """``fingerprints`` over a whole run (both probes), batched."""
+    out = []
+    for (fp1, h1, key1), (fp2, _, _) in zip(fingerprints(rule, genomes),
+                                            fingerprints(over_run(rule), genomes), strict=True):
+        fp = np.concatenate([fp1, fp2])
+        h = digest(fp)
+        out.append((fp, h, h + key1[len(h1):]))  # the first probe's step scale
+    return out
+
+
+def run_fingerprint(rule: UpdateRule, genome=None, jit: bool = True) -> tuple[np.ndarray, str]:
+    """``fingerprint`` over a whole run (equal to ``run_fingerprints``')."""
+    fp = np.concatenate([fingerprint(rule, genome, jit)[0],
+                         fingerprint(over_run(rule), genome, jit)[0]])
+    return fp, digest(fp)
+
+
+def describe_over_run(rule: UpdateRule, genome=None) -> dict:
+    """``describe_function`` over a whole run: the known rules it equals at both horizons, the
+    closest one at the probe's horizon and at ``RUN_HORIZON`` (``closest_over_run``)."""
+    fp1, _ = fingerprint(rule, genome)
+    fp2, _ = fingerprint(over_run(rule), genome)
+    fp = np.concatenate([fp1, fp2])
+    late = equals(fp2)
+    return {"hash": digest(fp), "fingerprint": fp,
+            "equals": [n for n in equals(fp1) if n in late], "closest": closest(fp1),
+            "closest_over_run": closest(fp2)}
+
+
 def matches(a: np.ndarray, b: np.ndarray, tol: float = MATCH_TOL) -> bool:
     """Equal within rounding: same shape, same NaN/Inf pattern, relative gap <= ``tol``."""
     if a.shape != b.shape:

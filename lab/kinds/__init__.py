@@ -5,6 +5,6 @@ installed packages register through the entry point group ``lab.kinds`` (see
 ``examples/kind_plugin``). The command layer imports this package before it looks a kind up.
 """
 
-from lab.kinds import baseline, drift, learned, program
+from lab.kinds import baseline, drift, learned, pbt, program
 
-__all__ = ["baseline", "drift", "learned", "program"]
+__all__ = ["baseline", "drift", "learned", "pbt", "program"]

@@ -31,7 +31,7 @@ from lab.core.optimizers import BASELINES
 from lab.core.replay import replay, replay_train, replay_update_rule
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
-from lab.kinds.program import joint, schedules
+from lab.kinds.program import schedules
 from lab.kinds.program.compiled import structure_rule
 from lab.kinds.program.config import EvolutionConfig, ProgramRuleConfig
 from lab.kinds.program.ir import MAX_LEN, simplify
@@ -74,11 +74,11 @@ def is_joint(rule) -> bool:
 def fingerprint(rule, genome=None, jit: bool = True):
     """Update programs: the update-rule probe; schedules of Adam: the schedule's own
     fingerprint (its curve on the grid, the one optax's schedules share); joint programs: the
-    update-rule probe at two horizons (``joint``)."""
+    update-rule probe over a whole run (``hashing.run_fingerprint``)."""
     if is_schedule(rule):
         return schedules.fingerprints([rule.genome if genome is None else genome])[0]
     if is_joint(rule):
-        return joint.fingerprint(rule, genome)
+        return hashing.run_fingerprint(rule, genome, jit)
     return hashing.fingerprint(rule, genome, jit)
 
 
@@ -86,9 +86,9 @@ def describe_function(rule, genome=None) -> dict:
     """A schedule of Adam is named by its curve (``= optax.cosine_decay_schedule``, ``REX``)
     and, as an update rule, by the update rules it equals (the constant schedule ``= adam``);
     its hash is the curve's, the key its search stored it under. A joint program is named by the
-    update rules it equals over a whole run (``joint.describe_function``)."""
+    update rules it equals over a whole run (``hashing.describe_over_run``)."""
     if is_joint(rule):
-        return joint.describe_function(rule, genome)
+        return hashing.describe_over_run(rule, genome)
     if not is_schedule(rule):
         return hashing.describe_function(rule, genome)
     g = rule.genome if genome is None else genome
@@ -187,10 +187,15 @@ def export(target: Target, store, suite: str, seeds: int) -> dict:
     learning rate tuned per task. A schedule's at 1x and 4x horizons (``heldout``,
     ``heldout_4x``), beside tuned Adam and seed schedules (``SCHEDULE_BASELINES``), each with
     its learning rate tuned per task on the same multipliers. A joint program's like an update
-    rule's."""
+    rule's, and at 4x horizons beside tuned Adam (it reads the horizon: does what it learned
+    hold on longer runs?)."""
     if target.rule.name == KIND or is_joint(target.rule):
-        return {"heldout": replay(target, suite, seeds, store=store, tuner=tune_lr,
-                                  form=compiled_form(target))}
+        out = {"heldout": replay(target, suite, seeds, store=store, tuner=tune_lr,
+                                 form=compiled_form(target))}
+        if is_joint(target.rule):
+            out["heldout_4x"] = replay(target, suite, seeds, ("adam",), store, tuner=tune_lr,
+                                       horizon_scale=4, form=compiled_form(target))
+        return out
     out = {}
     for scale, names in SCHEDULE_BASELINES.items():
         doc = replay(target, suite, seeds, ("adam",), store, tuner=tune_lr,

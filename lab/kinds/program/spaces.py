@@ -21,7 +21,8 @@ programs are PPO objectives on the RL suites, stored as kind ``drift``, family `
 ``program``, family ``schedule(adam)`` (an update rule: Adam's step times the schedule);
 ``JOINT`` programs are update rules with their schedule (they read the horizon ``T``), scored
 as update rules are and stored as kind ``program``, family ``joint``, keyed by the joint
-fingerprint (``joint``: the update-rule probe at two horizons).
+fingerprint over a whole run (``hashing.run_fingerprints``: the update-rule probe at two
+horizons).
 """
 
 from __future__ import annotations
@@ -140,8 +141,7 @@ class JointSpace(UpdateSpace):
         self.rule = joint_rule()
 
     def keys(self, genomes: list) -> list[tuple[np.ndarray, str, str]]:
-        from lab.kinds.program.joint import fingerprints
-        return fingerprints(self.rule, genomes)
+        return hashing.run_fingerprints(self.rule, genomes)
 
 
 SPACES = {UPDATE.name: UpdateSpace, DRIFT.name: DriftSpace, SCHEDULE.name: ScheduleSpace,

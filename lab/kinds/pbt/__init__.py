@@ -1,0 +1,103 @@
+"""Kind ``pbt``: population-based training of an optax optimizer's hyperparameters.
+
+A population of training runs of the suite's tasks is advanced together, an interval at a time
+(``population``: one compiled call per task, the runs' state on device); between intervals the
+worst members copy the best and perturb their hyperparameters (``driver``). What it yields is a
+schedule: the hyperparameter trajectory of a member over the run, the rule family ``pbt(NAME)``
+(``trajectory``: piecewise constant in fractions of the run, equal to optax's
+``inject_hyperparams`` with ``piecewise_constant_schedule``), scored from scratch, replayed and
+exported as every update rule. ``lab inspect`` draws the trajectory.
+
+References: Jaderberg et al. 2017, "Population Based Training of Neural Networks" (arXiv
+1711.09846).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lab.core import hashing
+from lab.core.conformance import update_rule_case
+from lab.core.kind import Conformance, LaunchCase, register
+from lab.core.optimizers import make_baseline
+from lab.core.rule_kind import update_rule_kind
+from lab.core.target import Target
+from lab.kinds.baseline.config import BaselineRuleConfig
+from lab.kinds.pbt import trajectory as T
+from lab.kinds.pbt.config import PBTConfig, hparam_problems
+from lab.kinds.pbt.driver import PBTDriver
+
+NAME = T.KIND
+
+
+def base_name(cfg) -> str:
+    """``adam`` or ``sgd(nesterov=True)``: the optimizer and its static keywords."""
+    fixed = ", ".join(f"{k}={v!r}" for k, v in sorted(cfg.rule.fixed.items()))
+    return f"{cfg.rule.name}({fixed})" if fixed else cfg.rule.name
+
+
+def make_rule(cfg):
+    """The family ``pbt(NAME)`` over ``search.generations`` intervals, its default genome the
+    config's initial hyperparameters held over the run."""
+    rule = T.trajectory_rule(base_name(cfg), cfg.search.generations)
+    start = make_baseline(cfg.rule.name, {**cfg.rule.fixed, **cfg.rule.init}).genome
+    return rule._replace(genome={k: np.full(cfg.search.generations, v, np.float32)
+                                 for k, v in start.items()})
+
+
+def rule_from_name(name: str):
+    return T.trajectory_rule(T.base_of(name))
+
+
+def config_problems(cfg) -> list[tuple[str, str]]:
+    return hparam_problems(cfg.rule, cfg.search)
+
+
+def artifact_fields(target: Target) -> dict:
+    """rule.json's ``trajectory``: per optax keyword its value in each interval, and the
+    intervals as fractions of the run (what ``as_optax`` builds at any horizon)."""
+    base = T.base_of(target.rule.name)
+    h = T.hyperparameters(base.split("(")[0], target.genome)
+    n = len(next(iter(h.values())))
+    return {"trajectory": {"intervals": n, "starts": [i / n for i in range(n)],
+                           "hyperparameters": {k: v.tolist() for k, v in h.items()}}}
+
+
+def views(target: Target, store, info: dict) -> dict:
+    """``trajectory`` (decoded per interval) and ``plot``: each tuned hyperparameter over the
+    run."""
+    from lab.core.target import write_plot
+    from lab.kinds.pbt.plots import draw_trajectory
+    fields = artifact_fields(target)["trajectory"]
+    return {"trajectory": fields["hyperparameters"],
+            "plot": write_plot(target, store, info["hash"], "trajectory",
+                               lambda path: draw_trajectory(fields, path, target.label))}
+
+
+def conformance() -> Conformance:
+    rule = T.trajectory_rule("adam", 4)
+    lr = np.log(np.asarray([1e-3, 3e-3, 1e-3, 3e-4], np.float32))
+    population = [{**rule.genome, "learning_rate": lr * s} for s in (1.0, 0.9, 1.1)]
+    return Conformance([update_rule_case(f"{NAME}:adam", rule, population)],
+                       LaunchCase("configs/pbt_smoke.yaml", (
+                           "search.population=4", "search.generations=3",
+                           "output.top_k=2")))
+
+
+KIND = register(update_rule_kind(
+    name=NAME,
+    summary="population-based training: an optimizer's hyperparameter schedule, by exploit "
+            "and explore during training",
+    rule_config=BaselineRuleConfig,
+    search_config=PBTConfig,
+    make_rule=make_rule,
+    rule_from_name=rule_from_name,
+    make_driver=PBTDriver,
+    fingerprint=hashing.run_fingerprint,
+    describe_function=hashing.describe_over_run,
+    conformance=conformance,
+    config_problems=config_problems,
+    artifact_fields=artifact_fields,
+    views=views,
+    noun="update rule (a hyperparameter schedule)",
+))

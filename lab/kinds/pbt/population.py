@@ -1,0 +1,138 @@
+"""The population's device side: members' training states advanced an interval at a time in one
+compiled call per task, exploit by gathering rows, and the host-side choice of who copies whom.
+
+A task's state is ``Members(params, opt, key)``, every leaf ``[P, S, ...]`` (members x seeds): the
+parameters, the optimizer state and the data key of each run. ``advance(task, ...)`` runs the
+steps of interval ``i`` (``trajectory.bounds``: ``ceil(i T / G)`` to ``ceil((i + 1) T / G)``) for
+every member at its current hyperparameters, as ``lab.core.evaluate.make_train`` runs a whole run
+(the same batches, contexts and updates; a scan of ``ceil(T / G)`` steps whose steps past the
+interval's end change nothing, so every interval is the same compiled call). ``gather(state,
+src)`` is the exploit: row ``j`` becomes row ``src[j]``, on device.
+
+``choose`` is the exploit and explore decision (host side, on ``[P]`` scores and hyperparameters):
+members ranked by score (ties by their id), each of the bottom ``truncation`` copies a member of
+the top ``truncation`` drawn uniformly, then multiplies each tuned hyperparameter by a factor of
+``perturb`` (in its encoding: ``log x`` or ``log(1 - x)`` moves by ``log factor``) or, with chance
+``resample``, draws it afresh, clipped to the bounds. Every draw is keyed by (seed, interval,
+member id), so the population's order is irrelevant: permuting the members permutes the result.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lab.core.rule import UpdateRule, make_ctx
+from tasks.base import Task
+
+
+class Members(NamedTuple):
+    """One task's runs: ``params``, ``opt`` (the optimizer state) and ``key`` (the data key),
+    every leaf ``[P, S, ...]``."""
+
+    params: object
+    opt: object
+    key: jax.Array
+
+
+def init_members(task: Task, rule: UpdateRule, genomes, keys: jax.Array) -> Members:
+    """Fresh runs: ``keys`` ``[P, S]`` split into init and data keys as ``make_train`` does;
+    ``genomes`` ``{keyword: [P]}`` (the optimizer state's shapes do not depend on them)."""
+    def one(genome, key):
+        k_init, k_data = jax.random.split(key)
+        params = task.init(k_init)
+        return Members(params, rule.init(genome, params), jax.random.key_data(k_data))
+    return jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, 0)))(genomes, keys)
+
+
+@functools.lru_cache(maxsize=128)
+def advance_fn(task: Task, rule_init, rule_update, steps: int, intervals: int, lr: float):
+    """The jitted ``advance(genomes {k: [P]}, members, interval) -> (members, loss [P, S],
+    diverged [P, S])``: the interval's mean training loss per run."""
+    rule = UpdateRule("", "", rule_init, rule_update, None, str)
+    length = -(-steps // intervals)  # ceil(T / G): the longest interval
+
+    def run(genome, m: Members, interval):
+        start = -(-interval * steps // intervals)
+        end = -(-(interval + 1) * steps // intervals)
+        k_data = jax.random.wrap_key_data(m.key)
+
+        def step(carry, j):
+            params, opt, total = carry
+            t = start + j
+            batch = task.batch(jax.random.fold_in(k_data, t), t)
+            loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            delta, new_opt = rule.update(genome, grads, opt, params, make_ctx(t, steps, lr,
+                                                                                loss.dtype))
+            new_params = optax.apply_updates(params, delta)
+            on = t < end
+            keep = lambda new, old: jax.tree.map(  # noqa: E731
+                lambda a, b: jnp.where(on, a, b), new, old)
+            return (keep(new_params, params), keep(new_opt, opt),
+                    total + jnp.where(on, loss, 0.0)), jnp.where(on, jnp.isfinite(loss), True)
+
+        (params, opt, total), finite = jax.lax.scan(
+            step, (m.params, m.opt, jnp.zeros((), jnp.float32)),
+            jnp.arange(length, dtype=jnp.int32))
+        loss = total / jnp.maximum(end - start, 1)
+        ok = jnp.all(finite) & jnp.all(jnp.array([jnp.all(jnp.isfinite(x))
+                                                  for x in jax.tree.leaves(params)]))
+        return Members(params, opt, m.key), loss, ~ok
+
+    per_seed = jax.vmap(run, (None, 0, None))
+    return jax.jit(jax.vmap(per_seed, (0, 0, None)))
+
+
+def advance(task: Task, rule: UpdateRule, steps: int, intervals: int, lr: float, genomes,
+            members: Members, interval: int) -> tuple[Members, np.ndarray, np.ndarray]:
+    fn = advance_fn(task, rule.init, rule.update, int(steps), int(intervals), float(lr))
+    members, loss, diverged = fn(genomes, members, jnp.asarray(interval, jnp.int32))
+    return members, np.asarray(loss, np.float64), np.asarray(diverged)
+
+
+@jax.jit
+def gather(members: Members, src: jax.Array) -> Members:
+    """The exploit: member ``j`` becomes a copy of member ``src[j]`` (every leaf, on device)."""
+    return jax.tree.map(lambda x: x[src], members)
+
+
+class Choice(NamedTuple):
+    """One exploit and explore: ``src`` ``[P]`` (the member each copies; itself if none),
+    the new hyperparameters ``{keyword: [P]}`` (encoded) and which members copied."""
+
+    src: np.ndarray
+    hparams: dict
+    copied: np.ndarray
+
+
+def choose(scores: np.ndarray, ids: np.ndarray, hparams: dict, tuned: tuple[str, ...],
+           lo: dict, hi: dict, truncation: float, perturb: tuple[float, ...], resample: float,
+           seed: int, interval: int) -> Choice:
+    """Truncation selection and explore (module docstring); ``lo``/``hi``: the bounds of each
+    tuned keyword (encoded)."""
+    pop = len(scores)
+    order = np.lexsort((ids, np.nan_to_num(scores, nan=np.inf)))  # best first, ties by id
+    n = max(1, int(truncation * pop))
+    top, bottom = order[:n], order[pop - n:]
+    src = np.arange(pop)
+    new = {k: np.asarray(v, np.float32).copy() for k, v in hparams.items()}
+    copied = np.zeros(pop, bool)
+    for j in bottom:
+        rng = np.random.default_rng([seed, interval, int(ids[j])])
+        s = int(top[rng.integers(n)])
+        src[j], copied[j] = s, True
+        for k in tuned:
+            if rng.random() < resample:
+                x = rng.uniform(lo[k], hi[k])
+            else:
+                x = float(hparams[k][s]) + np.log(perturb[rng.integers(len(perturb))])
+            new[k][j] = np.float32(np.clip(x, lo[k], hi[k]))
+        for k in new:
+            if k not in tuned:
+                new[k][j] = hparams[k][s]
+    return Choice(src, new, copied)
