@@ -180,6 +180,37 @@ def test_a_pbt_run_compiles_once_and_stores_the_lineage(store, monkeypatch):
         assert min(abs(ratio - 0.8), abs(ratio - 1.2)) < 1e-5
 
 
+def test_members_are_sharded_over_the_mesh_and_train_as_on_one_device(store, monkeypatch):
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from lab.core.loop import launch
+    from lab.kinds.pbt import driver as D
+    seen = {}
+    real_step = D.PBTDriver.step
+
+    def step(self, g):
+        out = real_step(self, g)
+        seen.setdefault(self.setup.mesh.devices.size, []).append(
+            ([leaf.sharding for m in self.members.values() for leaf in jax.tree.leaves(m)],
+             out.members, compile_count()))
+        return out
+    monkeypatch.setattr(D.PBTDriver, "step", step)
+    runs = {}
+    for devices in (1, 8):
+        sets = [s for s in SMALL if not s.startswith("evaluator.devices")]
+        runs[devices] = launch(load_config(None, [*sets, f"evaluator.devices={devices}"]), store,
+                               name=f"pbt-{devices}")
+    for shardings, _, _ in seen[8]:
+        assert all(isinstance(x, NamedSharding) and x.spec == P("pop")
+                   and x.mesh.devices.size == 8 for x in shardings)
+    assert seen[8][1][2] == seen[8][-1][2]  # sharded: still no recompile between intervals
+    for (_, one, _), (_, eight, _) in zip(seen[1], seen[8], strict=True):
+        assert [m["hash"] for m in one] == [m["hash"] for m in eight]
+        np.testing.assert_allclose([m["fitness"] for m in one], [m["fitness"] for m in eight],
+                                   rtol=1e-5)
+
+
 def test_pbt_configs_are_checked():
     cfg = load_config("configs/pbt_smoke.yaml")
     assert cfg.kind == "pbt" and cfg.search.hparams == ("learning_rate",)

@@ -1,7 +1,8 @@
 """Checkpointed search state round-trips through orbax (strings, the numpy generator, a program
 search's whole evolution), and a program search of each signature (update rules, schedules,
-joint programs, drifts) killed by an outside SIGKILL while it runs, between checkpoints taken
-every 2 generations, resumes to the same run as an uninterrupted one.
+joint programs, drifts) or a population-based training run (its members sharded over every
+device), killed by an outside SIGKILL while it runs, between checkpoints taken every 2
+generations, resumes to the same run as an uninterrupted one.
 
 Every kind's kill-and-resume case (a SIGKILL at a set point of a generation) is in
 ``test_kinds``; this one kills a running process from outside, at whatever point it has reached.
@@ -124,12 +125,17 @@ SEARCHES = {"update": ("configs/program_smoke.yaml", OVERRIDES),
             "joint": ("configs/joint_smoke.yaml", OVERRIDES),
             "drift": ("configs/drift_program_smoke.yaml",
                       [o for o in OVERRIDES if not o.startswith(("budget", "search.lr_grid",
-                                                                 "search.hurdle"))])}
+                                                                 "search.hurdle"))]),
+            # population-based training, its members sharded over every device
+            "pbt": ("configs/pbt_smoke.yaml",
+                    ["search.population=8", "search.generations=6", "seeds=1",
+                     "output.top_k=2", "output.plots=false", "output.checkpoint_every=2",
+                     "evaluator.devices=0"])}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signature", sorted(SEARCHES))
-def test_program_search_killed_between_checkpoints_resumes_exactly(tmp_path, signature):
+def test_search_killed_between_checkpoints_resumes_exactly(tmp_path, signature):
     env = lab_env()
     config, overrides = SEARCHES[signature]
     args = [config, *[a for o in overrides for a in ("--set", o)]]

@@ -24,13 +24,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab.console import log
+from lab.core import hosts
 from lab.core.checkpoints import array_to_strings, strings_to_array
 from lab.core.evaluate import task_keys
 from lab.core.fitness import normalized_score
 from lab.core.hashing import genome_digest
 from lab.core.loop import AfterSearch, Finalist, Step, candidate_row
 from lab.core.optimizers import BASELINES, LOG, make_baseline
-from lab.kinds.pbt.population import Members, advance, choose, gather, init_members
+from lab.kinds.pbt.population import (
+    Members,
+    advance,
+    choose,
+    gather,
+    init_members,
+    members_sharding,
+)
 
 LOG1M_MAX = float(np.log1p(-1e-3))  # a decay rate stays at least 1e-3
 NO_PARENT = "0" * 32  # a genome digest's width: the checkpoint's array keeps one shape
@@ -52,6 +60,13 @@ class PBTDriver:
             hi = z0 + width if spec.searchable[k][1] == LOG else min(z0 + width, LOG1M_MAX)
             self.lo[k], self.hi[k] = z0 - width, hi
         pop, g = s.population, s.generations
+        if hosts.count() > 1:
+            raise ValueError(f"kind pbt runs in one process ({hosts.count()} were started): its "
+                             "members are sharded over that process's devices")
+        self.shard = members_sharding(setup.mesh, pop)
+        if self.shard is None and setup.mesh is not None and setup.mesh.devices.size > 1:
+            log(f"pbt: {pop} members do not divide over {setup.mesh.devices.size} devices: "
+                "they run on one")
         self.final_rows = min(cfg.output.top_k, pop)
         self.ids = np.arange(pop, dtype=np.int64)
         self.hparams = {k: np.full(pop, base.genome[k], np.float32) for k in self.keys}
@@ -64,11 +79,17 @@ class PBTDriver:
         self.scores = np.zeros((pop, g), np.float64)
         self.last_hash = [NO_PARENT] * pop  # the trajectory each member continues
         keys = task_keys(cfg.seeds, pop, 0, self.ids.astype(np.int32), s.seed)
-        self.members = {t.name: init_members(t, base, self._genomes(), keys)
+        self.members = {t.name: init_members(t, base, self._genomes(), keys, self.shard)
                         for t in self.scorer.tasks}
 
+    def _put(self, tree):
+        """Host arrays on the members' layout (one device, or sharded over the mesh)."""
+        if self.shard is None:
+            return jax.tree.map(jnp.asarray, tree)
+        return jax.device_put(jax.tree.map(np.asarray, tree), self.shard)
+
     def _genomes(self) -> dict:
-        return {k: jnp.asarray(v) for k, v in self.hparams.items()}
+        return self._put({k: np.asarray(v) for k, v in self.hparams.items()})
 
     def _trajectory(self, j: int, g: int) -> dict:
         """Member ``j``'s trajectory after interval ``g`` (later intervals at its current
@@ -96,8 +117,7 @@ class PBTDriver:
         self.copied_from = np.asarray(tree["copied_from"], np.int64)
         self.scores = np.asarray(tree["scores"], np.float64)
         self.last_hash = array_to_strings(tree["last_hash"])
-        self.members = {k: Members(**jax.tree.map(jnp.asarray, m))
-                        for k, m in tree["members"].items()}
+        self.members = {k: self._put(Members(**m)) for k, m in tree["members"].items()}
 
     def step(self, g: int) -> Step:
         start, s = time.perf_counter(), self.s
@@ -107,7 +127,7 @@ class PBTDriver:
             steps = self.scorer.steps(task)
             self.members[task.name], loss, diverged = advance(
                 task, self.base, steps, s.generations, self.cfg.rule.lr, genomes,
-                self.members[task.name], g)
+                self.members[task.name], g, self.shard)
             with np.errstate(all="ignore"):
                 mean = loss.mean(axis=1)
             per_task.append(normalized_score(mean, diverged.any(axis=1),
@@ -129,8 +149,7 @@ class PBTDriver:
         if g + 1 < s.generations:
             c = choose(score, self.ids, self.hparams, self.tuned, self.lo, self.hi,
                        s.truncation, tuple(s.perturb), s.resample, s.seed, g)
-            src = jnp.asarray(c.src, jnp.int32)
-            self.members = {k: gather(m, src) for k, m in self.members.items()}
+            self.members = {k: gather(m, c.src, self.shard) for k, m in self.members.items()}
             self.history = {k: v[c.src] for k, v in self.history.items()}
             self.hparams = c.hparams
             self.copied_from[:, g] = np.where(c.copied, self.ids[c.src], -1)

@@ -7,7 +7,10 @@ steps of interval ``i`` (``trajectory.bounds``: ``ceil(i T / G)`` to ``ceil((i +
 every member at its current hyperparameters, as ``lab.core.evaluate.make_train`` runs a whole run
 (the same batches, contexts and updates; a scan of ``ceil(T / G)`` steps whose steps past the
 interval's end change nothing, so every interval is the same compiled call). ``gather(state,
-src)`` is the exploit: row ``j`` becomes row ``src[j]``, on device.
+src)`` is the exploit: row ``j`` becomes row ``src[j]``, on device. With a mesh of several
+devices the members are sharded over it (``members_sharding``: the member axis on the mesh's
+``pop`` axis, as the evaluator shards candidates), and every call keeps that layout, so no
+interval recompiles.
 
 ``choose`` is the exploit and explore decision (host side, on ``[P]`` scores and hyperparameters):
 members ranked by score (ties by their id), each of the bottom ``truncation`` copies a member of
@@ -26,7 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
+from lab.core.evaluate import AXIS
 from lab.core.rule import UpdateRule, make_ctx
 from tasks.base import Task
 
@@ -40,18 +46,39 @@ class Members(NamedTuple):
     key: jax.Array
 
 
-def init_members(task: Task, rule: UpdateRule, genomes, keys: jax.Array) -> Members:
+def members_sharding(mesh: Mesh | None, population: int) -> NamedSharding | None:
+    """The layout of members' leaves: their first axis over the mesh's devices (None: one
+    device, or a population the devices do not divide)."""
+    if mesh is None or mesh.devices.size == 1 or population % mesh.devices.size:
+        return None
+    return NamedSharding(mesh, P(AXIS))
+
+
+def _jit(fn, shard: NamedSharding | None, n_in: int, replicated_last: bool = True):
+    """``jax.jit(fn)``, with every input but a replicated last one and every output on
+    ``shard`` when there is one."""
+    if shard is None:
+        return jax.jit(fn)
+    rep = NamedSharding(shard.mesh, P())
+    ins = (shard,) * (n_in - 1) + ((rep,) if replicated_last else (shard,))
+    return jax.jit(fn, in_shardings=ins, out_shardings=shard)
+
+
+def init_members(task: Task, rule: UpdateRule, genomes, keys: jax.Array,
+                 shard: NamedSharding | None = None) -> Members:
     """Fresh runs: ``keys`` ``[P, S]`` split into init and data keys as ``make_train`` does;
     ``genomes`` ``{keyword: [P]}`` (the optimizer state's shapes do not depend on them)."""
     def one(genome, key):
         k_init, k_data = jax.random.split(key)
         params = task.init(k_init)
         return Members(params, rule.init(genome, params), jax.random.key_data(k_data))
-    return jax.jit(jax.vmap(jax.vmap(one, (None, 0)), (0, 0)))(genomes, keys)
+    fn = jax.vmap(jax.vmap(one, (None, 0)), (0, 0))
+    return _jit(fn, shard, 2, replicated_last=False)(genomes, keys)
 
 
 @functools.lru_cache(maxsize=128)
-def advance_fn(task: Task, rule_init, rule_update, steps: int, intervals: int, lr: float):
+def advance_fn(task: Task, rule_init, rule_update, steps: int, intervals: int, lr: float,
+               shard: NamedSharding | None = None):
     """The jitted ``advance(genomes {k: [P]}, members, interval) -> (members, loss [P, S],
     diverged [P, S])``: the interval's mean training loss per run."""
     rule = UpdateRule("", "", rule_init, rule_update, None, str)
@@ -85,20 +112,26 @@ def advance_fn(task: Task, rule_init, rule_update, steps: int, intervals: int, l
         return Members(params, opt, m.key), loss, ~ok
 
     per_seed = jax.vmap(run, (None, 0, None))
-    return jax.jit(jax.vmap(per_seed, (0, 0, None)))
+    return _jit(jax.vmap(per_seed, (0, 0, None)), shard, 3)
 
 
 def advance(task: Task, rule: UpdateRule, steps: int, intervals: int, lr: float, genomes,
-            members: Members, interval: int) -> tuple[Members, np.ndarray, np.ndarray]:
-    fn = advance_fn(task, rule.init, rule.update, int(steps), int(intervals), float(lr))
+            members: Members, interval: int, shard: NamedSharding | None = None
+            ) -> tuple[Members, np.ndarray, np.ndarray]:
+    fn = advance_fn(task, rule.init, rule.update, int(steps), int(intervals), float(lr), shard)
     members, loss, diverged = fn(genomes, members, jnp.asarray(interval, jnp.int32))
     return members, np.asarray(loss, np.float64), np.asarray(diverged)
 
 
-@jax.jit
-def gather(members: Members, src: jax.Array) -> Members:
-    """The exploit: member ``j`` becomes a copy of member ``src[j]`` (every leaf, on device)."""
-    return jax.tree.map(lambda x: x[src], members)
+@functools.lru_cache(maxsize=16)
+def _gather_fn(shard: NamedSharding | None):
+    return _jit(lambda members, src: jax.tree.map(lambda x: x[src], members), shard, 2)
+
+
+def gather(members: Members, src, shard: NamedSharding | None = None) -> Members:
+    """The exploit: member ``j`` becomes a copy of member ``src[j]`` (every leaf, on device;
+    ``src`` ``[P]`` int32)."""
+    return _gather_fn(shard)(members, jnp.asarray(src, jnp.int32))
 
 
 class Choice(NamedTuple):
