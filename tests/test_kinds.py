@@ -55,8 +55,15 @@ def test_every_kind_has_conformance_cases(name):
     assert (config if config.is_absolute() else ROOT / config).is_file(), conf.launch
 
 
-def rule_cases():
-    return [pytest.param(get(n), c, id=c.id) for n in KINDS for c in get(n).conformance().rules]
+def rule_cases(slow: frozenset = frozenset()):
+    """Every kind's rule cases; those named in ``slow`` are slow tests (CI runs them)."""
+    return [pytest.param(get(n), c, id=c.id, marks=[pytest.mark.slow] if c.id in slow else [])
+            for n in KINDS for c in get(n).conformance().rules]
+
+
+# the interpreter's eager fingerprint runs its statement loop op by op (~20 s on 2 cores); its
+# jit and eager paths are also held equal by test_program_backends
+SLOW_FINGERPRINTS = frozenset({"program:interpreted"})
 
 
 _JITTED: dict = {}
@@ -105,7 +112,7 @@ def test_rule_outputs_are_float32_and_finite_without_nans_inside(kind, case):
         assert np.all(np.isfinite(np.asarray(leaf))), case.id
 
 
-@pytest.mark.parametrize("kind,case", rule_cases())
+@pytest.mark.parametrize("kind,case", rule_cases(SLOW_FINGERPRINTS))
 def test_rule_fingerprint_is_stable_under_jit(kind, case):
     genome = case.population[0]
     fp, h = kind.fingerprint(case.rule, genome, jit=True)
@@ -136,9 +143,10 @@ def cheap_views(monkeypatch):
     monkeypatch.setattr(lab.kinds.learned.views, "BEHAVIOUR_TASK", "digits_mlp_tiny")
 
 
-# the drift kind's case runs whole PPO runs (~45 s on 2 cores): a slow test (CI runs it); its
-# searches are also under test_drift and test_resume
-SLOW_LAUNCHES = {"drift"}
+# the drift kind's case runs whole PPO runs (~45 s on 2 cores), the learned kind's meta-trains
+# (~30 s): slow tests (CI runs them); their searches are also under test_drift, test_resume and
+# test_learned_search
+SLOW_LAUNCHES = {"drift", "learned"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_LAUNCHES
