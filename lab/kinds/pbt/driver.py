@@ -26,7 +26,7 @@ import numpy as np
 from lab.console import log
 from lab.core import hosts
 from lab.core.checkpoints import array_to_strings, strings_to_array
-from lab.core.evaluate import task_keys
+from lab.core.evaluate import put, task_keys
 from lab.core.fitness import normalized_score
 from lab.core.hashing import genome_digest
 from lab.core.loop import AfterSearch, Finalist, Step, candidate_row
@@ -60,13 +60,10 @@ class PBTDriver:
             hi = z0 + width if spec.searchable[k][1] == LOG else min(z0 + width, LOG1M_MAX)
             self.lo[k], self.hi[k] = z0 - width, hi
         pop, g = s.population, s.generations
-        if hosts.count() > 1:
-            raise ValueError(f"kind pbt runs in one process ({hosts.count()} were started): its "
-                             "members are sharded over that process's devices")
         self.shard = members_sharding(setup.mesh, pop)
         if self.shard is None and setup.mesh is not None and setup.mesh.devices.size > 1:
             log(f"pbt: {pop} members do not divide over {setup.mesh.devices.size} devices: "
-                "they run on one")
+                "they run on one" + (" in every process" if hosts.count() > 1 else ""))
         self.final_rows = min(cfg.output.top_k, pop)
         self.ids = np.arange(pop, dtype=np.int64)
         self.hparams = {k: np.full(pop, base.genome[k], np.float32) for k in self.keys}
@@ -79,14 +76,16 @@ class PBTDriver:
         self.scores = np.zeros((pop, g), np.float64)
         self.last_hash = [NO_PARENT] * pop  # the trajectory each member continues
         keys = task_keys(cfg.seeds, pop, 0, self.ids.astype(np.int32), s.seed)
-        self.members = {t.name: init_members(t, base, self._genomes(), keys, self.shard)
-                        for t in self.scorer.tasks}
+        self.members = {t.name: init_members(t, base, self._genomes(), self._put(keys),
+                                             self.shard) for t in self.scorer.tasks}
 
     def _put(self, tree):
-        """Host arrays on the members' layout (one device, or sharded over the mesh)."""
+        """Host values (the same in every process) on the members' layout: one device, or
+        sharded over the mesh (each process lays out its own devices' rows)."""
         if self.shard is None:
-            return jax.tree.map(jnp.asarray, tree)
-        return jax.device_put(jax.tree.map(np.asarray, tree), self.shard)
+            return jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x),
+                                tree)
+        return put(tree, self.shard)
 
     def _genomes(self) -> dict:
         return self._put({k: np.asarray(v) for k, v in self.hparams.items()})
@@ -104,8 +103,7 @@ class PBTDriver:
         return {"hparams": self.hparams, "history": self.history, "ids": self.ids,
                 "copied_from": self.copied_from, "scores": self.scores,
                 "last_hash": strings_to_array(self.last_hash),
-                "members": {k: jax.tree.map(np.asarray, m._asdict())
-                            for k, m in self.members.items()}}
+                "members": {k: m._asdict() for k, m in self.members.items()}}  # the loop gathers
 
     def template(self):
         return self.state(-1)

@@ -9,8 +9,9 @@ every member at its current hyperparameters, as ``lab.core.evaluate.make_train``
 interval's end change nothing, so every interval is the same compiled call). ``gather(state,
 src)`` is the exploit: row ``j`` becomes row ``src[j]``, on device. With a mesh of several
 devices the members are sharded over it (``members_sharding``: the member axis on the mesh's
-``pop`` axis, as the evaluator shards candidates), and every call keeps that layout, so no
-interval recompiles.
+``pop`` axis, as the evaluator shards candidates, over several processes too), and every call
+keeps that layout, so no interval recompiles; the interval's losses come back replicated, read
+by every process.
 
 ``choose`` is the exploit and explore decision (host side, on ``[P]`` scores and hyperparameters):
 members ranked by score (ties by their id), each of the bottom ``truncation`` copies a member of
@@ -54,14 +55,17 @@ def members_sharding(mesh: Mesh | None, population: int) -> NamedSharding | None
     return NamedSharding(mesh, P(AXIS))
 
 
-def _jit(fn, shard: NamedSharding | None, n_in: int, replicated_last: bool = True):
-    """``jax.jit(fn)``, with every input but a replicated last one and every output on
-    ``shard`` when there is one."""
+def _jit(fn, shard: NamedSharding | None, n_in: int, replicated_last: bool = True,
+         outs: tuple | None = None):
+    """``jax.jit(fn)``, with every input but a replicated last one on ``shard`` when there is
+    one; outputs on ``shard``, or per output ``outs`` (``"shard"`` or ``"replicated"``: what
+    every process reads as numpy over several processes)."""
     if shard is None:
         return jax.jit(fn)
     rep = NamedSharding(shard.mesh, P())
     ins = (shard,) * (n_in - 1) + ((rep,) if replicated_last else (shard,))
-    return jax.jit(fn, in_shardings=ins, out_shardings=shard)
+    out = shard if outs is None else tuple(shard if o == "shard" else rep for o in outs)
+    return jax.jit(fn, in_shardings=ins, out_shardings=out)
 
 
 def init_members(task: Task, rule: UpdateRule, genomes, keys: jax.Array,
@@ -112,7 +116,8 @@ def advance_fn(task: Task, rule_init, rule_update, steps: int, intervals: int, l
         return Members(params, opt, m.key), loss, ~ok
 
     per_seed = jax.vmap(run, (None, 0, None))
-    return _jit(jax.vmap(per_seed, (0, 0, None)), shard, 3)
+    return _jit(jax.vmap(per_seed, (0, 0, None)), shard, 3,
+                outs=("shard", "replicated", "replicated"))
 
 
 def advance(task: Task, rule: UpdateRule, steps: int, intervals: int, lr: float, genomes,
