@@ -309,8 +309,9 @@ def _update(sig: Signature, genome, grads, state, params, ctx: Ctx):
     s = state.slots
     g, w = g.astype(dt), w.astype(dt)
     values = {"g": g, "w": w, "lr": jnp.full_like(g, lr), "t": jnp.full_like(g, t),
-              "T": jnp.full_like(g, jnp.asarray(ctx.horizon, dt)), "m": s[0].astype(dt),
-              "v": s[1].astype(dt)}
+              "m": s[0].astype(dt), "v": s[1].astype(dt)}
+    if "T" in sig.inputs:  # the horizon: joint programs only
+        values["T"] = jnp.full_like(g, jnp.asarray(ctx.horizon, dt))
     inputs = jnp.stack([values[name] for name in sig.inputs])
     (upd, s0, s1), scratch = run(genome, state.scratch, inputs, t, layout,
                                  _STATEFUL_GROUPS[sig.name])
