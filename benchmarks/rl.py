@@ -14,6 +14,8 @@ per run (5e5 by default). Three runs are timed:
 * program: one agent whose drift is PPO-clip as a program (``seeds/drift/ppo_clip.prog``) run by
   the program interpreter inside PPO's loss (``objectives.programs()``, the family a drift
   program search scores, padded to ``program_statements``), one seed;
+* level: one PPO-clip agent on a level of CartPole (``tasks.levels``, seed ``LEVEL_SEED``), its
+  physics traced inputs (``make_level_train``: what a curriculum runs), one seed;
 * population: ``population`` LPO candidates vmapped, the default genome plus Gaussian noise
   (``SIGMA``, 0.03) on every weight (an LPO search's generation), one seed each (shared, as the
   evaluation seeds are).
@@ -33,10 +35,13 @@ Keys (plain numbers unless said):
 * ``drift_cost_vs_clip``: ``lpo_seconds / clip_seconds`` (> 1: the drift network costs more);
 * ``drift_program_cost_vs_clip``: ``program_seconds / clip_seconds`` (the interpreter's cost:
   the same function as the closed form, run as a program); ``program_statements``;
+* ``level_cost_vs_clip``: ``level_seconds / clip_seconds`` (what traced environment parameters
+  cost against the default ones baked in); ``level_seed``, ``level_final_return``;
 * ``lpo_env_steps_per_second``: the lpo agent's ``env_steps / seconds``;
 * ``population_speedup_vs_single``: ``population_env_steps_per_second /
   lpo_env_steps_per_second`` (what vmapping candidates buys over running them one by one);
-* ``clip_seconds``, ``lpo_seconds``, ``program_seconds``, ``population_seconds``: steady-state
+* ``clip_seconds``, ``lpo_seconds``, ``program_seconds``, ``level_seconds``,
+  ``population_seconds``: steady-state
   seconds per call;
 * ``clip_compile_seconds``, ``lpo_compile_seconds``, ``program_compile_seconds``,
   ``population_compile_seconds`` and the matching ``*_first_call_seconds``;
@@ -90,6 +95,7 @@ import numpy as np
 
 import lab  # noqa: F401  (sets an XLA CPU flag that must be in place before a backend starts)
 from benchmarks import positive_int
+from tasks.levels import stacked_overrides
 
 ENV_ID = "CartPole-v1"
 # the figures the benchmark gates on (plain numbers), and a run of three PPO compiles (the tests')
@@ -104,6 +110,7 @@ DEFAULT_HIDDEN = 128      # lpo()'s default: 8 x 128 + 128 = 1,152 weights
 DEFAULT_PEER_SEEDS = 8    # seeds vmapped in the side-by-side run with PureJaxRL
 SIGMA = 0.03              # the spread of the LPO population
 SEED = 0
+LEVEL_SEED = 3            # the CartPole level the "level" agent runs (tasks.levels)
 
 
 def _log(message: str) -> None:
@@ -128,13 +135,17 @@ def lpo_population(population: int, hidden: int = DEFAULT_HIDDEN, sigma: float =
 class _Agent:
     """One timed population (1 for a single agent) of PPO runs through ``evaluate``."""
 
-    def __init__(self, name, task, objective, genomes, steps, mesh, seeds: int = 1):
+    def __init__(self, name, task, objective, genomes, steps, mesh, seeds: int = 1,
+                 overrides: dict | None = None):
         from lab.core.evaluate import task_keys
-        from lab.kinds.drift.ppo import make_train
+        from lab.kinds.drift.ppo import make_level_train, make_train
 
         self.name, self.genomes, self.mesh = name, genomes, mesh
         self.population = int(jax.tree.leaves(genomes)[0].shape[0])
         self.train = make_train(task, objective, steps)
+        if overrides is not None:  # a level of the task, its parameters traced inputs
+            self.train = make_level_train(task, objective, steps)
+            self.genomes = (genomes, overrides)
         self.keys = task_keys(seeds, self.population)  # drawn before any timing
         jax.block_until_ready(self.keys)
         self.metrics: dict[str, np.ndarray] = {}
@@ -298,17 +309,21 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     programs = drift_programs()  # PPO-clip as a drift program, through the interpreter
     program_agent = _Agent("program", task, programs, stack_genomes([programs.genome]), steps,
                            mesh)
+    level_agent = _Agent("level", task, clip, stack_genomes([clip.genome]), steps, mesh,
+                         overrides=stacked_overrides(ENV_ID, [LEVEL_SEED]))
     pop_agent = _Agent("population", task, objective, genomes, steps, mesh)
     _log(f"rl benchmark: {ENV_ID}, {env_steps:,} env steps per run ({updates} updates), "
          f"population {population}, {objective.name}, {mesh.devices.size} device(s)")
 
-    first, steady = _steady((clip_agent, lpo_agent, program_agent), repeats)  # interleaved
+    first, steady = _steady((clip_agent, lpo_agent, program_agent, level_agent),
+                            repeats)  # interleaved
     first["population"] = pop_agent.call()
     _log(f"population: first call {first['population']:.2f}s")
     steady["population"] = float(statistics.median(
         [pop_agent.call() for _ in range(population_repeats)]))
     diverged = np.concatenate([np.ravel(a.metrics["diverged"]).astype(np.float64)
-                               for a in (clip_agent, lpo_agent, program_agent, pop_agent)])
+                               for a in (clip_agent, lpo_agent, program_agent, level_agent,
+                                         pop_agent)])
     result = {
         "benchmark": "rl",
         "env": ENV_ID,
@@ -334,10 +349,12 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
         "drift_cost_vs_clip": steady["lpo"] / steady["clip"],
         "drift_program_cost_vs_clip": steady["program"] / steady["clip"],
         "program_statements": int(np.shape(programs.genome["op"])[0]),
+        "level_cost_vs_clip": steady["level"] / steady["clip"],
+        "level_seed": LEVEL_SEED,
     }
     result["population_speedup_vs_single"] = (result["population_env_steps_per_second"]
                                               / result["lpo_env_steps_per_second"])
-    for name in ("clip", "lpo", "program", "population"):
+    for name in ("clip", "lpo", "program", "level", "population"):
         result[f"{name}_seconds"] = steady[name]
         result[f"{name}_first_call_seconds"] = float(first[name])
         # the first call compiles; a tiny floor keeps the key positive under timing noise
@@ -345,6 +362,7 @@ def run(steps: int = DEFAULT_STEPS, population: int = DEFAULT_POPULATION,
     result["final_return"] = float(np.mean(clip_agent.metrics["final_return"]))
     result["lpo_final_return"] = float(np.mean(lpo_agent.metrics["final_return"]))
     result["program_final_return"] = float(np.mean(program_agent.metrics["final_return"]))
+    result["level_final_return"] = float(np.mean(level_agent.metrics["final_return"]))
     result["population_final_return"] = float(np.mean(pop_agent.metrics["final_return"]))
     result["diverged"] = float(np.mean(diverged))
     if peer_module is not None:
@@ -373,6 +391,9 @@ def _table(result: dict) -> None:
              result["lpo_final_return"]),
             ("ppo_clip.prog x1", result["env_steps"] / result["program_seconds"], "program",
              result["program_final_return"]),
+            (f"ppo_clip x1, level {result['level_seed']}",
+             result["env_steps"] / result["level_seconds"], "level",
+             result["level_final_return"]),
             (f"{result['objective']} x{result['population']}",
              result["population_env_steps_per_second"], "population",
              result["population_final_return"]))

@@ -106,6 +106,11 @@ class EnvTask:
         return 2 * body + (self.hidden * actions + actions) + (self.hidden + 1)
 
 
+def default_params(env_id: str):
+    """gymnax's default parameters of ``env_id`` (an ``EnvParams`` dataclass)."""
+    return _env(env_id, ())[1]
+
+
 @functools.lru_cache(maxsize=64)
 def _env(env_id: str, overrides: tuple[tuple[str, Any], ...]):
     import gymnax

@@ -19,6 +19,7 @@ import numpy as np
 from .base import Task
 from .charlm import make_charlm_mlp, make_charlm_transformer
 from .digits import make_digits
+from .levels import heldout_seed, level_task
 from .mnist1d import make_mnist1d_cnn, make_mnist1d_mlp
 from .quadratic import make_quadratic
 from .rl import make_env_task
@@ -72,6 +73,17 @@ TASKS: dict[str, Callable[[], Task]] = {
                           num_envs=16, lr=1e-3),
 }
 
+
+def _heldout_level(base: str, k: int) -> Task:
+    """``base`` at the k-th held-out level (``tasks.levels``: a seed no search draws)."""
+    return level_task(get_task(base), heldout_seed(k), name=f"{base}_level_h{k}")
+
+
+HELDOUT_LEVELS = 3  # per environment of rl-levels
+for _base in ("cartpole", "acrobot"):
+    for _k in range(HELDOUT_LEVELS):
+        TASKS[f"{_base}_level_h{_k}"] = _p(_heldout_level, _base, _k)
+
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("quadratic_ill_8", "teacher_student_tiny", "digits_mlp_tiny"),
     "train": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d", "teacher_student_mlp",
@@ -81,6 +93,10 @@ SUITES: dict[str, tuple[str, ...]] = {
     "rl-smoke": ("cartpole_smoke",),
     "rl-train": ("cartpole", "acrobot", "catch"),
     "rl-heldout": ("breakout_minatar", "space_invaders_minatar", "asterix_minatar"),
+    # the environments with levels (tasks.levels), and levels of them no search samples
+    "rl-levels": ("cartpole", "acrobot"),
+    "rl-levels-heldout": tuple(f"{b}_level_h{k}" for b in ("cartpole", "acrobot")
+                               for k in range(HELDOUT_LEVELS)),
 }
 
 

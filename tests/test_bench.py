@@ -309,7 +309,8 @@ RL_NUMBERS = ("lpo_env_steps_per_second", "population_speedup_vs_single", "clip_
               "lpo_compile_seconds", "population_compile_seconds", "clip_first_call_seconds",
               "lpo_first_call_seconds", "population_first_call_seconds", "total_seconds",
               "drift_program_cost_vs_clip", "program_seconds", "program_compile_seconds",
-              "program_first_call_seconds")
+              "program_first_call_seconds", "level_cost_vs_clip", "level_seconds",
+              "level_compile_seconds", "level_first_call_seconds")
 
 
 @pytest.mark.slow  # three PPO compiles (~25 s); `lab bench rl` runs in the acceptance check
@@ -341,6 +342,8 @@ def test_rl_result_contract(capsys):
     assert r["drift_program_cost_vs_clip"] == pytest.approx(
         r["program_seconds"] / r["clip_seconds"])
     assert r["program_statements"] == 32
+    assert r["level_cost_vs_clip"] == pytest.approx(r["level_seconds"] / r["clip_seconds"])
+    assert r["level_seed"] == rl.LEVEL_SEED and _plain_number(r["level_final_return"])
     # PPO-clip as a program trains as PPO-clip (the same gradients, through the interpreter)
     assert r["program_final_return"] == pytest.approx(r["final_return"], rel=1e-3)
     assert r["population_speedup_vs_single"] == pytest.approx(

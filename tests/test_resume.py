@@ -126,6 +126,11 @@ SEARCHES = {"update": ("configs/program_smoke.yaml", OVERRIDES),
             "drift": ("configs/drift_program_smoke.yaml",
                       [o for o in OVERRIDES if not o.startswith(("budget", "search.lr_grid",
                                                                  "search.hurdle"))]),
+            # a regret curriculum: the level buffer (full by then) is part of the checkpoint
+            "curriculum": ("configs/lpo_curriculum_smoke.yaml",
+                           ["search.population=4", "search.generations=6", "budget=1024",
+                            "rule.hidden=4", "search.buffer=3", "output.top_k=1",
+                            "output.plots=false", "output.checkpoint_every=2"]),
             # population-based training, its members sharded over every device
             "pbt": ("configs/pbt_smoke.yaml",
                     ["search.population=8", "search.generations=6", "seeds=1",

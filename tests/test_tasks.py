@@ -213,10 +213,11 @@ def test_suites_reference_registered_tasks(all_tasks):
     assert {"smoke", "train", "heldout"} <= set(tasks.SUITES)
     from tasks.rl import EnvTask
     rl = {s for s in tasks.SUITES if tasks.is_rl_suite(s)}
-    assert rl == {"rl-smoke", "rl-train", "rl-heldout"}
+    assert rl == {"rl-smoke", "rl-train", "rl-heldout", "rl-levels", "rl-levels-heldout"}
     for suite in tasks.SUITES:
         assert all(isinstance(t, EnvTask) == (suite in rl) for t in tasks.get_suite(suite))
     assert not set(tasks.SUITES["rl-train"]) & set(tasks.SUITES["rl-heldout"])
+    assert not set(tasks.SUITES["rl-levels"]) & set(tasks.SUITES["rl-levels-heldout"])
     for suite, names in tasks.SUITES.items():
         assert names and len(set(names)) == len(names), suite
         assert [t.name for t in tasks.get_suite(suite)] == list(names)

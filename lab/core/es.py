@@ -28,6 +28,7 @@ from jax.flatten_util import ravel_pytree
 
 from lab.console import log
 from lab.core.evaluate import chunk_for_memory, task_keys
+from lab.core.fitness import EvalContext
 from lab.core.hashing import genome_digest
 from lab.core.loop import AfterSearch, Finalist, Step, candidate_row, evaluation_row
 from lab.core.schema import field
@@ -270,6 +271,23 @@ class ESDriver:
     def restore(self, tree, first: int) -> None:
         self.es = tree
 
+    # ---- what a generation is scored on: subclasses (curricula) change these three ----------
+
+    def context(self, g: int) -> EvalContext:
+        """The evaluation context of generation ``g``'s scores (its key keys the cache)."""
+        return self.scorer.context.for_generation(g, self.slots, self.cfg.search.seed)
+
+    def score(self, genomes, g: int) -> dict:
+        """The scorer's result for generation ``g``'s population (every member)."""
+        return self.scorer.score(genomes, generation=g, slots=self.slots,
+                                 stream=self.cfg.search.seed)
+
+    def observe(self, g: int, fitness: np.ndarray, metrics: list[dict]) -> dict:
+        """Called with the generation's fitness and each member's metrics (the scorer's
+        ``row_metrics``; cached or fresh) before evosax is told it; returns more numbers for
+        ``metrics.jsonl``."""
+        return {}
+
     def step(self, g: int):
         start = time.perf_counter()
         k_ask, k_tell = jax.random.split(jax.random.fold_in(self.key, g + 1))
@@ -278,19 +296,21 @@ class ESDriver:
         on_host = jax.tree.map(np.asarray, genomes)
         host = [jax.tree.map(lambda x, i=i: x[i], on_host) for i in range(self.spec.population)]
         hashes = [genome_digest(self.rule, x) for x in host]
-        seed = self.cfg.search.seed
-        ctx = self.scorer.context.for_generation(g, self.slots, seed).key()
+        ctx = self.context(g).key()
         cached = self.store.lookup(sorted(set(hashes)), ctx)
         misses = [h for h in dict.fromkeys(hashes) if h not in cached]
         evaluations, extra = [], {}
         if misses:
-            result = self.scorer.score(genomes, generation=g, slots=self.slots, stream=seed)
+            result = self.score(genomes, g)
             if "rejected" in result:  # members refused before they were trained
                 extra["rejected"] = int(np.sum(result["rejected"]))
             first = {h: i for i, h in reversed(list(enumerate(hashes)))}
             evaluations = [evaluation_row(h, ctx, self.scorer, result, first[h]) for h in misses]
         fresh = {e["hash"]: e["fitness"] for e in evaluations}
         fitness = np.array([fresh[h] if h in fresh else cached[h]["fitness"] for h in hashes])
+        known = {**{h: c["metrics"] for h, c in cached.items()},
+                 **{e["hash"]: e["metrics"] for e in evaluations}}
+        extra.update(self.observe(g, fitness, [known[h] for h in hashes]))
         self.es, _ = tell(self.spec, k_tell, flat_pop, np.asarray(fitness, np.float32), self.es)
         hits = [h for h in hashes if h in cached]
         unique = {h: i for i, h in enumerate(hashes)}

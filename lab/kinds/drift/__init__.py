@@ -40,6 +40,15 @@ def make_rule(cfg):
     return objective_from_name(cfg.rule.family_name())
 
 
+def make_driver(cfg, setup):
+    """ES over the drift's genome; on sampled environment levels where ``search.curriculum``
+    says so (``lab.kinds.drift.curriculum``)."""
+    if cfg.search.curriculum == "fixed":
+        return ESDriver(cfg, setup)
+    from lab.kinds.drift.curriculum import CurriculumDriver
+    return CurriculumDriver(cfg, setup)
+
+
 def check_baseline(name: str) -> None:
     objective_from_name(name)
 
@@ -111,7 +120,7 @@ KIND_RECORD = register(Kind(
     make_rule=make_rule,
     rule_from_name=objective_from_name,
     make_scorer=drift_scorer,
-    make_driver=ESDriver,
+    make_driver=make_driver,
     fingerprint=objectives.fingerprint,
     describe_function=objectives.describe_function,
     replay=replay_drift,

@@ -47,3 +47,19 @@ class DriftSearchConfig(SearchConfig):
     sigma: float = field(0.03, gt=0)
     lr: float = field(0.03, gt=0)
     fitness: str = field("ppo_normalized", choices=_rl_fitness, what="RL fitness")
+    # environment levels (lab.kinds.drift.curriculum): fixed = the suite's environments as
+    # they are; uniform = fresh random levels each generation; regret = prioritized level replay
+    curriculum: str = field("fixed", choices=lambda: ("fixed", "uniform", "regret"),
+                            what="curriculum")
+    replay_prob: float = field(0.5, ge=0, le=1)  # regret: chance a level slot replays
+    buffer: int = field(4000, ge=1)  # regret: levels kept (GROOVE's 4000)
+    temperature: float = field(0.3, gt=0)  # regret: of the rank prioritization
+    staleness: float = field(0.3, ge=0, le=1)  # regret: weight of staleness in replay
+
+    def problems(self) -> list[tuple[str, str]]:
+        out = super().problems()
+        if self.curriculum != "fixed" and self.fitness != "ppo_normalized":
+            out.append(("curriculum", f"a {self.curriculum} curriculum scores members by "
+                                      f"their regret on each level: search.fitness must be "
+                                      f"ppo_normalized, got {self.fitness}"))
+        return out

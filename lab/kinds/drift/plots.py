@@ -44,3 +44,37 @@ def drift_surface(view: dict, path: Path, title: str) -> Path:
 def return_curves(rows: list[dict], path: Path, title: str) -> Path:
     """One panel per environment: the mean return over training of every objective."""
     return panels(rows, path, title, "mean episode return", log=False)
+
+
+def draw_regret(history: list[dict], path: Path, title: str) -> Path:
+    """One panel per environment: the regret of every level sampled in each generation (fresh
+    levels and replays apart), and the mean regret of the level buffer (``lab.kinds.drift.
+    curriculum``'s ``metrics.jsonl`` entries)."""
+    names = sorted({k for h in history for k in h if k != "generation"})
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(5.0 * max(1, len(names)), 3.6),
+                             squeeze=False)
+    for ax, name in zip(axes[0], names, strict=False):
+        for replayed, color, label in ((False, "tab:blue", "fresh level"),
+                                       (True, "tab:red", "replayed level")):
+            xs, ys = [], []
+            for h in history:
+                entry = h.get(name)
+                if entry is None:
+                    continue
+                for r, rep in zip(entry["regret"], entry["replayed"], strict=True):
+                    if r is not None and rep == replayed:
+                        xs.append(h["generation"])
+                        ys.append(r)
+            ax.scatter(xs, ys, s=8, color=color, alpha=0.6, label=label)
+        gens = [h["generation"] for h in history if h.get(name, {}).get("buffer_mean")
+                is not None]
+        means = [h[name]["buffer_mean"] for h in history if h.get(name, {}).get("buffer_mean")
+                 is not None]
+        if gens:
+            ax.plot(gens, means, color="black", label="buffer mean")
+        ax.axhline(0.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("generation")
+        ax.set_ylabel("regret (0 = PPO-clip, 1 = random policy)")
+        ax.set_title(name, fontsize=9)
+        ax.legend(fontsize=7)
+    return save(fig, path, title)

@@ -150,10 +150,43 @@ def make_train(task: EnvTask, objective: Objective, budget: int | None = None,
     return _make_train(task, objective.name, int(budget or task.steps), int(curve_points))
 
 
+def make_level_train(task: EnvTask, objective: Objective, budget: int | None = None,
+                     curve_points: int = CURVE_POINTS) -> Callable[[Any, jax.Array], Metrics]:
+    """``make_train`` on levels of ``task`` (``tasks.levels``): ``train((genome, overrides),
+    key)``, where ``overrides`` maps environment parameters to values that replace the task's
+    (traced: one compiled function runs every level, and the evaluator vmaps over them as over
+    genomes). ``{}`` is the task itself."""
+    return _make_level_train(task, objective.name, int(budget or task.steps), int(curve_points))
+
+
 @functools.lru_cache(maxsize=128)
 def _make_train(task: EnvTask, family: str, steps: int, points: int):
+    run = _ppo(task, family, steps, points)
+
+    def train(genome, key: jax.Array) -> Metrics:
+        return run(genome, key, {})
+
+    return train
+
+
+@functools.lru_cache(maxsize=128)
+def _make_level_train(task: EnvTask, family: str, steps: int, points: int):
+    run = _ppo(task, family, steps, points)
+
+    def train(inputs, key: jax.Array) -> Metrics:
+        genome, overrides = inputs
+        return run(genome, key, overrides)
+
+    return train
+
+
+@functools.lru_cache(maxsize=128)
+def _ppo(task: EnvTask, family: str, steps: int, points: int):
+    """``run(genome, key, overrides) -> metrics``: one PPO run, the environment's parameters
+    replaced by ``overrides`` (a dict; ``{}`` leaves the task's)."""
     objective = objective_from_name(family)
-    env, env_params = task.make_env()
+    env, default_params = task.make_env()
+    obs_shape = env.observation_space(default_params).shape
     obs_size, n_actions = task.spaces()
     n_envs, n_steps = task.num_envs, task.num_steps
     updates = task.updates(steps)
@@ -168,8 +201,8 @@ def _make_train(task: EnvTask, family: str, steps: int, points: int):
     tx = optax.chain(optax.clip_by_global_norm(task.max_grad_norm), optax.adam(lr, eps=1e-5))
 
     def flat(obs):
-        return jnp.reshape(obs, (*obs.shape[: obs.ndim - len(env.observation_space(
-            env_params).shape)], obs_size)).astype(jnp.float32)
+        return jnp.reshape(obs, (*obs.shape[: obs.ndim - len(obs_shape)],
+                                 obs_size)).astype(jnp.float32)
 
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
@@ -183,7 +216,8 @@ def _make_train(task: EnvTask, family: str, steps: int, points: int):
         entropy = -jnp.mean(jnp.sum(jnp.exp(logp_all) * logp_all, -1))
         return pg + task.vf_coef * v_loss - task.ent_coef * entropy
 
-    def train(genome, key: jax.Array) -> Metrics:
+    def run(genome, key: jax.Array, overrides: dict) -> Metrics:
+        env_params = default_params.replace(**overrides) if overrides else default_params
         k_init, k_reset, k_run = jax.random.split(key, 3)
         params = net.init(k_init, jnp.zeros((obs_size,), jnp.float32))
         opt_state = tx.init(params)
@@ -259,7 +293,7 @@ def _make_train(task: EnvTask, family: str, steps: int, points: int):
         return {"final_return": final, "mean_return": mean, "episodes": total_n,
                 "curve": curve, "diverged": diverged}
 
-    return train
+    return run
 
 
 def _curve(ret_sum, n_done, seg: int, points: int, fallback):
@@ -279,21 +313,25 @@ def _curve(ret_sum, n_done, seg: int, points: int, fallback):
     return jnp.resize(value, (points,)) if k < points else value
 
 
-def random_returns(task: EnvTask, budget: int | None, keys: jax.Array) -> np.ndarray:
+def random_returns(task: EnvTask, budget: int | None, keys: jax.Array,
+                   overrides: dict | None = None) -> np.ndarray:
     """Mean return of a uniformly random policy over a run of the same length, per key
-    (the "0" of PPO-normalized scores)."""
-    return np.asarray(_random_fn(task, int(budget or task.steps))(keys), np.float64)
+    (the "0" of PPO-normalized scores). ``overrides``: ``{parameter: [len(keys)]}``, each key's
+    level of the task (``make_level_train``'s overrides, one row per key)."""
+    fn = _random_fn(task, int(budget or task.steps))
+    return np.asarray(fn(keys, overrides or {}), np.float64)
 
 
 @functools.lru_cache(maxsize=64)
 def _random_fn(task: EnvTask, steps: int):
-    env, env_params = task.make_env()
+    env, default_params = task.make_env()
     _, n_actions = task.spaces()
     n_envs = task.num_envs
     length = task.updates(steps) * task.num_steps
     step_envs = jax.vmap(env.step, in_axes=(0, 0, 0, None))
 
-    def run(key):
+    def run(key, overrides):
+        env_params = default_params.replace(**overrides) if overrides else default_params
         k_reset, k_run = jax.random.split(key)
         _, state = jax.vmap(env.reset, in_axes=(0, None))(jax.random.split(k_reset, n_envs),
                                                           env_params)

@@ -27,6 +27,7 @@ from lab.kinds.drift.ppo import CURVE_POINTS, make_train, random_returns
 from lab.kinds.drift.scoring import normalized_return
 
 BASELINES = ("ppo_clip", "dpo")
+LEVELS_HELDOUT = "rl-levels-heldout"  # levels (tasks.levels) whose seeds no search draws
 
 
 def _metrics(task, objective, genome, seeds: int, mesh, budget: int) -> dict:
@@ -99,22 +100,31 @@ def replay_drift(target: Target, req: ReplayRequest) -> dict:
 
 
 def export(target: Target, store, suite: str, seeds: int) -> dict:
-    """Replayed on ``suite`` and, where it was meta-trained on another RL suite, on that one."""
+    """Replayed on ``suite``; where it was meta-trained on another RL suite, on that one; and
+    where it was meta-trained on a curriculum of levels, on levels no search samples
+    (``LEVELS_HELDOUT``)."""
     import tasks
     out = {"heldout": replay_rl(target, suite, seeds)}
-    run_suite = (target.run or {}).get("config", {}).get("suite")
+    config = (target.run or {}).get("config", {})
+    run_suite = config.get("suite")
     if run_suite and tasks.is_rl_suite(run_suite) and run_suite != suite:
         log(f"export {target.label}: replaying on its training suite {run_suite}")
         out["train"] = replay_rl(target, run_suite, seeds)
+    curriculum = config.get("search", {}).get("curriculum", "fixed")
+    if curriculum != "fixed" and suite != LEVELS_HELDOUT:
+        log(f"export {target.label}: meta-trained on a {curriculum} curriculum, replaying on "
+            f"unseen levels ({LEVELS_HELDOUT})")
+        out["levels"] = replay_rl(target, LEVELS_HELDOUT, seeds)
     return out
 
 
 def readme_tables(metrics: dict) -> list[str]:
     """The artifact README's part for a drift objective: the surface plot and the replay
-    tables (``heldout``, ``train``)."""
+    tables (``heldout``, ``train``, ``levels``)."""
     lines = ["", "The closest known objective is by relative RMS gap between drift surfaces; "
              "`lab inspect` draws `surface.png` (D(r, A) beside PPO-clip's and DPO's)."]
-    for key, title in (("train", "Training-suite scores"), ("heldout", "Held-out scores")):
+    for key, title in (("train", "Training-suite scores"), ("heldout", "Held-out scores"),
+                       ("levels", "Unseen levels")):
         held = metrics.get(key)
         if isinstance(held, dict) and held.get("rows"):
             lines += _table(held, title)
@@ -122,9 +132,11 @@ def readme_tables(metrics: dict) -> list[str]:
 
 
 def _table(held: dict, title: str) -> list[str]:
-    where = ("the environments it was meta-trained on (fixed evaluation seeds, not the "
-             "search's)" if title.startswith("Training") else
-             "environments the search never saw")
+    where = {"Training-suite scores": "the environments it was meta-trained on (fixed "
+                                      "evaluation seeds, not the search's)",
+             "Unseen levels": "levels of its training environments that no search samples "
+                              "(their seeds lie above every seed a curriculum draws)"}.get(
+        title, "environments the search never saw")
     lines = ["", f"## {title} ({held['suite']}, {held['seeds']} seeds)", "",
              f"PPO trained with each objective on {where}. Final "
              "return: mean over seeds with a 95% interval. Score: 1 - (R - R_random) / "

@@ -164,7 +164,7 @@ class DriftScorer:
         per_task = {}
         for task in self.tasks:
             m = self._evaluate(task, genomes, keys, order, pop) if order.size else None
-            full = _scatter(m, order, pop, self.seeds)
+            full = scatter(m, order, pop, self.seeds)
             full["fitness"] = task_fitness(full, self.fitness, self.refs[task.name])
             full["fitness"] = np.where(valid, full["fitness"],
                                        worst(self.fitness, self.refs[task.name]))
@@ -177,8 +177,13 @@ class DriftScorer:
         return row_metrics(result, i)
 
     def _evaluate(self, task, genomes, keys, order, pop):
-        """The valid members (``order``), packed to the front and padded back to ``pop`` rows
-        (one compiled shape); chunks of padding only are skipped."""
+        return self.evaluate_valid(self.trains[task.name], genomes, keys, order, pop)
+
+    def evaluate_valid(self, train, genomes, keys, order, pop):
+        """``train`` on the valid members (``order``), packed to the front and padded back to
+        ``pop`` rows (one compiled shape); chunks of padding only are skipped. ``genomes`` is
+        whatever ``train`` takes first, every leaf ``[pop, ...]`` (a level train's
+        ``(genome, overrides)``)."""
         n = order.size
         if self.chunk > 0:
             size = self.chunk
@@ -187,7 +192,7 @@ class DriftScorer:
             rows = pop
         idx = np.concatenate([order, np.repeat(order[-1:], rows - n)])
         packed = jax.tree.map(lambda x: x[idx], genomes)
-        m = evaluate(self.trains[task.name], packed, keys[idx], self.mesh, self.chunk)
+        m = evaluate(train, packed, keys[idx], self.mesh, self.chunk)
         return {k: v[:n] for k, v in m.items()}
 
 
@@ -208,7 +213,7 @@ def drift_scorer(cfg, objective: Objective, store=None, mesh: Mesh | None = None
                        mesh, cfg.evaluator.chunk, scale)
 
 
-def _scatter(m: dict | None, order: np.ndarray, pop: int, seeds: int) -> dict:
+def scatter(m: dict | None, order: np.ndarray, pop: int, seeds: int) -> dict:
     """Metrics of the evaluated members back at their rows; rejected rows NaN (diverged)."""
     shapes = {"final_return": (seeds,), "mean_return": (seeds,), "episodes": (seeds,),
               "diverged": (seeds,)}
