@@ -68,6 +68,7 @@ def test_inspect_run_shows_parseable_sources_and_hit_rate(run, lab, tmp_path):  
     assert "finalists" in doc["after_search"]
 
 
+@pytest.mark.slow  # replays with lr tuning and an export (~13 s); the search above stays fast
 def test_replay_rank_and_export_program_artifact(run, lab, tmp_path):  # noqa: F811
     doc = strict_json(lab("replay", f"{run['id']}:1", "--suite", "tiny", "--seeds", "2",
                           "--tune-lr", "--json")[1])

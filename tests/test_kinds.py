@@ -144,9 +144,10 @@ def cheap_views(monkeypatch):
 
 
 # the drift kind's case runs whole PPO runs (~45 s on 2 cores), the learned kind's meta-trains
-# (~30 s): slow tests (CI runs them); their searches are also under test_drift, test_resume and
-# test_learned_search
-SLOW_LAUNCHES = {"drift", "learned"}
+# (~30 s), the program kind's searches, funnels and exports (~20 s): slow tests (CI runs them);
+# their searches are also under test_drift, test_resume, test_learned_search and
+# test_cli_programs
+SLOW_LAUNCHES = {"drift", "learned", "program"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_LAUNCHES
