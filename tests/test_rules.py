@@ -68,7 +68,8 @@ class RuleCase:
 
 # Learning rates that take each optax optimizer down the test parabola in CONVERGE_STEPS.
 CONVERGE_LR = {"sgd": 0.5, "momentum": 0.1, "nesterov": 0.1, "adam": 0.05, "adamw": 0.05,
-               "lion": 0.02, "rmsprop": 0.01, "adafactor": 0.05, "adan": 0.05, "sign_sgd": 0.01}
+               "lion": 0.02, "rmsprop": 0.01, "adafactor": 0.05, "adan": 0.05, "sign_sgd": 0.01,
+               "lamb": 0.05}
 
 
 def optax_reference(name: str) -> Callable[[Genome, float], optax.GradientTransformation]:

@@ -195,19 +195,9 @@ class Flattener(NamedTuple):
 # ---- the ``search`` section of ES kinds, and their driver --------------------------------------
 
 def _optimizers() -> Collection[str]:
-    """optax optimizer aliases: public callables whose first parameter is ``learning_rate``."""
-    import inspect
-
-    import optax
-    out = set()
-    for n in dir(optax):
-        f = getattr(optax, n)
-        if n.startswith("_") or not inspect.isfunction(f):
-            continue
-        params = list(inspect.signature(f).parameters)
-        if params and params[0] == "learning_rate":
-            out.add(n)
-    return out
+    """optax optimizer aliases (``lab.core.optimizers.optax_optimizer_names``, not contrib)."""
+    from lab.core.optimizers import optax_optimizer_names
+    return optax_optimizer_names(contrib=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,7 +70,30 @@ BASELINES: dict[str, BaselineSpec] = {
                                       "b2": (0.92, LOG1M), "b3": (0.99, LOG1M),
                                       "eps": (1e-8, LOG), "eps_root": (1e-8, LOG)}),
     "sign_sgd": BaselineSpec(optax.sign_sgd, {"learning_rate": (1e-3, LOG)}),
+    "lamb": BaselineSpec(optax.lamb, {"learning_rate": (1e-3, LOG), "b1": (0.9, LOG1M),
+                                      "b2": (0.999, LOG1M), "eps": (1e-6, LOG),
+                                      "weight_decay": (1e-4, LOG)}),
 }
+
+
+def optax_factory(name: str) -> Callable[..., optax.GradientTransformation] | None:
+    """The optax or ``optax.contrib`` optimizer alias called ``name`` (a public function whose
+    first parameter is ``learning_rate``), or None."""
+    for module in (optax, optax.contrib):
+        f = vars(module).get(name)  # not getattr: deprecated aliases are left out, unwarned
+        if name.startswith("_") or not inspect.isfunction(f):
+            continue
+        params = list(inspect.signature(f).parameters)
+        if params and params[0] == "learning_rate":
+            return f
+    return None
+
+
+def optax_optimizer_names(contrib: bool = True) -> list[str]:
+    """Every optax (and ``optax.contrib``) optimizer alias ``optax_factory`` accepts."""
+    modules = (optax, optax.contrib) if contrib else (optax,)
+    return sorted({n for m in modules for n in vars(m)
+                   if optax_factory(n) is not None and vars(m)[n] is optax_factory(n)})
 
 
 def _encode(value: float, how: str, key: str) -> float:
@@ -89,15 +112,31 @@ def _decode(x, how: str):
 
 def decode(name: str, genome: Mapping[str, Any]) -> dict[str, Any]:
     """Genome of baseline ``name`` -> optax keyword values (traceable)."""
-    spec = BASELINES[name]
+    spec = spec_for(name)
     return {k: _decode(genome[k], how) for k, (_, how) in spec.searchable.items()}
 
 
+@functools.cache
 def spec_for(name: str) -> BaselineSpec:
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}{hint(name, BASELINES)} "
-                         f"(known: {', '.join(BASELINES)})")
-    return BASELINES[name]
+    """The spec of ``name``: a ``BASELINES`` entry, else any optax or ``optax.contrib``
+    optimizer alias (``optax_factory``) with its learning rate as the genome (its default, or
+    1e-3) and every other keyword at optax's default (settable as ``NAME(key=value)``)."""
+    if name in BASELINES:
+        return BASELINES[name]
+    factory = optax_factory(name)
+    if factory is None:
+        known = [*BASELINES, *optax_optimizer_names()]
+        raise ValueError(f"unknown baseline {name!r}{hint(name, known)} (known: "
+                         f"{', '.join(BASELINES)}, or any optax or optax.contrib optimizer "
+                         f"taking learning_rate)")
+    default = inspect.signature(factory).parameters["learning_rate"].default
+    lr = float(default) if isinstance(default, int | float) and default > 0 else 1e-3
+    return BaselineSpec(factory, {"learning_rate": (lr, LOG)})
+
+
+def is_baseline(name: str) -> bool:
+    """Whether ``name`` is a baseline ``spec_for`` knows."""
+    return name in BASELINES or optax_factory(name) is not None
 
 
 def optax_keywords(name: str) -> list[str]:
@@ -144,7 +183,7 @@ def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None,
 def _functions(name: str, fixed_items: tuple) -> tuple:
     """(init, update) of one baseline family, built once so that every rule of the family
     shares them (and with them the compiled evaluators and fingerprint probes)."""
-    spec, fixed = BASELINES[name], dict(fixed_items)
+    spec, fixed = spec_for(name), dict(fixed_items)
 
     def build(g, lr_scale):
         h = decode(name, g)

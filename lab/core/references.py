@@ -31,7 +31,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lab.core.evaluate import EVALUATOR_VERSION, SEED_BASE, evaluate, make_train, task_keys
-from lab.core.optimizers import make_baseline
+from lab.core.optimizers import is_baseline, make_baseline
 from lab.core.rule import stack_genomes
 from tasks import task_version
 
@@ -52,6 +52,7 @@ class Family:
       context: ``context(task) -> str``, what a value depends on besides (task, budget, seeds).
       compute: ``compute(task, which, budget, seeds, mesh) -> {"value", "values"}`` (and
         ``lr``, ``grid_values`` for tuned optimizers).
+      accepts: more references than ``which`` (a predicate on the name), computed on demand.
     """
 
     name: str
@@ -60,6 +61,7 @@ class Family:
     which: tuple[str, ...]
     context: Callable[[Any], str]
     compute: Callable[..., dict]
+    accepts: Callable[[str], bool] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -78,8 +80,12 @@ def family_of(which: str) -> Family:
     for f in _FAMILIES.values():
         if which in f.which:
             return f
+    for f in _FAMILIES.values():
+        if f.accepts is not None and f.accepts(which):
+            return f
     known = sorted(w for f in _FAMILIES.values() for w in f.which)
-    raise ValueError(f"no reference {which!r} (known: {', '.join(known)})")
+    raise ValueError(f"no reference {which!r} (known: {', '.join(known)}, or any optax or "
+                     f"optax.contrib optimizer taking learning_rate)")
 
 
 def grid_id() -> str:
@@ -109,7 +115,8 @@ def tune(task, optimizer: str, budget: int, seeds: int, mesh: Mesh | None = None
 TUNED = register_family(Family(
     "tuned", "supervised", "final_loss", OPTIMIZERS,
     lambda task: f"{task_version(task)}-{grid_id()}",
-    lambda task, which, budget, seeds, mesh: tune(task, which, budget, seeds, mesh)))
+    lambda task, which, budget, seeds, mesh: tune(task, which, budget, seeds, mesh),
+    accepts=is_baseline))  # any optimizer baseline, tuned on the same grid on first use
 
 
 def _key(task: str, context: str, budget: int, seeds: int, which: str) -> tuple:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 
-from lab.core.optimizers import BASELINES
+from lab.core.optimizers import BASELINES, is_baseline, optax_optimizer_names, spec_for
 from lab.core.schema import Scalar, field
 from lab.names import hint
 
@@ -15,14 +15,16 @@ from lab.names import hint
 class BaselineRuleConfig:
     """The ``rule`` section for ``kind: baseline``: an optax optimizer whose genome is searched."""
 
-    name: str = field("adam", choices=lambda: BASELINES, what="baseline")  # BASELINES key
+    # a BASELINES key, or any optax / optax.contrib optimizer (its learning rate searched)
+    name: str = field("adam", choices=lambda: [*BASELINES, *optax_optimizer_names()],
+                      what="baseline")
     lr: float = field(1.0, gt=0)  # outer learning-rate multiplier
     init: dict[str, float] = field({})  # initial hyperparameters by optax keyword: {b1: 0.9}
     fixed: dict[str, Scalar] = field({})  # static optax keyword arguments: {nesterov: true}
 
     def problems(self) -> list[tuple[str, str]]:
         """(relative key, message) for entries that the chosen baseline does not accept."""
-        spec, out = BASELINES.get(self.name), []
+        spec, out = spec_for(self.name) if is_baseline(self.name) else None, []
         searchable = getattr(spec, "searchable", None)
         for key, value in self.init.items() if searchable is not None else ():
             how = searchable.get(key, (None, None))[1]

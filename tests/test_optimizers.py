@@ -1,0 +1,101 @@
+"""Any optax or optax.contrib optimizer as a baseline: specs, numbers against optax, references
+tuned on the grid, replay rows."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lab.kinds  # noqa: F401 - registers the kinds and reference families
+from lab.core.optimizers import (
+    BASELINES,
+    is_baseline,
+    make_baseline,
+    optax_factory,
+    optax_optimizer_names,
+    spec_for,
+)
+from lab.core.references import LR_GRID, family_of
+from lab.core.rule import make_ctx
+
+PARAMS = {"w": jnp.array([[0.5, -1.0], [2.0, 0.1]]), "b": jnp.array([0.3, -0.2])}
+
+
+def _grads(t):
+    return jax.tree.map(lambda p: jnp.sin(p * (t + 1.0)) + 0.1 * t, PARAMS)
+
+
+def _run_rule(rule, steps=5):
+    params, state = PARAMS, rule.init(rule.genome, PARAMS)
+    for t in range(steps):
+        delta, state = rule.update(rule.genome, _grads(t), state, params,
+                                   make_ctx(t, steps, 1.0, jnp.float32))
+        params = optax.apply_updates(params, delta)
+    return params
+
+
+def _run_optax(tx, steps=5):
+    params, state = PARAMS, tx.init(PARAMS)
+    for t in range(steps):
+        delta, state = tx.update(_grads(t), state, params)
+        params = optax.apply_updates(params, delta)
+    return params
+
+
+@pytest.mark.parametrize("name,make", [
+    ("lamb", lambda: optax.lamb(0.01, weight_decay=1e-4)),
+    ("schedule_free_adamw", lambda: optax.contrib.schedule_free_adamw(0.01)),
+    ("adopt", lambda: optax.contrib.adopt(0.01)),
+    ("radam", lambda: optax.radam(0.01)),
+])
+def test_any_optax_optimizer_is_a_baseline_with_optax_numbers(name, make):
+    rule = make_baseline(name, {"learning_rate": 0.01})
+    assert is_baseline(name) and rule.name == name
+    mine, ref = _run_rule(rule), _run_optax(make())
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_a_generic_baseline_searches_its_learning_rate_and_fixes_the_rest():
+    spec = spec_for("schedule_free_adamw")
+    assert list(spec.searchable) == ["learning_rate"]
+    assert spec.searchable["learning_rate"][0] == pytest.approx(0.0025)  # optax's default
+    rule = make_baseline("schedule_free_adamw", {"learning_rate": 0.01, "b1": 0.95})
+    assert rule.name == "schedule_free_adamw(b1=0.95)"
+    assert "b1=0.95" in rule.describe(rule.genome)
+    with pytest.raises(ValueError, match="has no keyword 'bb1'"):
+        make_baseline("schedule_free_adamw", {"bb1": 0.9})
+
+
+def test_unknown_optimizers_are_named_with_the_closest():
+    assert optax_factory("adamm") is None and not is_baseline("adamm")
+    with pytest.raises(ValueError, match="unknown baseline 'lambb'.*lamb"):
+        spec_for("lambb")
+    # a function of optax that is not an optimizer alias is not one
+    assert optax_factory("chain") is None and optax_factory("_src") is None
+    names = optax_optimizer_names()
+    assert {"adam", "lamb", "schedule_free_adamw", "muon"} <= set(names)
+    assert set(optax_optimizer_names(contrib=False)) < set(names)
+    assert "lamb" in BASELINES
+
+
+def test_references_tune_any_optimizer_on_the_grid():
+    assert family_of("lamb").name == "tuned" == family_of("schedule_free_adamw").name
+    with pytest.raises(ValueError, match="no reference 'nope'"):
+        family_of("nope")
+
+
+@pytest.mark.slow  # tunes two optimizers on the grid for three tasks (~20 s)
+def test_replay_rows_for_named_optax_and_contrib_baselines(cli):
+    rc, out, err = cli("replay", "baseline:adam", "--suite", "smoke", "--seeds", "2",
+                       "--baselines", "lamb,schedule_free_adamw", "--json")
+    assert rc == 0, err
+    doc = json.loads(out)
+    rules = {r["rule"] for r in doc["rows"]}
+    assert {"tuned lamb", "tuned schedule_free_adamw"} <= rules
+    assert all(r["lr"] in LR_GRID for r in doc["rows"] if r["rule"].startswith("tuned "))
