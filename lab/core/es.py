@@ -76,6 +76,7 @@ class ESSpec:
     lr: float
     optimizer: str = "adam"
     elite_ratio: float = 0.5
+    shaping: str = "default"  # "pairwise": GROOVE's pairwise ranks replace evosax's shaping
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -104,6 +105,9 @@ def _build(spec: ESSpec, info: StrategyInfo, cls, optax):
         kwargs["optimizer"] = getattr(optax, spec.optimizer)(spec.lr)
     if info.sigma == "schedule":
         kwargs["std_schedule"] = optax.constant_schedule(spec.sigma)
+    if spec.shaping == "pairwise":  # the ranks are the fitness: no second shaping on top
+        from evosax.core.fitness_shaping import identity_fitness_shaping_fn
+        kwargs["fitness_shaping_fn"] = identity_fitness_shaping_fn
     es = cls(spec.population, jnp.zeros(spec.num_dims), **kwargs)
     if hasattr(es, "elite_ratio") and not info.antithetic:
         es.elite_ratio = spec.elite_ratio
@@ -124,7 +128,10 @@ def ask(spec: ESSpec, key: jax.Array, state):
 
 
 def tell(spec: ESSpec, key: jax.Array, population: jax.Array, fitness: jax.Array, state):
-    """Updates the state with fitness [population] (lower is better); returns (state, metrics)."""
+    """Updates the state with fitness [population] (lower is better; with ``shaping:
+    pairwise``, its ``pairwise_ranks``); returns (state, metrics)."""
+    if spec.shaping == "pairwise":
+        fitness = jnp.asarray(pairwise_ranks(np.asarray(fitness)), jnp.float32)
     return _tell(spec, key, population, fitness, state, strategy_for(spec)[1])
 
 
@@ -163,6 +170,20 @@ def mean_of(spec: ESSpec, state) -> jax.Array:
     if STRATEGIES[spec.strategy].population_based:
         return state.best_solution
     return state.mean
+
+
+def pairwise_ranks(fitness: np.ndarray) -> np.ndarray:
+    """GROOVE's antithetic pairwise ranks (Jackson et al. 2024), in the lab's minimizing
+    convention: of each mirrored pair (i, i + N/2), the member with the lower fitness gets 0 and
+    the other 1 (0.5 each on a tie). Shared task keys make each pair a like-for-like contest, so
+    only who won reaches the ES, not by how much (a lucky level or seed cannot dominate the
+    step)."""
+    f = np.asarray(fitness, np.float64)
+    f = np.where(np.isfinite(f), f, np.inf)  # a diverged member loses (two: a tie)
+    half = f.shape[0] // 2
+    a, b = f[:half], f[half:]
+    first = np.where(a < b, 0.0, np.where(a > b, 1.0, 0.5))
+    return np.concatenate([first, 1.0 - first])
 
 
 def task_key_index(spec: ESSpec) -> jax.Array:
@@ -212,6 +233,10 @@ class SearchConfig:
     lr: float = field(0.05, gt=0)  # learning rate of the optimizer that moves the ES mean
     optimizer: str = field("adam", choices=_optimizers, what="optax optimizer")
     elite_ratio: float = field(0.5, gt=0, le=1)
+    # default: the strategy's own fitness shaping (centered ranks for Open_ES and PGPE);
+    # pairwise: GROOVE's pairwise ranks within antithetic pairs (pairwise_ranks)
+    shaping: str = field("default", choices=lambda: ("default", "pairwise"),
+                         what="fitness shaping")
     seed: int = 0  # the search's own randomness (ES samples and per-generation task keys)
 
     def problems(self) -> list[tuple[str, str]]:
@@ -219,6 +244,10 @@ class SearchConfig:
         if info is not None and info.antithetic and self.population % 2 and self.population > 1:
             return [("population", f"{self.strategy} samples mirrored pairs: the population "
                                    f"must be even, got {self.population}")]
+        if info is not None and self.shaping == "pairwise" and not info.antithetic:
+            antithetic = ", ".join(n for n, i in STRATEGIES.items() if i.antithetic)
+            return [("shaping", f"pairwise ranks compare mirrored pairs: {self.strategy} does "
+                                f"not sample them (use {antithetic})")]
         return []
 
 
@@ -226,7 +255,8 @@ def spec_of(search: SearchConfig, genome) -> tuple[ESSpec, Flattener]:
     """The ``ESSpec`` of a search section over ``genome``'s flat vector, and its flattener."""
     flat = Flattener.of(genome)
     return ESSpec(search.strategy, search.population, int(flat.flat.size), search.sigma,
-                  search.lr, search.optimizer, search.elite_ratio), flat
+                  search.lr, search.optimizer, search.elite_ratio,
+                  getattr(search, "shaping", "default")), flat
 
 
 class ESDriver:
