@@ -91,6 +91,7 @@ def test_level_train_at_no_overrides_is_the_task_bit_for_bit():
         np.testing.assert_array_equal(plain[k], level[k])
 
 
+@pytest.mark.slow  # two PPO compiles (~9 s)
 def test_level_train_runs_the_level_its_seed_names():
     task, o = _tiny_task(), ppo_clip()
     keys = task_keys(2, 1)
@@ -166,6 +167,7 @@ def test_regret_of_ppo_clip_against_itself_is_zero(tmp_path):
     np.testing.assert_allclose(level_fitness(random_like, lv.ppo, lv.random)[clear], 1.0)
 
 
+@pytest.mark.slow  # two drivers' reference runs (~14 s); the run test below replays too
 def test_uniform_never_replays_and_regret_replays_from_the_buffer(tmp_path):
     uni = _driver(tmp_path / "u", "search.curriculum=uniform")
     reg = _driver(tmp_path / "r", "search.curriculum=regret", "search.replay_prob=1.0")
