@@ -233,11 +233,11 @@ class SearchConfig:
     lr: float = field(0.05, gt=0)  # learning rate of the optimizer that moves the ES mean
     optimizer: str = field("adam", choices=_optimizers, what="optax optimizer")
     elite_ratio: float = field(0.5, gt=0, le=1)
+    seed: int = 0  # the search's own randomness (ES samples and per-generation task keys)
     # default: the strategy's own fitness shaping (centered ranks for Open_ES and PGPE);
     # pairwise: GROOVE's pairwise ranks within antithetic pairs (pairwise_ranks)
     shaping: str = field("default", choices=lambda: ("default", "pairwise"),
                          what="fitness shaping")
-    seed: int = 0  # the search's own randomness (ES samples and per-generation task keys)
 
     def problems(self) -> list[tuple[str, str]]:
         info = STRATEGIES.get(self.strategy)  # an unknown name is reported by its field
