@@ -20,11 +20,11 @@ from lab.kinds.drift.curriculum import (
     CurriculumDriver,
     empty_buffer,
     insert,
-    level_fitness,
     replay_probabilities,
 )
 from lab.kinds.drift.objectives import ppo_clip
 from lab.kinds.drift.ppo import make_level_train, make_train
+from lab.kinds.drift.scoring import level_fitness
 from tasks.levels import (
     HELDOUT_SEED,
     SPACES,

@@ -34,7 +34,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import time
 
 import jax
 import numpy as np
@@ -42,14 +41,10 @@ import numpy as np
 from lab.console import log
 from lab.core.es import ESDriver
 from lab.core.evaluate import evaluate, task_keys
-from lab.core.fitness import CLIP
-from lab.core.rule import population_size, stack_genomes
-from lab.kinds.drift.objectives import check, ppo_clip
+from lab.core.rule import stack_genomes
+from lab.kinds.drift.objectives import ppo_clip
 from lab.kinds.drift.ppo import make_level_train, random_returns
-from lab.kinds.drift.scoring import normalized_return, scatter, task_fitness, worst
 from tasks.levels import HELDOUT_SEED, level_overrides, space_of, stacked_overrides
-
-CURRICULA = ("fixed", "uniform", "regret")
 
 
 def replay_probabilities(scores: np.ndarray, last: np.ndarray, generation: int,
@@ -209,33 +204,12 @@ class CurriculumDriver(ESDriver):
     def score(self, genomes, g: int) -> dict:
         """``DriftScorer.score`` with each member on its slot's level of every environment."""
         self.prepare(g)
-        sc = self.scorer
-        start = time.perf_counter()
-        pop = population_size(genomes)
-        genomes = jax.tree.map(np.asarray, genomes)
-        valid, reasons = check(sc.rule, genomes)
-        keys = task_keys(sc.seeds, pop, g, self.slots, self.cfg.search.seed)
-        order = np.flatnonzero(valid)
-        per_task = {}
-        for task in sc.tasks:
-            lv = self.levels.get(task.name)
-            if lv is None:  # no levels: the default environment, as without a curriculum
-                m = sc.evaluate_valid(sc.trains[task.name], genomes, keys, order, pop) \
-                    if order.size else None
-                full = scatter(m, order, pop, sc.seeds)
-                full["fitness"] = task_fitness(full, sc.fitness, sc.refs[task.name])
-            else:
-                inputs = (genomes, {k: v[self.slots] for k, v in lv.overrides.items()})
-                m = sc.evaluate_valid(self.level_trains[task.name], inputs, keys, order, pop) \
-                    if order.size else None
-                full = scatter(m, order, pop, sc.seeds)
-                full["fitness"] = level_fitness(full, lv.ppo[self.slots],
-                                                lv.random[self.slots])
-            full["fitness"] = np.where(valid, full["fitness"], CLIP)
-            per_task[task.name] = full
-        fitness = np.mean([m["fitness"] for m in per_task.values()], axis=0)
-        return {"fitness": fitness, "tasks": per_task, "rejected": ~valid, "reasons": reasons,
-                "seconds": time.perf_counter() - start}
+        levels = {name: (self.level_trains[name],
+                         {k: v[self.slots] for k, v in lv.overrides.items()},
+                         lv.ppo[self.slots], lv.random[self.slots])
+                  for name, lv in self.levels.items()}
+        return self.scorer.score(genomes, generation=g, slots=self.slots,
+                                 stream=self.cfg.search.seed, levels=levels)
 
     def observe(self, g: int, fitness: np.ndarray, metrics: list[dict]) -> dict:
         """Scores this generation's levels by their regret (the mean fitness of the members
@@ -273,17 +247,6 @@ class CurriculumDriver(ESDriver):
                                    {t.name: t.env_id for t in self.level_tasks}, self.mode,
                                    f"{self.cfg.name} ({self.setup.run_id})")
         return after._replace(report={**after.report, "curriculum": report})
-
-
-def level_fitness(full: dict, ppo: np.ndarray, random: np.ndarray) -> np.ndarray:
-    """[pop] normalized regret of each member on its own level (``ppo``, ``random``: [pop]
-    references); a member with a diverged seed scores +C."""
-    with np.errstate(all="ignore"):
-        r = np.mean(np.asarray(full["final_return"], np.float64), axis=-1)
-    f = np.array([normalized_return(r[i], ppo[i], random[i]) for i in range(r.shape[0])],
-                 np.float64)
-    bad = np.any(np.asarray(full["diverged"]), axis=-1)
-    return np.where(bad | ~np.isfinite(f), worst("ppo_normalized", {}), f)
 
 
 def curriculum_report(folder, buffers: dict, env_ids: dict, mode: str, title: str) -> dict:

@@ -91,6 +91,17 @@ def task_fitness(m: dict, fitness: str, ref: dict) -> np.ndarray:
     return np.where(bad | ~np.isfinite(f), w, f)
 
 
+def level_fitness(full: dict, ppo: np.ndarray, random: np.ndarray) -> np.ndarray:
+    """[pop] normalized regret of each member on its own level (``ppo``, ``random``: [pop]
+    references); a member with a diverged seed scores +C."""
+    with np.errstate(all="ignore"):
+        r = np.mean(np.asarray(full["final_return"], np.float64), axis=-1)
+    f = np.array([normalized_return(r[i], ppo[i], random[i]) for i in range(r.shape[0])],
+                 np.float64)
+    bad = np.any(np.asarray(full["diverged"]), axis=-1)
+    return np.where(bad | ~np.isfinite(f), CLIP, f)
+
+
 def reference_context(task: EnvTask) -> str:
     return f"rl-{task_version(task)}-{RL_VERSION}"
 
@@ -147,8 +158,14 @@ class DriftScorer:
         return int((self.budget or task.steps) * self.scale)
 
     def score(self, genomes: Any, generation: int | None = None,
-              slots: np.ndarray | None = None, stream: int = 0) -> dict[str, Any]:
+              slots: np.ndarray | None = None, stream: int = 0,
+              levels: dict[str, tuple] | None = None) -> dict[str, Any]:
         """Checks, then trains every valid member on every environment.
+
+        ``levels`` (a curriculum's, ``lab.kinds.drift.curriculum``): by environment name,
+        ``(level train, overrides [pop], ppo [pop], random [pop])``: each member trains on its
+        own level and scores its regret there (``level_fitness``); other environments as they
+        are.
 
         Returns:
           ``{"fitness": [pop], "tasks": {name: {"fitness": [pop], "final_return": [pop, seeds],
@@ -163,9 +180,14 @@ class DriftScorer:
         order = np.flatnonzero(valid)
         per_task = {}
         for task in self.tasks:
-            m = self._evaluate(task, genomes, keys, order, pop) if order.size else None
+            level = (levels or {}).get(task.name)
+            train, inputs = self.trains[task.name], genomes
+            if level is not None:
+                train, inputs = level[0], (genomes, level[1])
+            m = self.evaluate_valid(train, inputs, keys, order, pop) if order.size else None
             full = scatter(m, order, pop, self.seeds)
-            full["fitness"] = task_fitness(full, self.fitness, self.refs[task.name])
+            full["fitness"] = (task_fitness(full, self.fitness, self.refs[task.name])
+                               if level is None else level_fitness(full, level[2], level[3]))
             full["fitness"] = np.where(valid, full["fitness"],
                                        worst(self.fitness, self.refs[task.name]))
             per_task[task.name] = full
@@ -175,9 +197,6 @@ class DriftScorer:
 
     def row_metrics(self, result: dict, i: int) -> dict:
         return row_metrics(result, i)
-
-    def _evaluate(self, task, genomes, keys, order, pop):
-        return self.evaluate_valid(self.trains[task.name], genomes, keys, order, pop)
 
     def evaluate_valid(self, train, genomes, keys, order, pop):
         """``train`` on the valid members (``order``), packed to the front and padded back to
