@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: heldout (update rules), rl-heldout (drift objectives)")
     s.add_argument("--seeds", type=int, default=None, help="default: 5 (8 for drift)")
     s.add_argument("--baselines", default=None,
-                   help="default: adam,adamw,lion (update rules), ppo_clip,dpo (drift)")
+                   help="default: adam,adamw,lion,lamb,schedule_free_adamw (update rules), "
+                        "ppo_clip,dpo (drift)")
     s.add_argument("--tune-lr", action="store_true",
                    help="also tune the target's learning rate per task (programs)")
     s.add_argument("--horizon-scale", type=int, default=1, metavar="K",

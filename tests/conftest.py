@@ -10,6 +10,7 @@ The example plugin (``examples/kind_plugin``) is registered the way an installed
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -108,6 +109,33 @@ def strict_json(text: str):
     def refuse(c):
         raise ValueError(f"non-strict JSON constant {c}")
     return json.loads(text, parse_constant=refuse)
+
+
+# ---- executables released before the process runs out of memory maps ---------------------------
+# Every live XLA:CPU executable keeps its kernels' code mapped (about three maps per kernel). A
+# worker that runs hundreds of tests keeps thousands of executables in JAX's caches, and past the
+# kernel's vm.max_map_count (65530 by default) the next compile's mmap fails and XLA segfaults
+# (seen in the slow tests at 64k maps). After a test that leaves the process above MAP_LIMIT maps,
+# JAX's caches are cleared: what a later test needs again is recompiled, or loaded from the
+# persistent compile cache.
+MAP_LIMIT = 20000
+_MAPS = Path("/proc/self/maps")
+
+
+def memory_maps() -> int:
+    """The number of memory maps of this process (0 where /proc does not say)."""
+    try:
+        return _MAPS.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+@pytest.fixture(autouse=True)
+def _release_executables():
+    yield
+    if memory_maps() > MAP_LIMIT:
+        jax.clear_caches()
+        gc.collect()
 
 
 # ---- fixtures ----------------------------------------------------------------------------------

@@ -88,8 +88,10 @@ def test_relaunch_hits_cache(run, lab):
 def test_replay_rows_and_intervals(run, lab):
     doc = strict_json(lab("replay", run["id"], "--suite", "tiny", "--seeds", "3", "--json")[1])
     assert {r["task"] for r in doc["rows"]} == {"tiny_quadratic"}
+    # the default baselines: LAMB and schedule-free AdamW beside the common three
     assert {r["rule"] for r in doc["rows"]} == {"e2e:0", "tuned adam", "tuned adamw",
-                                                 "tuned lion"}
+                                                 "tuned lion", "tuned lamb",
+                                                 "tuned schedule_free_adamw"}
     assert all(len(r["scores"]) == 3 and r["ci95"][0] <= r["score"] <= r["ci95"][1]
                for r in doc["rows"])
     assert Path(doc["plot"]).exists()

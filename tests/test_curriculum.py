@@ -149,6 +149,7 @@ def _driver(tmp_path, *overrides):
     return CurriculumDriver(cfg, setup)
 
 
+@pytest.mark.slow  # a driver's reference runs and PPO on every level (~25 s)
 def test_regret_of_ppo_clip_against_itself_is_zero(tmp_path):
     d = _driver(tmp_path, "seeds=2")
     d.prepare(0)
@@ -201,6 +202,7 @@ def test_curriculum_on_a_suite_without_levels_is_an_error(tmp_path):
 
 # ---- a whole run ------------------------------------------------------------------------------
 
+@pytest.mark.slow  # a whole search with reference runs per level (~30 s)
 def test_curriculum_run_compiles_once_and_reports_regret(tmp_path):
     cfg = load_config(SMOKE, [*TINY, "search.generations=5", "search.buffer=3",
                               "output.plots=true"])

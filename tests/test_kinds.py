@@ -144,10 +144,11 @@ def cheap_views(monkeypatch):
 
 
 # the drift kind's case runs whole PPO runs (~45 s on 2 cores), the learned kind's meta-trains
-# (~30 s), the program kind's searches, funnels and exports (~20 s): slow tests (CI runs them);
-# their searches are also under test_drift, test_resume, test_learned_search and
-# test_cli_programs
-SLOW_LAUNCHES = {"drift", "learned", "program"}
+# (~30 s), the program kind's searches, funnels and exports (~20 s), the pbt and baseline kinds'
+# tune references and replay (~20 s): slow tests (CI runs them); their searches are also under
+# test_drift, test_resume, test_learned_search, test_pbt and test_cli_programs, and the example
+# plugin's case keeps the whole cycle in the default run
+SLOW_LAUNCHES = {"baseline", "drift", "learned", "pbt", "program"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_LAUNCHES

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 import lab.kinds  # noqa: F401 - registers the kinds and reference families
+from lab.core.evaluate import make_train
 from lab.core.optimizers import (
     BASELINES,
     is_baseline,
@@ -70,6 +71,35 @@ def test_a_generic_baseline_searches_its_learning_rate_and_fixes_the_rest():
     assert "b1=0.95" in rule.describe(rule.genome)
     with pytest.raises(ValueError, match="has no keyword 'bb1'"):
         make_baseline("schedule_free_adamw", {"bb1": 0.9})
+
+
+def test_schedule_free_is_scored_at_its_averaged_iterate(tiny_task):
+    """A run of schedule-free AdamW takes its gradients at the interpolated iterate y but reports
+    losses at the average x (optax.contrib.schedule_free_eval_params), as AlgoPerf scores it: the
+    numbers of a hand-written optax loop. Other optimizers have no such point."""
+    lr, steps, key = 0.05, 40, jax.random.key(3)
+    rule = make_baseline("schedule_free_adamw", {"learning_rate": lr})
+    assert rule.scored_at is not None and make_baseline("adamw").scored_at is None
+    m = jax.jit(make_train(tiny_task, rule, steps))(rule.genome, key)
+    k_init, k_data = jax.random.split(key)
+    tx = optax.contrib.schedule_free_adamw(lr)
+    params = tiny_task.init(k_init)
+    state, losses, at_y = tx.init(params), [], []
+    for t in range(steps):
+        batch = tiny_task.batch(jax.random.fold_in(k_data, t), t)
+        at_y.append(tiny_task.loss(params, batch))
+        losses.append(tiny_task.loss(optax.contrib.schedule_free_eval_params(state, params),
+                                     batch))
+        grads = jax.grad(tiny_task.loss)(params, batch)
+        delta, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, delta)
+    x = optax.contrib.schedule_free_eval_params(state, params)
+    tail = steps // 10
+    np.testing.assert_allclose(m["final_loss"], np.mean(losses[-tail:]), rtol=1e-4)
+    np.testing.assert_allclose(m["eval_loss"], tiny_task.eval_loss(x), rtol=1e-4)
+    np.testing.assert_allclose(m["mean_loss"], np.mean(losses), rtol=1e-4)
+    # the average is not the iterate: scoring at y would report other numbers
+    assert abs(float(np.mean(at_y[-tail:])) - float(m["final_loss"])) > 1e-3
 
 
 def test_unknown_optimizers_are_named_with_the_closest():

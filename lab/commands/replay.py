@@ -18,7 +18,8 @@ def replay_target(text: str, store: Store, suite: str | None = None, seeds: int 
     Args:
       suite: default: the kind's held-out suite; it must be of the kind's domain.
       seeds: default: the kind's.
-      baselines: comma-separated names (default: the kind's, e.g. adam,adamw,lion).
+      baselines: comma-separated names (default: the kind's, e.g. adam,adamw,lion,lamb,
+        schedule_free_adamw).
       devices: devices in the mesh (0 = all).
       tune_lr, horizon_scale: passed to the kind, which refuses what it does not support.
 

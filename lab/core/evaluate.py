@@ -70,20 +70,22 @@ def make_train(task: Task, rule: UpdateRule, steps: int | None = None, lr: float
 
     Returns:
       ``train(genome, key) -> metrics`` with scalar ``final_loss`` (mean training loss over the
-      last tenth of the run), ``mean_loss``, ``eval_loss`` (held-out split, else ``final_loss``),
-      ``curve`` ([curve_points] mean loss per equal segment) and ``diverged`` (bool). The same
-      object for the same (task, rule functions, settings), so every scorer and replay of a
-      process shares its compilations.
+      last tenth of the run, at the parameters the rule is scored at: ``UpdateRule.scored_at``,
+      e.g. schedule-free's averaged iterate), ``mean_loss``, ``eval_loss`` (held-out split,
+      else ``final_loss``), ``curve`` ([curve_points] mean loss per equal segment) and
+      ``diverged`` (bool). The same object for the same (task, rule functions, settings), so
+      every scorer and replay of a process shares its compilations.
     """
     if int(curve_points) < 1:
         raise ValueError(f"curve_points={curve_points}: must be at least 1")
-    return _make_train(task, rule.init, rule.update, int(steps or task.steps), float(lr),
-                       int(unroll), int(curve_points))
+    return _make_train(task, rule.init, rule.update, rule.scored_at, int(steps or task.steps),
+                       float(lr), int(unroll), int(curve_points))
 
 
 @functools.lru_cache(maxsize=512)
-def _make_train(task: Task, rule_init: Callable, rule_update: Callable, steps: int, lr: float,
-                unroll: int, points: int) -> TrainFn:
+def _make_train(task: Task, rule_init: Callable, rule_update: Callable,
+                scored_at: Callable | None, steps: int, lr: float, unroll: int,
+                points: int) -> TrainFn:
     rule = UpdateRule("", "", rule_init, rule_update, None, str)
     tail = max(1, steps // 10)
     seg = max(1, steps // points)
@@ -97,12 +99,16 @@ def _make_train(task: Task, rule_init: Callable, rule_update: Callable, steps: i
             params, state = carry
             batch = task.batch(jax.random.fold_in(k_data, t), t)
             loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            if scored_at is not None:  # the run's loss is the scored parameters' (one more pass)
+                loss = task.loss(scored_at(genome, state, params), batch)
             ctx = make_ctx(t, steps, lr, loss.dtype)
             delta, state = rule.update(genome, grads, state, params, ctx)
             return (optax.apply_updates(params, delta), state), loss
 
-        (params, _), losses = jax.lax.scan(step, (params, state),
-                                           jnp.arange(steps, dtype=jnp.int32), unroll=unroll)
+        (params, state), losses = jax.lax.scan(step, (params, state),
+                                               jnp.arange(steps, dtype=jnp.int32), unroll=unroll)
+        if scored_at is not None:
+            params = scored_at(genome, state, params)
         final = jnp.mean(losses[-tail:])
         ev = task.eval_loss(params) if task.eval_loss is not None else final
         curve = jnp.mean(losses[: seg * points].reshape(points, seg), axis=1) \

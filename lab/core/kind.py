@@ -35,6 +35,10 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 GROUP = "lab.kinds"  # the entry point group of kinds in other packages
+# the tuned optimizers of an update rule's held-out tables: the common three, LAMB, and
+# schedule-free AdamW (optax.contrib; the AlgoPerf entry that beat the tuned baseline), each
+# tuned on the same learning-rate grid
+HELDOUT_BASELINES = ("adam", "adamw", "lion", "lamb", "schedule_free_adamw")
 
 
 class TextForm(NamedTuple):
@@ -127,7 +131,7 @@ class Kind:
     fitness_zero: str = "tuned Adam"  # what fitness 0 means
     replay_suite: str = "heldout"
     replay_seeds: int = 5
-    replay_baselines: tuple[str, ...] = ("adam", "adamw", "lion")
+    replay_baselines: tuple[str, ...] = HELDOUT_BASELINES
     check_baseline: Callable[[str], None] = lambda name: None
     # the domain a config of this kind trains on, where it depends on the config (default:
     # ``domain``), and problems across a config's sections: ``[(dotted key, message)]``

@@ -76,6 +76,12 @@ BASELINES: dict[str, BaselineSpec] = {
 }
 
 
+# Optimizers whose runs are scored at an average of their iterates (the gradients are taken
+# elsewhere), and the optax function that gives those parameters from (state, params).
+SCORED_AT = {optax.contrib.schedule_free_adamw: optax.contrib.schedule_free_eval_params,
+             optax.contrib.schedule_free_sgd: optax.contrib.schedule_free_eval_params}
+
+
 def optax_factory(name: str) -> Callable[..., optax.GradientTransformation] | None:
     """The optax or ``optax.contrib`` optimizer alias called ``name`` (a public function whose
     first parameter is ``learning_rate``), or None."""
@@ -171,18 +177,19 @@ def make_baseline(name: str, hyperparameters: Mapping[str, Any] | None = None,
                              f"{hint(key, valid)}")
         fixed[key] = _check_static(spec, key, value)
 
-    init, update = _functions(name, tuple(sorted(fixed.items())))
+    init, update, scored_at = _functions(name, tuple(sorted(fixed.items())))
     describe = _describer(name, tuple(sorted(fixed.items())), kind)
     extra = {k: v for k, v in fixed.items() if spec.fixed.get(k, object()) != v}
     args = ", ".join(f"{k}={_fmt(v)}" for k, v in extra.items())
     label = f"{name}({args})" if extra else name
-    return UpdateRule(kind, label, init, update, genome, describe)
+    return UpdateRule(kind, label, init, update, genome, describe, scored_at)
 
 
 @functools.cache
 def _functions(name: str, fixed_items: tuple) -> tuple:
-    """(init, update) of one baseline family, built once so that every rule of the family
-    shares them (and with them the compiled evaluators and fingerprint probes)."""
+    """(init, update, scored_at) of one baseline family, built once so that every rule of the
+    family shares them (and with them the compiled evaluators and fingerprint probes);
+    ``scored_at`` is None but for the ``SCORED_AT`` optimizers (schedule-free's average)."""
     spec, fixed = spec_for(name), dict(fixed_items)
 
     def build(g, lr_scale):
@@ -200,7 +207,12 @@ def _functions(name: str, fixed_items: tuple) -> tuple:
         new = jax.tree.map(lambda n, o: n.astype(jnp.asarray(o).dtype), new, state)
         return delta, new
 
-    return init, update
+    average = SCORED_AT.get(spec.factory)
+
+    def scored_at(g, state, params):
+        return jax.tree.map(lambda x, p: x.astype(p.dtype), average(state, params), params)
+
+    return init, update, (scored_at if average is not None else None)
 
 
 @functools.cache

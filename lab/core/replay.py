@@ -30,7 +30,7 @@ import tasks as task_registry
 from lab.console import log
 from lab.core.evaluate import evaluate, make_train, task_keys
 from lab.core.fitness import normalized_score
-from lab.core.kind import ReplayRequest
+from lab.core.kind import HELDOUT_BASELINES, ReplayRequest
 from lab.core.optimizers import make_baseline
 from lab.core.references import References
 from lab.core.rule import stack_genomes
@@ -139,7 +139,7 @@ def replay_update_rule(target: Target, req: ReplayRequest, form: tuple | None = 
 
 
 def replay(target: Target, suite: str = "heldout", seeds: int = 5,
-           baselines: Sequence[str] = ("adam", "adamw", "lion"), store=None,
+           baselines: Sequence[str] = HELDOUT_BASELINES, store=None,
            mesh: Mesh | None = None, plot: Path | None = None, tuner: Tuner | None = None,
            horizon_scale: int = 1, form: tuple | None = None) -> dict:
     """Runs ``target`` and the tuned ``baselines`` on every task of ``suite``.

@@ -57,6 +57,9 @@ class UpdateRule(NamedTuple):
       update: ``update(genome, grads, state, params, ctx) -> (delta, state)``.
       genome: the default genome (a pytree of arrays); a population has a leading axis.
       describe: ``describe(genome) -> str``, the readable form of one genome.
+      scored_at: ``scored_at(genome, state, params) -> params``, the parameters a run is scored
+        at where they are not the iterate the gradients are taken at (schedule-free's averaged
+        iterate), or None: the iterate itself.
     """
 
     kind: str
@@ -65,6 +68,7 @@ class UpdateRule(NamedTuple):
     update: Callable[[Genome, Params, State, Params, Ctx], tuple[Params, State]]
     genome: Genome
     describe: Callable[[Genome], str]
+    scored_at: Callable[[Genome, State, Params], Params] | None = None
 
 
 class ExportState(NamedTuple):
