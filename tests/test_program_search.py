@@ -253,6 +253,42 @@ def test_noisy_fitness_is_averaged_over_repeats(store):
     assert out["stats"]["misses"] <= cfg.search.children
 
 
+def test_lr_per_task_counts_each_tasks_best_multiplier(store):
+    """``search.lr_per_task``: each task at its own best multiplier of the grid, the fitness
+    their mean (the references' learning rate is tuned per task); without it one multiplier,
+    the best on the mean, counts for every task. Both keep that one for the program to bake."""
+    # task a is best at multiplier 1, task b at 3; on the mean 3 is best (0.2 against 0.55)
+    table = {"a": {1.0: 0.2, 3.0: 0.3}, "b": {1.0: 0.9, 3.0: 0.1}}
+    class Fake:  # rows come program by program, each at every multiplier of the grid
+        def __init__(self, context, grid):
+            self.context, self.grid = context, grid
+
+        def score(self, genomes, generation=None, slots=None, stream=0):
+            rows = len(next(iter(genomes.values())))
+            mult = [self.grid[r % len(self.grid)] for r in range(rows)]
+            tasks = {t: {"fitness": np.array([table[t][m] for m in mult])} for t in table}
+            return {"fitness": np.mean([m["fitness"] for m in tasks.values()], axis=0),
+                    "tasks": tasks}
+
+        def row_metrics(self, result, i):
+            return {t: {"fitness": float(m["fitness"][i]), "diverged": False}
+                    for t, m in result["tasks"].items()}
+
+    out, contexts = {}, {}
+    for per_task in (True, False):
+        cfg = load_config(None, [*SMALL, f"search.lr_per_task={str(per_task).lower()}"])
+        fake = Fake(build_setup(cfg, store).scorer.context, cfg.search.lr_grid)
+        evo = evolution.Evolution(cfg, store, "r", fake, None, load_seed("adamw"))
+        [out[per_task]] = evo.score_programs(evo.scorer, [load_seed("adamw")], [0], 1)
+        contexts[per_task] = evo.context("full", 0)
+    assert out[True]["fitness"] == pytest.approx((0.2 + 0.1) / 2)
+    assert [out[True]["metrics"][t]["lr_multiplier"] for t in "ab"] == [1.0, 3.0]
+    assert out[False]["fitness"] == pytest.approx(0.2)
+    assert "lr_multiplier" not in out[False]["metrics"]["a"]
+    assert out[True]["metrics"]["lr_multiplier"] == out[False]["metrics"]["lr_multiplier"] == 3.0
+    assert contexts[True] != contexts[False]  # cached scores of one never serve the other
+
+
 # Pinned collisions of the 6-step, one-lr probe (fingerprint fp2, issue 13): AdamW's first-moment
 # bias correction clipped by 0.9^t (bites from step 7) got AdamW's key, and a rule scaled by
 # min(lr, 0.9^t) the key of the rule scaled by lr; the cache served their scores.

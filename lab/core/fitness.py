@@ -65,13 +65,15 @@ class EvalContext:
     slots: str = ""
     stream: int = 0
     lr_multipliers: tuple[float, ...] = ()  # per-candidate grid on lr, the best counts
+    lr_per_task: bool = False  # the best multiplier per task counts (else the best on the mean)
     repeat: int = 0  # the j-th evaluation of a candidate (fresh data for each j)
     scale: int = 1  # budget multiplier (the funnel's larger runs)
 
     def to_json(self) -> dict:
         doc = dataclasses.asdict(self)
         # absent when unused, so that earlier context keys (and their cached scores) hold
-        for key, unused in (("lr_multipliers", ()), ("repeat", 0), ("scale", 1)):
+        for key, unused in (("lr_multipliers", ()), ("lr_per_task", False), ("repeat", 0),
+                            ("scale", 1)):
             if doc[key] == unused:
                 del doc[key]
         return doc

@@ -93,7 +93,8 @@ class Evolution:
     def context(self, stage: str, repeat: int) -> str:
         scorer = self.short if stage == "short" else self.scorer
         ctx = dataclasses.replace(scorer.context, generation=0, stream=self.s.seed,
-                                  lr_multipliers=self.grid, repeat=repeat)
+                                  lr_multipliers=self.grid, repeat=repeat,
+                                  lr_per_task=self.s.lr_per_task and len(self.grid) > 1)
         return ctx.key()
 
     def keys(self, programs: list[Program]) -> list[str]:
@@ -116,7 +117,10 @@ class Evolution:
         """Scores ``programs`` (at every lr multiplier; with ``fixed``, at 1 on the fixed
         evaluation seeds) in one call per task, padded to ``batch`` x the grid's size.
 
-        Returns per program ``{"fitness", "diverged", "metrics"}`` (the best multiplier's).
+        Returns per program ``{"fitness", "diverged", "metrics"}``: the metrics of the multiplier
+        best on the suite's mean (``metrics["lr_multiplier"]``, the one a finished program
+        bakes in); with ``search.lr_per_task`` each task's of its own best multiplier
+        (``metrics[task]["lr_multiplier"]``), the fitness their mean, as the tuned references'.
         """
         grid = (1.0,) if fixed else self.grid
         rows = [(i, m) for i in range(len(programs)) for m in grid]
@@ -139,9 +143,15 @@ class Evolution:
         for i in range(len(programs)):
             idx = [r for r, (j, _) in enumerate(rows) if j == i]
             best = min(idx, key=lambda r: result["fitness"][r])
-            metrics = scorer.row_metrics(result, best)
+            metrics, fitness = scorer.row_metrics(result, best), float(result["fitness"][best])
+            if self.s.lr_per_task and len(grid) > 1:
+                per = {name: min(idx, key=lambda r: m["fitness"][r])
+                       for name, m in result["tasks"].items()}
+                metrics = {name: {**scorer.row_metrics(result, r)[name],
+                                  "lr_multiplier": rows[r][1]} for name, r in per.items()}
+                fitness = float(np.mean([m["fitness"] for m in metrics.values()]))
             metrics["lr_multiplier"] = rows[best][1]
-            out.append({"fitness": float(result["fitness"][best]), "metrics": metrics,
+            out.append({"fitness": fitness, "metrics": metrics,
                         "diverged": any(m["diverged"] for m in metrics.values()
                                         if isinstance(m, dict))})
         return out
