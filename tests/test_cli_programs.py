@@ -84,7 +84,14 @@ def test_replay_rank_and_export_program_artifact(run, lab, tmp_path):  # noqa: F
     assert any(r.endswith("(lr tuned)") for r in rules)  # like for like with tuned baselines
     assert 0 <= metrics["search"]["cache_hit_rate"] <= 1
     assert metrics["search"]["after_search"]["finalists"]
-    assert "```\ndef " in (folder / "README.md").read_text()
+    readme = (folder / "README.md").read_text()
+    assert "```\ndef " in readme
+    # the program at its lr tuned per task against each tuned baseline, seed by seed
+    held = metrics["heldout"]
+    label = held["label"]
+    assert set(held["differences"][f"{label} (lr tuned)"]) == {
+        f"tuned {b}" for b in ("adam", "adamw", "lion", "lamb", "schedule_free_adamw")}
+    assert f"| {label} (lr tuned) | tuned adamw | " in readme and "Paired differences" in readme
     again = strict_json(lab("inspect", str(folder), "--json")[1])
     assert again["hash"] == rule["hash"] and again["source"] == rule["source"]
     replayed = strict_json(lab("replay", str(folder), "--suite", "tiny", "--seeds", "2",

@@ -19,7 +19,7 @@ from lab.commands.targets import resolve
 from lab.core.evaluate import CURVE_POINTS, evaluate, make_train, task_keys
 from lab.core.optimizers import make_baseline
 from lab.core.references import References
-from lab.core.replay import REACH_TOL, replay, smoothed, speedup
+from lab.core.replay import REACH_TOL, replay, smoothed, speedup, suite_statistics
 from lab.core.rule import stack_genomes
 from lab.core.store import Store
 
@@ -85,6 +85,30 @@ def test_cli_replay_speedups(cli):
         assert adam["steps_to_adam"] >= steps - steps // 10
         assert target["speedup"] is None or target["speedup"] < 1.0
         assert target["score"] > 0 and len(target["curve"]) == min(64, steps)
+    # the suite means seed by seed: the paired difference is the difference of the means, and
+    # Adam at a rate 20x-200x too low loses to tuned Adam with an interval above zero
+    diff = doc["differences"]["baseline:adam"]["tuned adam"]
+    summary = doc["summary"]
+    assert diff["mean"] == pytest.approx(summary["baseline:adam"] - summary["tuned adam"])
+    assert 0 < diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
+    lo, hi = doc["intervals"]["tuned adam"]
+    assert lo <= summary["tuned adam"] <= hi
+
+
+def test_suite_statistics_pair_seeds_before_the_interval():
+    """Two tasks, three seeds: seed i's suite mean is its mean over the tasks, and a difference
+    shared by every seed has a zero-width interval however much the seeds differ."""
+    rows = [{"task": t, "rule": r, "scores": [base + off + 0.1 * t_i for base in (0.0, 1.0, 3.0)]}
+            for t_i, t in enumerate("ab") for r, off in (("x", -0.5), ("tuned adam", 0.0))]
+    stats = suite_statistics(rows, ["x", "missing"], ["tuned adam", "tuned lion"])
+    d = stats["differences"]
+    assert list(d) == ["x"] and list(d["x"]) == ["tuned adam"]
+    assert d["x"]["tuned adam"]["mean"] == pytest.approx(-0.5)
+    np.testing.assert_allclose(d["x"]["tuned adam"]["ci95"], [-0.5, -0.5], atol=1e-12)
+    means = np.array([0.05, 1.05, 3.05])  # seed by seed, over the tasks
+    half = 4.302652729911275 * np.std(means, ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    np.testing.assert_allclose(stats["intervals"]["tuned adam"],
+                               [means.mean() - half, means.mean() + half])
 
 
 def test_horizon_scale_doubles_steps(tmp_path, one_device_mesh, monkeypatch):

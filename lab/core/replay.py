@@ -188,16 +188,39 @@ def replay(target: Target, suite: str = "heldout", seeds: int = 5,
     summary = {}
     for r in rows:
         summary.setdefault(r["rule"], []).append(r["score"])
+    mine = [label] + ([f"{label} (lr tuned)"] if tune_lr else [])
     doc = {"target": target.text, "label": label, "suite": suite, "tune_lr": tune_lr,
            "suite_version": task_registry.suite_version(suite), "seeds": seeds,
            "horizon_scale": horizon_scale,
            "rows": rows, "summary": {k: float(np.mean(v)) for k, v in summary.items()},
-           "plot": None}
+           **suite_statistics(rows, mine, [f"tuned {n}" for n in baselines]), "plot": None}
     if plot is not None:
         from lab.plots import loss_curves
         title = f"{label} on {suite}" + (f", {horizon_scale}x steps" if horizon_scale > 1 else "")
         doc["plot"] = str(loss_curves(rows, plot, title))
     return doc
+
+
+def suite_statistics(rows: list[dict], targets: Sequence[str], baselines: Sequence[str]
+                     ) -> dict:
+    """The suite means' 95% intervals over seeds and the paired differences of ``targets`` from
+    ``baselines``: every rule ran on the same seeds (the same keys) of the same tasks, so seed i's
+    suite mean is the mean over tasks of its scores, and a target's difference from a baseline is
+    taken seed by seed before its interval.
+
+    Returns:
+      ``{"intervals": {rule: [lo, hi]}, "differences": {target: {baseline: {"mean", "ci95"}}}}``
+      (a difference below zero is the target's win; intervals None under two seeds).
+    """
+    per_seed: dict[str, list] = {}
+    for r in rows:
+        per_seed.setdefault(r["rule"], []).append(r["scores"])
+    means = {k: np.mean(np.asarray(v, np.float64), axis=0) for k, v in per_seed.items()}
+    return {"intervals": {k: list(interval(x)) for k, x in means.items()},
+            "differences": {t: {b: {"mean": float(np.mean(means[t] - means[b])),
+                                    "ci95": list(interval(means[t] - means[b]))}
+                                for b in baselines if b in means}
+                            for t in targets if t in means}}
 
 
 def _x(speed: float | None) -> str:
@@ -220,8 +243,23 @@ def readme_tables(metrics: dict) -> list[str]:
                   "| task | rule | score | 95% interval | final loss | speedup |",
                   "|---|---|---|---|---|---|"]
         for r in held["rows"]:
-            lo, hi = r["ci95"]
-            ci = f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "n/a"
-            lines.append(f"| {r['task']} | {r['rule']} | {r['score']:+.3f} | {ci} | "
-                         f"{r['final_loss']:.4g} | {_x(r.get('speedup'))} |")
+            lines.append(f"| {r['task']} | {r['rule']} | {r['score']:+.3f} | "
+                         f"{_ci(r['ci95'])} | {r['final_loss']:.4g} | "
+                         f"{_x(r.get('speedup'))} |")
+        if held.get("intervals"):
+            lines += ["", "Suite means (each seed's mean over the tasks; 95% interval over "
+                      "seeds):", "", "| rule | mean | 95% interval |", "|---|---|---|"]
+            lines += [f"| {k} | {v:+.3f} | {_ci(held['intervals'].get(k))} |"
+                      for k, v in held["summary"].items()]
+        if held.get("differences"):
+            lines += ["", "Paired differences of the suite mean (same seeds and tasks; below "
+                      "zero, the first rule is better):", "",
+                      "| rule | baseline | difference | 95% interval |", "|---|---|---|---|"]
+            lines += [f"| {t} | {b} | {d['mean']:+.3f} | {_ci(d['ci95'])} |"
+                      for t, diffs in held["differences"].items() for b, d in diffs.items()]
     return lines
+
+
+def _ci(ci) -> str:
+    lo, hi = ci if ci else (None, None)
+    return f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "n/a"

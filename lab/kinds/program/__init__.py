@@ -28,7 +28,7 @@ from lab.core.conformance import update_rule_case
 from lab.core.evaluate import evaluate
 from lab.core.kind import Conformance, LaunchCase, TextForm, register
 from lab.core.optimizers import BASELINES
-from lab.core.replay import replay, replay_train, replay_update_rule
+from lab.core.replay import replay, replay_train, replay_update_rule, suite_statistics
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
 from lab.kinds.program import schedules
@@ -211,6 +211,9 @@ def export(target: Target, store, suite: str, seeds: int) -> dict:
         for r in doc["rows"]:
             summary.setdefault(r["rule"], []).append(r["score"])
         doc["summary"] = {k: float(np.mean(v)) for k, v in summary.items()}
+        doc.update(suite_statistics(doc["rows"], [doc["label"], f"{doc['label']} (lr tuned)"],
+                                    [k for k in summary if k.startswith("tuned ")
+                                     or k.endswith(" schedule (lr tuned)")]))
         out["heldout" if scale == 1 else f"heldout_{scale}x"] = doc
     return out
 
