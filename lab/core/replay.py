@@ -149,14 +149,16 @@ def replay(target: Target, suite: str = "heldout", seeds: int = 5,
     the like-for-like comparison with tuned baselines.
 
     With ``horizon_scale`` K, every task runs for K times its default steps (the target sees
-    that horizon in ``Ctx.horizon``), and the baselines and ``ref`` are tuned Adam, AdamW and
-    Lion at that budget: tuned on the grid on first use and cached in ``store``.
+    that horizon in ``Ctx.horizon``), and the baselines and ``ref`` (tuned Adam) are tuned at
+    that budget: on the grid on first use, cached in ``store``.
 
     Returns:
       ``{"target", "suite", "seeds", "horizon_scale", "rows": [...], "summary": {rule: mean
-      score}, "plot"}``; one row per (task, rule) with ``steps``, ``score`` (mean normalized
-      score), ``ci95``, losses, ``speedup`` and ``steps_to_adam`` (module docstring; None where
-      never reached), ``curve`` (up to ``ROW_CURVE_POINTS`` segment means over the run).
+      score}, "intervals", "differences" (``suite_statistics``: the target's rows against each
+      baseline, seed by seed), "plot"}``; one row per (task, rule) with ``steps``, ``score``
+      (mean normalized score), ``ci95``, losses, ``speedup`` and ``steps_to_adam`` (module
+      docstring; None where never reached), ``curve`` (up to ``ROW_CURVE_POINTS`` segment means
+      over the run).
     """
     if int(horizon_scale) != horizon_scale or horizon_scale < 1:
         raise ValueError(f"horizon_scale={horizon_scale}: must be a whole number >= 1")
@@ -188,12 +190,12 @@ def replay(target: Target, suite: str = "heldout", seeds: int = 5,
     summary = {}
     for r in rows:
         summary.setdefault(r["rule"], []).append(r["score"])
-    mine = [label] + ([f"{label} (lr tuned)"] if tune_lr else [])
+    targets = [label] + ([f"{label} (lr tuned)"] if tune_lr else [])
     doc = {"target": target.text, "label": label, "suite": suite, "tune_lr": tune_lr,
            "suite_version": task_registry.suite_version(suite), "seeds": seeds,
            "horizon_scale": horizon_scale,
            "rows": rows, "summary": {k: float(np.mean(v)) for k, v in summary.items()},
-           **suite_statistics(rows, mine, [f"tuned {n}" for n in baselines]), "plot": None}
+           **suite_statistics(rows, targets, [f"tuned {n}" for n in baselines]), "plot": None}
     if plot is not None:
         from lab.plots import loss_curves
         title = f"{label} on {suite}" + (f", {horizon_scale}x steps" if horizon_scale > 1 else "")

@@ -16,7 +16,7 @@ from lab.core.target import Target
 
 
 def export_update_rule(target: Target, store, suite: str, seeds: int) -> dict:
-    """``Kind.export`` of an update rule: its held-out scores against tuned Adam, AdamW, Lion."""
+    """``Kind.export`` of an update rule: its held-out scores against the tuned baselines."""
     return {"heldout": replay(target, suite, seeds, store=store)}
 
 
