@@ -115,13 +115,9 @@ class Evolution:
     def score_programs(self, scorer: Scorer, programs: list[Program], repeats: list[int],
                batch: int, fixed: bool = False, rows_to: int | None = None) -> list[dict]:
         """Scores ``programs`` (at every lr multiplier; with ``fixed``, at 1 on the fixed
-        evaluation seeds) in one call per task, padded to ``batch`` x the grid's size.
-
-        Returns per program ``{"fitness", "diverged", "metrics"}``: the metrics of the multiplier
-        best on the suite's mean (``metrics["lr_multiplier"]``, the one a finished program
-        bakes in); with ``search.lr_per_task`` each task's of its own best multiplier
-        (``metrics[task]["lr_multiplier"]``), the fitness their mean, as the tuned references'.
-        """
+        evaluation seeds) in one call per task, padded to ``batch`` x the grid's size: per program
+        ``{"fitness", "diverged", "metrics"}`` at the suite-best multiplier (the one a program
+        bakes in), or with ``search.lr_per_task`` each task at its own (fitness: their mean)."""
         grid = (1.0,) if fixed else self.grid
         rows = [(i, m) for i in range(len(programs)) for m in grid]
         genomes = [self.space.genome(programs[i], self.length, m) for i, m in rows]
@@ -145,10 +141,9 @@ class Evolution:
             best = min(idx, key=lambda r: result["fitness"][r])
             metrics, fitness = scorer.row_metrics(result, best), float(result["fitness"][best])
             if self.s.lr_per_task and len(grid) > 1:
-                per = {name: min(idx, key=lambda r: m["fitness"][r])
-                       for name, m in result["tasks"].items()}
-                metrics = {name: {**scorer.row_metrics(result, r)[name],
-                                  "lr_multiplier": rows[r][1]} for name, r in per.items()}
+                rm, tasks = {r: scorer.row_metrics(result, r) for r in idx}, result["tasks"]
+                per = {t: min(idx, key=lambda r: m["fitness"][r]) for t, m in tasks.items()}
+                metrics = {t: {**rm[r][t], "lr_multiplier": rows[r][1]} for t, r in per.items()}
                 fitness = float(np.mean([m["fitness"] for m in metrics.values()]))
             metrics["lr_multiplier"] = rows[best][1]
             out.append({"fitness": fitness, "metrics": metrics,
