@@ -97,6 +97,14 @@ def test_replay_rank_and_export_program_artifact(run, lab, tmp_path):  # noqa: F
     replayed = strict_json(lab("replay", str(folder), "--suite", "tiny", "--seeds", "2",
                                "--json")[1])
     assert replayed["rows"][0]["rule"] == "prog-best"
+    # exported again from the folder (more seeds): the run and search it came from are kept
+    assert lab("export", str(folder), "--name", "prog-again", "--out", str(tmp_path), "--suite",
+               "tiny", "--seeds", "3")[0] == 0
+    redone = json.loads((tmp_path / "prog-again" / "metrics.json").read_text())
+    assert redone["heldout"]["seeds"] == 3 and redone["target"] == str(folder)
+    assert redone["run"] == metrics["run"] and redone["search"] == metrics["search"]
+    assert f"training run: `{metrics['run']['id']}`" in (
+        tmp_path / "prog-again" / "README.md").read_text()
 
 
 def test_artifact_source_is_never_executed(lab, tmp_path):  # noqa: F811

@@ -237,6 +237,51 @@ def test_stages_after_the_search(store):
         assert parse(f["source"])
 
 
+def test_funnel_selects_the_answer_among_finalists_and_validated_programs(store, monkeypatch):
+    """``search.select: funnel``: the programs meta-validation scored are finalists and enter
+    the funnel beside the best finalists; the funnel's scores rank the run (its answer, rank 0
+    of its target, is the best at the longer horizon), each kept as the member's selection.
+    The funnel here scores each program at minus its final score, so the ranking it selects
+    is the final one reversed."""
+    import json
+
+    from lab.commands.targets import resolve
+    from lab.core.config import ConfigError
+    with pytest.raises(ConfigError, match="select.*search.funnel"):
+        load_config(None, [*SMALL, "search.select=funnel"])
+    real, measured = finalize._funnel, []
+
+    def reversed_funnel(*a, **k):
+        rows = real(*a, **k)
+        measured.extend(rows)
+        return [{**r, "funnel": -r["final"]} for r in rows]
+    monkeypatch.setattr(finalize, "_funnel", reversed_funnel)
+    cfg = load_config(None, [*SMALL, "search.funnel=2", "search.funnel_scale=2",
+                             "search.meta_validate_every=1", "search.select=funnel"])
+    run_id = launch(cfg, store, name="select")
+    report = json.loads((store.run_dir(run_id) / "finalists.json").read_text())
+    validated = {v["hash"]: v["validation"] for v in report["meta_validation"]}
+    from_validation = {f["hash"] for f in report["finalists"]
+                       if f["parent"] in validated and f["origin"] in ("search", "validation")}
+    funnel = {r["hash"]: r["funnel"] for r in report["funnel"]}
+    assert from_validation and from_validation <= set(funnel) and len(funnel) >= 2
+    by_final = sorted(report["finalists"], key=lambda f: f["final"])
+    assert {f["hash"] for f in by_final[:2]} <= set(funnel)  # funnel: 2, the best by final
+    for r in measured:  # the funnel's real scores: meta-validation's, program for program
+        parent = next(f["parent"] for f in report["finalists"] if f["hash"] == r["hash"])
+        if parent in validated and r["hash"] in from_validation:
+            assert r["funnel"] == pytest.approx(validated[parent], abs=1e-6)
+    chosen = min(funnel, key=funnel.get)
+    assert chosen != by_final[0]["hash"]
+    assert report["selection"]["hash"] == chosen
+    ranked = store.best_members(run_id, k=len(funnel))
+    assert [m["hash"] for m in ranked] == sorted(funnel, key=funnel.get)
+    assert [m["selection"] for m in ranked] == pytest.approx(sorted(funnel.values()))
+    run = store.get_run(run_id)
+    assert run["best_hash"] == chosen == resolve(run_id, store).store_hash
+    assert run["best"] == pytest.approx(ranked[0]["final"])
+
+
 def test_noisy_fitness_is_averaged_over_repeats(store):
     cfg = load_config(None, [*SMALL, "search.evaluations=2"])
     setup = build_setup(cfg, store)

@@ -93,6 +93,7 @@ def _as_version_2(path) -> None:
         raw.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [
             ("quadratic", 100, 2, "adam", "v1-grid", 0.01, 0.125, "[0.1, 0.15]", 1.0),
             ("cartpole", 4096, 1, "ppo_clip", "rl-v2-1", 0.0, 207.5, "[207.5]", 2.0)])
+        raw.execute("ALTER TABLE members DROP COLUMN selection")
         raw.execute("DELETE FROM schema_version")
         raw.execute("INSERT INTO schema_version VALUES (2)")
     raw.close()
@@ -115,7 +116,7 @@ def test_version_2_store_is_migrated_naming_what_references_measure(tmp_path):
             "final_return", 207.5, [207.5], None)
         assert [m["hash"] for m in s.best_members(run)] == ["aa01"]
         versions = [r[0] for r in s.conn.execute("SELECT version FROM schema_version")]
-        assert max(versions) == SCHEMA_VERSION == 3
+        assert max(versions) == SCHEMA_VERSION == 4
 
 
 def test_version_1_store_is_migrated_keeping_its_generations(tmp_path):
@@ -137,7 +138,48 @@ def test_version_1_store_is_migrated_keeping_its_generations(tmp_path):
         assert s.generations(run)[1]["diverged"] == 0.25
         assert s.get_ref("cartpole", 4096, 1, "ppo_clip", "rl-v2-1")["metric"] == "final_return"
         versions = [r[0] for r in s.conn.execute("SELECT version FROM schema_version")]
-        assert sorted(versions) == [1, 2, 3]
+        assert sorted(versions) == [1, 2, 3, 4]
+
+
+def _finalists(store, run, finals: dict, selection: dict) -> None:
+    store.record_generation(run, 1, [cand(h) for h in finals if h not in ("aa01",)], [],
+                            [{"hash": h, "final": f, **({"selection": selection[h]}
+                                                        if h in selection else {})}
+                             for h, f in finals.items()], stats(0.0))
+
+
+def test_selection_ranks_finalists_ahead_of_their_final_score(store):
+    """A run that selects by another score (a program search's funnel): the finalists with a
+    selection score come first, by it, then the others by their final score; the run's best is
+    the selected finalist at its final score."""
+    run = new_run(store)
+    record(store, run, 0, {"aa01": 0.5})
+    _finalists(store, run, {"aa01": 0.1, "bb02": 0.5, "cc03": 0.05, "dd04": 0.3},
+               {"aa01": 0.9, "bb02": 0.2, "dd04": math.nan})
+    best = store.best_members(run)
+    assert [m["hash"] for m in best] == ["bb02", "aa01", "cc03", "dd04"]
+    assert [m["selection"] for m in best] == [0.2, 0.9, None, None]  # NaN: no selection
+    assert [m["fitness"] for m in best] == [0.5, 0.1, 0.05, 0.3]  # the final scores
+    got = store.get_run(run)
+    assert (got["best_hash"], got["best"]) == ("bb02", 0.5)
+
+
+def test_version_3_store_gains_the_selection_column(tmp_path):
+    """Version 3 had no selection score: its runs keep their ranking by final score."""
+    path = tmp_path / "lab.db"
+    with Store(path) as s:
+        run = new_run(s)
+        record(s, run, 0, {"aa01": 0.5})
+        _finalists(s, run, {"aa01": 0.4, "bb02": 0.2}, {})
+    with sqlite3.connect(path) as raw:
+        raw.execute("ALTER TABLE members DROP COLUMN selection")
+        raw.execute("DELETE FROM schema_version")
+        raw.execute("INSERT INTO schema_version VALUES (3)")
+    raw.close()
+    with Store(path) as s:
+        assert [(m["hash"], m["final"], m["selection"]) for m in s.best_members(run)] == [
+            ("bb02", 0.2, None), ("aa01", 0.4, None)]
+        assert max(r[0] for r in s.conn.execute("SELECT version FROM schema_version")) == 4
 
 
 def test_refuses_files_that_are_not_stores(tmp_path):

@@ -39,7 +39,22 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int | None = No
     metrics = {**metrics, "run": run, "code_version": __version__, "target": target.text}
     if target.run is not None:
         metrics["search"] = search_summary(store, target.run["id"])
+    elif target.artifact is not None:  # an artifact exported again (more seeds, baselines)
+        metrics.update(provenance(Path(target.artifact)))
     return write_artifact(out, name, target, info, metrics)
+
+
+def provenance(folder: Path) -> dict:
+    """What an artifact says of the run and search behind it (``run``, ``search``), for its
+    export again; an artifact without a readable ``metrics.json`` says nothing."""
+    file = folder / "metrics.json"
+    try:
+        old = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    if not isinstance(old, dict):
+        return {}
+    return {k: old[k] for k in ("run", "search") if old.get(k) is not None}
 
 
 def search_summary(store: Store, run_id: str) -> dict:

@@ -88,12 +88,16 @@ class Finalist(NamedTuple):
 
 class AfterSearch(NamedTuple):
     """What a driver adds after the finalists are scored: more finalists with their scores
-    (and the evaluations that produced them), and a report (``finalists.json``)."""
+    (and the evaluations that produced them), a report (``finalists.json``), and where the
+    driver selects by another score than the final one (a longer horizon), that score of the
+    finalists it ranks first (``selection``: hash -> score, lower is better; the run's answer
+    is the lowest)."""
 
     finalists: dict = {}
     scores: dict = {}
     evaluations: list = []
     report: dict = {}
+    selection: dict = {}
 
 
 class Driver(Protocol):
@@ -317,7 +321,9 @@ def finish(setup: Setup, driver: Driver) -> float:
     stats = store.generations(run_id)[-1]
     store.record_generation(
         run_id, last, [f.row for f in finals.values()], evaluations + list(after.evaluations),
-        [{"hash": h, "final": scores[h], "generation": last} for h in finals],
+        [{"hash": h, "final": scores[h], "generation": last,
+          **({"selection": after.selection[h]} if h in after.selection else {})}
+         for h in finals],
         {k: stats[k] for k in ("best", "mean", "hits", "misses", "hit_rate", "evaluated",
                                "seconds", "candidates_per_s", "checkpoint", "diverged")},
         hits, context=setup.scorer.context.key())
@@ -328,6 +334,10 @@ def finish(setup: Setup, driver: Driver) -> float:
     best = min(scores.values())
     log(f"final scores on the fixed evaluation seeds: best {best:.4f} of {len(finals)} "
         "finalists")
+    if after.selection:
+        h = min(after.selection, key=after.selection.get)
+        best = scores[h]
+        log(f"selected {h[:10]}: selection score {after.selection[h]:.4f}, final {best:.4f}")
     return float(best)
 
 

@@ -22,7 +22,8 @@ CREATE TABLE candidates (
 CREATE INDEX candidates_parent ON candidates(parent);
 CREATE TABLE members (
   run_id TEXT NOT NULL REFERENCES runs(id), hash TEXT NOT NULL REFERENCES candidates(hash),
-  generation INTEGER NOT NULL, fitness REAL, final REAL, PRIMARY KEY (run_id, hash));
+  generation INTEGER NOT NULL, fitness REAL, final REAL, selection REAL,
+  PRIMARY KEY (run_id, hash));
 CREATE INDEX members_fitness ON members(run_id, fitness);
 CREATE INDEX members_hash ON members(hash);
 CREATE TABLE evaluations (
@@ -71,6 +72,9 @@ MIGRATIONS = {
         "context LIKE 'rl-%' THEN NULL ELSE lr END, created FROM refs",
         "DROP TABLE refs",
         "ALTER TABLE refs_v3 RENAME TO refs"),
+    # a run may rank its finalists by another score than the final one (a program search that
+    # selects at a longer horizon): members gain it
+    3: ("ALTER TABLE members ADD COLUMN selection REAL",),
 }
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lab.core.sql import GEN_STATS, MIGRATIONS, SCHEMA, from_json, real, to_json
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 RUN_STATUSES = ("running", "done", "failed", "interrupted")
 _MAX_VARS = 500  # "?" per statement; old SQLite builds allow 999
 _PREFIX_END = "\U0010ffff"  # ref <= id < ref + this: every id that starts with ref, indexed
@@ -268,6 +268,10 @@ class Store:
             context (default: ``context``). A known (hash, context) keeps its first entry.
           members: hash (a candidate, here or stored), fitness; optional generation (default
             ``idx``). Per run and hash the lowest fitness and the first generation are kept.
+            A finalist has ``final`` (its score on the fixed evaluation seeds) instead of
+            fitness, and may have ``selection``: the score the run's finalists are ranked by
+            when the run selects by another than the final one (lower is better); the run's
+            best is then the finalist of the lowest selection score, at its final score.
           stats: best, mean, hits, misses, hit_rate, evaluated, seconds, candidates_per_s,
             checkpoint (missing: NULL); best_hash, used only when no member has a fitness.
           hit_hashes: hashes served from the cache in ``context``; each adds one to ``hits``.
@@ -302,16 +306,20 @@ class Store:
                 )
                 rows = [(run_id, d["hash"], int(d.get("generation", idx)),
                          real(d["fitness"] if "final" not in d else d.get("fitness")),
-                         real(d.get("final"))) for d in members]  # fitness or final required
+                         real(d.get("final")), real(d.get("selection")))
+                        for d in members]  # fitness or final required
                 c.executemany(
-                    "INSERT INTO members (run_id, hash, generation, fitness, final) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, hash) DO UPDATE "
+                    "INSERT INTO members (run_id, hash, generation, fitness, final, selection) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (run_id, hash) DO UPDATE "
                     "SET generation = MIN(generation, excluded.generation), fitness = CASE WHEN "
                     "fitness IS NULL OR excluded.fitness < fitness THEN excluded.fitness "
-                    "ELSE fitness END, final = COALESCE(excluded.final, final)",
+                    "ELSE fitness END, final = COALESCE(excluded.final, final), "
+                    "selection = COALESCE(excluded.selection, selection)",
                     rows,
                 )
-                finals = [(f, h) for _, h, _, _, f in rows if f is not None]
+                selected = [(v, f, h) for _, h, _, _, f, v in rows
+                            if v is not None and f is not None]
+                finals = [(f, h) for _, h, _, _, f, _ in rows if f is not None]
                 rows = [(r[0], r[1], r[2], r[3]) for r in rows if r[3] is not None]
                 values = [conv(stats.get(k)) for k, conv in GEN_STATS.items()]
                 columns = ["run_id", "idx", *GEN_STATS, "created"]
@@ -331,7 +339,7 @@ class Store:
                     {"id": run_id, "best": best[0], "hash": best[1]},
                 )
                 if finals:  # scores on the fixed evaluation seeds replace the search's
-                    f, h = min(finals)
+                    f, h = min(selected)[1:] if selected else min(finals)
                     c.execute("UPDATE runs SET best = ?, best_hash = ? WHERE id = ?",
                               (f, h, run_id))
         except (sqlite3.IntegrityError, KeyError) as e:
@@ -344,20 +352,21 @@ class Store:
         return [dict(r) for r in self.conn.execute(sql, (run_id,))]
 
     def best_members(self, run_id: str, k: int = 10) -> list[dict]:
-        """A run's ``k`` best candidates: finalists (scored on the fixed evaluation seeds) by that
-        score first, then the others by their search fitness (NULL, i.e. NaN, last).
+        """A run's ``k`` best candidates: finalists with a selection score (a run that selects
+        by another score than the final one) by it first, then finalists by their score on the
+        fixed evaluation seeds, then the others by their search fitness (NULL, i.e. NaN, last).
 
         Returns:
           Dicts with hash, kind, name, readable, genome (bytes), fingerprint (bytes or None),
-          parent, fitness (the final score where there is one), search_fitness, final and
-          generation (the first in which the run met it).
+          parent, fitness (the final score where there is one), search_fitness, final,
+          selection (or None) and generation (the first in which the run met it).
         """
         rows = self.conn.execute(
             "SELECT c.hash, c.kind, c.name, c.readable, c.genome, c.fingerprint, c.parent, "
             "COALESCE(m.final, m.fitness) AS fitness, m.fitness AS search_fitness, m.final, "
-            "m.generation FROM members m JOIN candidates c ON c.hash = m.hash "
-            "WHERE m.run_id = ? ORDER BY m.final IS NULL, m.final, m.fitness IS NULL, "
-            "m.fitness, m.generation, c.hash LIMIT ?",
+            "m.selection, m.generation FROM members m JOIN candidates c ON c.hash = m.hash "
+            "WHERE m.run_id = ? ORDER BY m.selection IS NULL, m.selection, m.final IS NULL, "
+            "m.final, m.fitness IS NULL, m.fitness, m.generation, c.hash LIMIT ?",
             (run_id, int(k)),
         )
         return [dict(r) for r in rows]

@@ -91,6 +91,11 @@ class EvolutionConfig:
     funnel: int = field(0, ge=0)  # finalists re-scored at funnel_scale x budget
     funnel_scale: int = field(10, ge=2)
     meta_validate_every: int = field(0, ge=0)  # best-so-far at funnel_scale x budget
+    # what ranks the run's finalists: "final", their score on the fixed evaluation seeds at the
+    # budget (the search's proxy); "funnel", their score at funnel_scale x the budget, among the
+    # funnel's finalists and the programs meta-validation scored (train-side tasks, a longer
+    # horizon: against the proxy's winner's curse)
+    select: str = field("final", choices=lambda: ("final", "funnel"), what="selection")
     simplify: bool = True  # knock-out ablation of the best program after the search
     simplify_tolerance: float = field(0.02, ge=0)  # fitness a dropped statement may cost
 
@@ -98,4 +103,7 @@ class EvolutionConfig:
         if self.children > self.population:
             return [("children", f"{self.children} children per generation, more than the "
                                  f"population {self.population}")]
+        if self.select == "funnel" and not self.funnel:
+            return [("select", "select: funnel ranks the finalists by the funnel's scores: set "
+                               "search.funnel (how many finalists it scores) above 0")]
         return []

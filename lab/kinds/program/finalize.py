@@ -13,6 +13,9 @@ seeds, a knock-out ablation of the best, the funnel to larger runs, meta-validat
 * **Funnel** (``search.funnel``): the best finalists at ``funnel_scale`` x the budget.
 * **Meta-validation** (``search.meta_validate_every``): the best-so-far at the funnel's budget
   during the search, so meta-overfitting (search fitness improving, validation not) shows.
+* **Selection** (``search.select: funnel``): the programs meta-validation scored join the
+  finalists and the funnel, and the funnel's scores rank them: the run's answer is the best at
+  the longer horizon, on train-side tasks, not the proxy's winner.
 
 References: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms" (arXiv 2302.06675).
 """
@@ -156,18 +159,22 @@ class MetaValidation:
         return self.last[1]
 
 
-def finalists(cfg, store, run_id: str, setup, evo: Evolution
+def finalists(cfg, store, run_id: str, setup, evo: Evolution, validated: list[str] = ()
               ) -> dict[str, tuple[Program, str, str]]:
     """The ``output.top_k`` best programs of the run with the lr multiplier the search picked
-    baked in, the warm start (so the report says what the search added) and the ES-tuned
-    structures: final key -> (program, parent key, origin)."""
+    baked in, the warm start (so the report says what the search added), the ES-tuned
+    structures and the ``validated`` search keys (those meta-validation scored, when the funnel
+    selects): final key -> (program, parent key, origin)."""
     s = cfg.search
-    rows = store.best_members(run_id, k=max(cfg.output.top_k, s.es.top, 1))
+    rows = [(r, "search") for r in store.best_members(run_id, k=max(cfg.output.top_k,
+                                                                      s.es.top, 1))]
+    rows += [(store.candidate(h), "validation") for h in dict.fromkeys(validated)
+             if h not in {r["hash"] for r, _ in rows}]
     found: list[tuple[str, Program, str]] = []  # (search key, program, origin)
-    for row in rows:
+    for row, origin in rows:
         genome = treeio.tree_from_npz(row["genome"])
         found.append((row["hash"], Program.from_arrays(genome, "program", evo.start.sig),
-                      "search"))
+                      origin))
     finals: dict[str, tuple[Program, str, str]] = {}
     known = [k for k, _, _ in found] + evo.keys([evo.start])
     for stage in ("full", "short") if evo.short is not None else ("full",):
@@ -176,11 +183,12 @@ def finalists(cfg, store, run_id: str, setup, evo: Evolution
     def add(p: Program, parent: str, origin: str) -> None:
         finals.setdefault(evo.keys([p])[0], (p, parent, origin))
 
-    for key, p, origin in found[:cfg.output.top_k]:
-        add(bake_lr(simplify(p), _multiplier(evo, key)), key, origin)
+    for n, (key, p, origin) in enumerate(found):
+        if n < cfg.output.top_k or key in validated:
+            add(bake_lr(simplify(p), _multiplier(evo, key)), key, origin)
     start_key = evo.keys([evo.start])[0]
     add(bake_lr(simplify(evo.start), _multiplier(evo, start_key)), start_key, "start")
-    for n, (key, p, _) in enumerate(found[:s.es.top]):
+    for n, (key, p, _) in enumerate([f for f in found if f[2] == "search"][:s.es.top]):
         log(f"ES on the constants of structure {n + 1}/{s.es.top} ({key[:10]})")
         tuned = tune_constants(cfg, setup, evo, simplify(p), _multiplier(evo, key), n)
         if tuned is not None:
@@ -190,9 +198,11 @@ def finalists(cfg, store, run_id: str, setup, evo: Evolution
 
 def after_search(cfg, setup, evo: Evolution, finals: dict[str, tuple[Program, str, str]],
                  scores: dict[str, float], validation: MetaValidation | None
-                 ) -> tuple[dict[str, tuple[Program, str, str]], dict[str, float], dict]:
+                 ) -> tuple[dict[str, tuple[Program, str, str]], dict[str, float], dict,
+                            dict[str, float]]:
     """The knock-out ablation of the best finalist, the funnel and the report: (new finalists,
-    their scores, the report of ``finalists.json``)."""
+    their scores, the report of ``finalists.json``, the selection scores: the funnel's when it
+    selects, else none)."""
     s = cfg.search
     report: dict[str, Any] = {"finalists": [
         {"hash": k, "parent": parent, "origin": origin, "final": scores[k],
@@ -212,17 +222,36 @@ def after_search(cfg, setup, evo: Evolution, finals: dict[str, tuple[Program, st
             report["ablation"]["hash"] = key
             log(f"ablation: {len(steps)} statement(s) dropped, score {scores[best_key]:.4f} -> "
                 f"{q_score:.4f}")
+    selection: dict[str, float] = {}
     if s.funnel:
-        report["funnel"] = _funnel(cfg, setup, evo, {**finals, **more},
-                                   {**scores, **more_scores}, s.funnel)
+        every = {**finals, **more}
+        seen = {v["hash"] for v in validation.history} if validation is not None else set()
+        validated = [k for k, (_, parent, origin) in every.items()
+                     if s.select == "funnel" and origin in ("search", "validation")
+                     and parent in seen]
+        report["funnel"] = _funnel(cfg, setup, evo, every, {**scores, **more_scores}, s.funnel,
+                                   validated)
+        if s.select == "funnel":
+            selection = {r["hash"]: r["funnel"] for r in report["funnel"]
+                         if np.isfinite(r["funnel"])}
+        if selection:
+            best = min(selection, key=selection.get)
+            report["selection"] = {"by": "funnel", "scale": s.funnel_scale, "hash": best,
+                                   "funnel": selection[best], "final": scores.get(
+                                       best, more_scores.get(best))}
+            log(f"selected by the funnel (x{s.funnel_scale}): {best[:10]} "
+                f"{selection[best]:+.4f}")
     if validation is not None:
         report["meta_validation"] = validation.history
-    return more, more_scores, report
+    return more, more_scores, report, selection
 
 
-def _funnel(cfg, setup, evo: Evolution, finals: dict, scores: dict, top: int) -> list[dict]:
+def _funnel(cfg, setup, evo: Evolution, finals: dict, scores: dict, top: int,
+            also: list[str] = ()) -> list[dict]:
+    """The ``top`` best finalists by their final score and the ``also`` keys, at
+    ``funnel_scale`` x the budget on the fixed evaluation seeds."""
     scorer = scorer_at(cfg, setup, evo.space, cfg.budget, scale=cfg.search.funnel_scale)
-    keys = sorted(scores, key=scores.get)[:top]
+    keys = list(dict.fromkeys(sorted(scores, key=scores.get)[:top] + list(also)))
     res = evo.score_programs(scorer, [finals[k][0] for k in keys], [0] * len(keys), len(keys),
                      fixed=True, rows_to=len(keys))
     out = [{"hash": k, "final": scores[k], "funnel": r["fitness"],

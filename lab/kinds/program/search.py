@@ -79,7 +79,11 @@ class ProgramDriver:
         """The best programs (their lr multipliers baked in), the start and the ES-tuned
         structures, each run once at multiplier 1 on the fixed seeds."""
         setup, evo = self.setup, self.evo
-        self.programs = finalize.finalists(self.cfg, setup.store, setup.run_id, setup, evo)
+        validated = ([v["hash"] for v in self.validation.history]
+                     if self.validation is not None and self.cfg.search.select == "funnel"
+                     else [])
+        self.programs = finalize.finalists(self.cfg, setup.store, setup.run_id, setup, evo,
+                                           validated)
         return {k: self._finalist(k, p, parent) for k, (p, parent, _) in self.programs.items()}
 
     def _finalist(self, key: str, p, parent: str) -> Finalist:
@@ -88,11 +92,12 @@ class ProgramDriver:
                         program_row(p, key, parent, evo.length, row=self.space.row))
 
     def after_search(self, finals: dict[str, Finalist], scores: dict[str, float]) -> AfterSearch:
-        """Ablation of the best finalist, the funnel, the meta-validation history."""
-        more, more_scores, report = finalize.after_search(
+        """Ablation of the best finalist, the funnel (the selection, with ``select: funnel``),
+        the meta-validation history."""
+        more, more_scores, report, selection = finalize.after_search(
             self.cfg, self.setup, self.evo, self.programs, scores, self.validation)
         return AfterSearch({k: self._finalist(k, p, parent) for k, (p, parent, _) in
-                            more.items()}, more_scores, [], report)
+                            more.items()}, more_scores, [], report, selection)
 
 
 def validation_history(metrics_path) -> list[dict]:
