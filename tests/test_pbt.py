@@ -61,10 +61,13 @@ def test_the_trajectory_rule_is_optax_inject_hyperparams_with_piecewise_schedule
         np.testing.assert_allclose(ua["w"], ub["w"], rtol=2e-5)
 
 
-def test_a_members_intervals_are_the_steps_of_a_whole_run_of_its_trajectory(tiny_task):
+@pytest.mark.parametrize("name", ["adam", "schedule_free_adamw"])
+def test_a_members_intervals_are_the_steps_of_a_whole_run_of_its_trajectory(tiny_task, name):
+    """Also for a rule scored at other parameters than its iterate (schedule-free's average):
+    PBT ranks members by the loss there, as the replay of its trajectory scores it."""
     steps, g, pop, seeds = tiny_task.steps, 4, 3, 2
-    rule = T.trajectory_rule("adam", g)
-    base = make_baseline("adam")
+    rule = T.trajectory_rule(name, g)
+    base = make_baseline(name)
     trajectories = np.log(np.asarray([[1e-2, 3e-2, 5e-3, 1e-3], [3e-3] * 4,
                                       [1e-1, 1e-2, 1e-3, 1e-4]], np.float32))
     keys = task_keys(seeds, pop, 0, np.arange(pop, dtype=np.int32))
@@ -82,6 +85,11 @@ def test_a_members_intervals_are_the_steps_of_a_whole_run_of_its_trajectory(tiny
         curve = np.stack([np.asarray(train(genome, keys[j, s])["curve"]) for s in range(seeds)])
         for i, (a, b) in enumerate(T.bounds(steps, g)):
             np.testing.assert_allclose(losses[i][j], curve[:, a:b].mean(axis=1), rtol=1e-5)
+    # a trajectory that holds the defaults is the optimizer, scored where the optimizer is
+    held = make_train(tiny_task, rule, steps, 1.0)(rule.genome, keys[0, 0])
+    plain = make_train(tiny_task, base, steps, 1.0)(base.genome, keys[0, 0])
+    np.testing.assert_allclose(held["final_loss"], plain["final_loss"], rtol=1e-5)
+    assert (rule.scored_at is None) == (base.scored_at is None) == (name == "adam")
 
 
 def test_exploit_copies_the_chosen_members_runs_bit_for_bit(tiny_task):

@@ -81,10 +81,11 @@ def init_members(task: Task, rule: UpdateRule, genomes, keys: jax.Array,
 
 
 @functools.lru_cache(maxsize=128)
-def advance_fn(task: Task, rule_init, rule_update, steps: int, intervals: int, lr: float,
-               shard: NamedSharding | None = None):
+def advance_fn(task: Task, rule_init, rule_update, scored_at, steps: int, intervals: int,
+               lr: float, shard: NamedSharding | None = None):
     """The jitted ``advance(genomes {k: [P]}, members, interval) -> (members, loss [P, S],
-    diverged [P, S])``: the interval's mean training loss per run."""
+    diverged [P, S])``: the interval's mean training loss per run, at the parameters the rule
+    is scored at (``UpdateRule.scored_at``; ``lab.core.evaluate.make_train`` does the same)."""
     rule = UpdateRule("", "", rule_init, rule_update, None, str)
     length = -(-steps // intervals)  # ceil(T / G): the longest interval
 
@@ -98,6 +99,8 @@ def advance_fn(task: Task, rule_init, rule_update, steps: int, intervals: int, l
             t = start + j
             batch = task.batch(jax.random.fold_in(k_data, t), t)
             loss, grads = jax.value_and_grad(task.loss)(params, batch)
+            if scored_at is not None:  # the run's loss is the scored parameters' (one more pass)
+                loss = task.loss(scored_at(genome, opt, params), batch)
             delta, new_opt = rule.update(genome, grads, opt, params, make_ctx(t, steps, lr,
                                                                                 loss.dtype))
             new_params = optax.apply_updates(params, delta)
@@ -123,7 +126,8 @@ def advance_fn(task: Task, rule_init, rule_update, steps: int, intervals: int, l
 def advance(task: Task, rule: UpdateRule, steps: int, intervals: int, lr: float, genomes,
             members: Members, interval: int, shard: NamedSharding | None = None
             ) -> tuple[Members, np.ndarray, np.ndarray]:
-    fn = advance_fn(task, rule.init, rule.update, int(steps), int(intervals), float(lr), shard)
+    fn = advance_fn(task, rule.init, rule.update, rule.scored_at, int(steps), int(intervals),
+                    float(lr), shard)
     members, loss, diverged = fn(genomes, members, jnp.asarray(interval, jnp.int32))
     return members, np.asarray(loss, np.float64), np.asarray(diverged)
 

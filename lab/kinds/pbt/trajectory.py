@@ -69,8 +69,12 @@ def trajectory_rule(base: str = "adam", intervals: int = 10) -> UpdateRule:
         return (f"{KIND}:{inner.name} with its hyperparameters per {_nth(n)} of the run:\n"
                 + "\n".join(rows))
 
+    def scored_at(genome, state, params):  # schedule-free's average: where the run is scored
+        return inner.scored_at({k: jnp.asarray(genome[k])[-1] for k in keys}, state, params)
+
     genome = {k: np.full(intervals, v, np.float32) for k, v in inner.genome.items()}
-    return UpdateRule(KIND, family(base), init, update, genome, describe)
+    return UpdateRule(KIND, family(base), init, update, genome, describe,
+                      scored_at if inner.scored_at is not None else None)
 
 
 def _nth(n: int) -> str:
