@@ -166,3 +166,24 @@ def test_pairwise_shaping_needs_mirrored_pairs():
     with pytest.raises(ConfigError, match="search.shaping.*CMA_ES does not sample them"):
         load_config("configs/smoke.yaml", ["search.strategy=CMA_ES", "search.shaping=pairwise"])
     load_config("configs/lpo_smoke.yaml", ["search.shaping=pairwise"])
+
+
+def test_lr_zero_is_a_random_search_around_the_start():
+    """Open_ES at lr 0: the mean never moves and every generation samples the start at sigma
+    (the random-search control); other strategies adapt their scale, so they refuse it."""
+    from lab.core.config import ConfigError, load_config
+    spec = dataclasses.replace(spec_for("Open_ES"), lr=0.0)
+    key = jax.random.key(0)
+    state = es.init(spec, key, jnp.full(DIMS, START))
+    samples = []
+    for g in range(20):
+        x, state = es.ask(spec, jax.random.fold_in(key, g), state)
+        samples.append(np.asarray(x))
+        state, _ = es.tell(spec, key, x, sphere(x), state)
+        np.testing.assert_array_equal(es.mean_of(spec, state), np.full(DIMS, START))
+    noise = np.concatenate(samples) - START
+    assert abs(noise.mean()) < 0.05 and noise.std() == pytest.approx(SIGMA, rel=0.1)
+    for path in ("configs/smoke.yaml", "configs/lpo_smoke.yaml"):  # hparams, RL objectives
+        assert load_config(path, ["search.lr=0"]).search.lr == 0
+    with pytest.raises(ConfigError, match="search.lr.*random search.*needs Open_ES"):
+        load_config("configs/smoke.yaml", ["search.strategy=PGPE", "search.lr=0"])

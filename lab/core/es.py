@@ -230,7 +230,10 @@ class SearchConfig:
     population: int = field(16, ge=2)  # candidates per generation
     generations: int = field(10, ge=1)
     sigma: float = field(0.1, gt=0)  # initial perturbation scale
-    lr: float = field(0.05, gt=0)  # learning rate of the optimizer that moves the ES mean
+    # learning rate of the optimizer that moves the ES mean; 0 with Open_ES: the mean stays at
+    # the start and every generation samples around it at sigma, a random search (the control
+    # at equal compute: its answer is the best member, re-scored on the fixed evaluation seeds)
+    lr: float = field(0.05, ge=0)
     optimizer: str = field("adam", choices=_optimizers, what="optax optimizer")
     elite_ratio: float = field(0.5, gt=0, le=1)
     seed: int = 0  # the search's own randomness (ES samples and per-generation task keys)
@@ -241,6 +244,9 @@ class SearchConfig:
 
     def problems(self) -> list[tuple[str, str]]:
         info = STRATEGIES.get(self.strategy)  # an unknown name is reported by its field
+        if self.lr == 0 and self.strategy != "Open_ES":
+            return [("lr", f"lr 0 is a random search around the start: it needs Open_ES, whose "
+                           f"samples keep their scale ({self.strategy} adapts it)")]
         if info is not None and info.antithetic and self.population % 2 and self.population > 1:
             return [("population", f"{self.strategy} samples mirrored pairs: the population "
                                    f"must be even, got {self.population}")]

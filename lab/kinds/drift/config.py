@@ -45,7 +45,7 @@ class DriftSearchConfig(SearchConfig):
     population: int = field(16, ge=2)
     generations: int = field(50, ge=1)
     sigma: float = field(0.03, gt=0)
-    lr: float = field(0.03, gt=0)
+    lr: float = field(0.03, ge=0)  # 0 with Open_ES: random search around the start
     fitness: str = field("ppo_normalized", choices=_rl_fitness, what="RL fitness")
     # environment levels (lab.kinds.drift.curriculum): fixed = the suite's environments as
     # they are; uniform = fresh random levels each generation; regret = prioritized level replay

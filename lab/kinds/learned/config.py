@@ -46,6 +46,7 @@ class LearnedSearchConfig(SearchConfig):
     population: int = field(32, ge=2)
     generations: int = field(100, ge=1)
     sigma: float = field(0.01, gt=0)  # perturbation of every weight
+    # > 0: the ES mean is the answer (members are never scored whole, so lr 0 finds nothing)
     lr: float = field(0.01, gt=0)
     unroll: int = field(20, ge=1)  # inner steps per truncation (static)
     horizon_min: int = field(100, ge=1)  # inner-run horizons, log-uniform, in multiples of
