@@ -502,3 +502,20 @@ def test_lab_replay_refuses_update_rule_on_rl_suite(cli):
     assert rc == 2
     assert err.startswith("lab replay: error: --suite rl-heldout")
     assert "supervised suites" in err and len(err.strip().splitlines()) == 1
+
+
+def test_rl_replay_has_suite_statistics_and_a_self_difference_of_zero(tmp_path):
+    """PPO-clip replayed against itself on the same seeds: every seed's score is the baseline's,
+    so the paired difference is 0 with a zero-width interval and no environment differs; the
+    README shows the suite means and the differences."""
+    from lab.core.target import Target
+    from lab.kinds.drift.replay import readme_tables, replay_rl
+    o = ppo_clip()
+    doc = replay_rl(Target("x", o, o.genome, 1.0, "clip-again"), "rl-tiny", seeds=2,
+                    baselines=("ppo_clip",))
+    d = doc["differences"]["clip-again"]["ppo_clip"]
+    assert d["mean"] == 0.0 and d["ci95"] == [0.0, 0.0]
+    assert d["worse"] == d["better"] == []
+    assert set(doc["intervals"]) == {"clip-again", "ppo_clip"}
+    text = "\n".join(readme_tables({"heldout": doc}))
+    assert "| clip-again | ppo_clip | +0.000 | [+0.000, +0.000] | none | none |" in text

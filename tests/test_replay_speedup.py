@@ -109,6 +109,21 @@ def test_suite_statistics_pair_seeds_before_the_interval():
     half = 4.302652729911275 * np.std(means, ddof=1) / np.sqrt(3)  # t(0.975, 2)
     np.testing.assert_allclose(stats["intervals"]["tuned adam"],
                                [means.mean() - half, means.mean() + half])
+    # per task, x's mean lies inside tuned adam's wide interval (seeds 0, 1, 3 apart)
+    assert d["x"]["tuned adam"]["worse"] == d["x"]["tuned adam"]["better"] == []
+
+
+def test_suite_statistics_name_the_tasks_outside_the_baselines_interval():
+    """A large gain on one task beside a loss on another: the suite mean favours x, and the
+    tasks say where it lost (outside the baseline's interval there) and where it won."""
+    noise = np.array([-0.01, 0.0, 0.01])
+    rows = [{"task": "a", "rule": "x", "scores": list(-5.0 + noise)},
+            {"task": "b", "rule": "x", "scores": list(0.5 + noise)},
+            {"task": "c", "rule": "x", "scores": list(0.005 + noise)},
+            *[{"task": t, "rule": "tuned adamw", "scores": list(noise)} for t in "abc"]]
+    d = suite_statistics(rows, ["x"], ["tuned adamw"])["differences"]["x"]["tuned adamw"]
+    assert d["mean"] == pytest.approx((-5.0 + 0.5 + 0.005) / 3)
+    assert d["ci95"][1] < 0 and d["better"] == ["a"] and d["worse"] == ["b"]
 
 
 def test_horizon_scale_doubles_steps(tmp_path, one_device_mesh, monkeypatch):

@@ -211,16 +211,35 @@ def suite_statistics(rows: list[dict], targets: Sequence[str], baselines: Sequen
     taken seed by seed before its interval.
 
     Returns:
-      ``{"intervals": {rule: [lo, hi]}, "differences": {target: {baseline: {"mean", "ci95"}}}}``
-      (a difference below zero is the target's win; intervals None under two seeds).
+      ``{"intervals": {rule: [lo, hi]}, "differences": {target: {baseline: {"mean", "ci95",
+      "worse", "better"}}}}`` (a difference below zero is the target's win; intervals None
+      under two seeds; ``worse`` / ``better``: the tasks where the target's mean score lies
+      above / below the baseline's interval on that task, so one task's large gain cannot hide
+      another's loss).
     """
     per_seed: dict[str, list] = {}
+    per_task: dict[tuple[str, str], np.ndarray] = {}
     for r in rows:
         per_seed.setdefault(r["rule"], []).append(r["scores"])
+        per_task[r["rule"], r["task"]] = np.asarray(r["scores"], np.float64)
     means = {k: np.mean(np.asarray(v, np.float64), axis=0) for k, v in per_seed.items()}
+
+    def beyond(t: str, b: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {"worse": [], "better": []}
+        for (rule, task), scores in per_task.items():
+            lo, hi = interval(per_task.get((b, task), np.zeros(0)))
+            if rule != t or lo is None:
+                continue
+            if np.mean(scores) > hi:
+                out["worse"].append(task)
+            elif np.mean(scores) < lo:
+                out["better"].append(task)
+        return out
+
     return {"intervals": {k: list(interval(x)) for k, x in means.items()},
             "differences": {t: {b: {"mean": float(np.mean(means[t] - means[b])),
-                                    "ci95": list(interval(means[t] - means[b]))}
+                                    "ci95": list(interval(means[t] - means[b])),
+                                    **beyond(t, b)}
                                 for b in baselines if b in means}
                             for t in targets if t in means}}
 
@@ -248,18 +267,33 @@ def readme_tables(metrics: dict) -> list[str]:
             lines.append(f"| {r['task']} | {r['rule']} | {r['score']:+.3f} | "
                          f"{_ci(r['ci95'])} | {r['final_loss']:.4g} | "
                          f"{_x(r.get('speedup'))} |")
-        if held.get("intervals"):
-            lines += ["", "Suite means (each seed's mean over the tasks; 95% interval over "
-                      "seeds):", "", "| rule | mean | 95% interval |", "|---|---|---|"]
-            lines += [f"| {k} | {v:+.3f} | {_ci(held['intervals'].get(k))} |"
-                      for k, v in held["summary"].items()]
-        if held.get("differences"):
-            lines += ["", "Paired differences of the suite mean (same seeds and tasks; below "
-                      "zero, the first rule is better):", "",
-                      "| rule | baseline | difference | 95% interval |", "|---|---|---|---|"]
-            lines += [f"| {t} | {b} | {d['mean']:+.3f} | {_ci(d['ci95'])} |"
-                      for t, diffs in held["differences"].items() for b, d in diffs.items()]
+        lines += statistics_tables(held)
     return lines
+
+
+def statistics_tables(held: dict) -> list[str]:
+    """The README tables of a replay's ``suite_statistics`` (suite means with their intervals,
+    paired differences with the tasks outside the baseline's interval); none without them."""
+    lines = []
+    if held.get("intervals"):
+        lines += ["", "Suite means (each seed's mean over the tasks; 95% interval over "
+                  "seeds):", "", "| rule | mean | 95% interval |", "|---|---|---|"]
+        lines += [f"| {k} | {v:+.3f} | {_ci(held['intervals'].get(k))} |"
+                  for k, v in held["summary"].items()]
+    if held.get("differences"):
+        lines += ["", "Paired differences of the suite mean (same seeds and tasks; below "
+                  "zero, the first rule is better), and the tasks where the rule's score "
+                  "lies outside the baseline's interval:", "",
+                  "| rule | baseline | difference | 95% interval | better on | worse on |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {t} | {b} | {d['mean']:+.3f} | {_ci(d['ci95'])} | "
+                  f"{_tasks(d.get('better'))} | {_tasks(d.get('worse'))} |"
+                  for t, diffs in held["differences"].items() for b, d in diffs.items()]
+    return lines
+
+
+def _tasks(names) -> str:
+    return "n/a" if names is None else ", ".join(names) or "none"
 
 
 def _ci(ci) -> str:

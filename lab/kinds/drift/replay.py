@@ -4,7 +4,9 @@ Every rule trains on the same seeds (the fixed evaluation keys). A row gives the
 return with a 95% Student-t interval over seeds, the mean return over training, and the
 PPO-normalized score of each seed, ``1 - (R - R_random) / (R_ppo - R_random)`` (0 = PPO-clip's
 mean final return on these seeds, 1 = a uniformly random policy, lower is better), with its own
-interval. The summary is the mean normalized score per rule over the environments.
+interval. The summary is the mean normalized score per rule over the environments, with the
+suite statistics of update rules (``lab.core.replay.suite_statistics``): each rule's mean with
+its interval over seeds, and the target's paired difference from each baseline objective.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import tasks as task_registry
 from lab.console import log
 from lab.core.evaluate import evaluate, task_keys
 from lab.core.kind import ReplayRequest
-from lab.core.replay import interval
+from lab.core.replay import interval, statistics_tables, suite_statistics
 from lab.core.rule import stack_genomes
 from lab.core.target import Target
 from lab.kinds.drift.objectives import objective_from_name, ppo_clip
@@ -84,7 +86,8 @@ def replay_rl(target: Target, suite: str = "rl-heldout", seeds: int = 8,
     doc = {"target": target.text, "label": target.label, "suite": suite,
            "suite_version": task_registry.suite_version(suite), "seeds": seeds,
            "horizon_scale": 1, "rows": rows, "random": randoms,
-           "summary": {k: float(np.mean(v)) for k, v in summary.items()}, "plot": None}
+           "summary": {k: float(np.mean(v)) for k, v in summary.items()},
+           **suite_statistics(rows, [target.label], list(baselines)), "plot": None}
     if plot is not None:
         from lab.kinds.drift.plots import return_curves
         doc["plot"] = str(return_curves(rows, plot, f"{target.label} on {suite}"))
@@ -148,6 +151,7 @@ def _table(held: dict, title: str) -> list[str]:
         ci = f"[{lo:.4g}, {hi:.4g}]" if lo is not None else "n/a"
         lines.append(f"| {r['task']} | {r['rule']} | {r['steps']} | {r['final_return']:.4g} | "
                      f"{ci} | {r['mean_return']:.4g} | {r['score']:+.3f} |")
-    lines += ["", "Mean score: " + ", ".join(f"{k} {v:+.3f}" for k, v in
-                                             held["summary"].items())]
-    return lines
+    if held.get("intervals"):
+        return lines + statistics_tables(held)
+    return lines + ["", "Mean score: " + ", ".join(f"{k} {v:+.3f}" for k, v in
+                                                   held["summary"].items())]
