@@ -265,7 +265,7 @@ def readme_tables(metrics: dict) -> list[str]:
                   "|---|---|---|---|---|---|"]
         for r in held["rows"]:
             lines.append(f"| {r['task']} | {r['rule']} | {r['score']:+.3f} | "
-                         f"{_ci(r['ci95'])} | {r['final_loss']:.4g} | "
+                         f"{_ci(r['ci95'])} | {_g(r['final_loss'])} | "
                          f"{_x(r.get('speedup'))} |")
         lines += statistics_tables(held)
     return lines
@@ -290,6 +290,10 @@ def statistics_tables(held: dict) -> list[str]:
                   f"{_tasks(d.get('better'))} | {_tasks(d.get('worse'))} |"
                   for t, diffs in held["differences"].items() for b, d in diffs.items()]
     return lines
+
+
+def _g(x) -> str:
+    return "n/a" if x is None else f"{x:.4g}"  # None: not finite (JSON has no inf)
 
 
 def _tasks(names) -> str:
