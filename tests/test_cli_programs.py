@@ -101,6 +101,8 @@ def test_replay_rank_and_export_program_artifact(run, lab, tmp_path):  # noqa: F
     assert lab("export", str(folder), "--name", "prog-again", "--out", str(tmp_path), "--suite",
                "tiny", "--seeds", "3")[0] == 0
     redone = json.loads((tmp_path / "prog-again" / "metrics.json").read_text())
+    (tmp_path / "prog-again" / "metrics.json").write_text("{not json")  # information only
+    assert lab("inspect", str(tmp_path / "prog-again"), "--json")[0] == 0
     assert redone["heldout"]["seeds"] == 3 and redone["target"] == str(folder)
     assert redone["run"] == metrics["run"] and redone["search"] == metrics["search"]
     assert f"training run: `{metrics['run']['id']}`" in (

@@ -215,6 +215,7 @@ def test_launch_kill_resume_inspect_replay_export(name, tmp_path, cli, cheap_vie
     assert metrics["run"]["id"] == run_id and metrics["heldout"]["suite"] == suite
     target = load_artifact(art / "best")
     assert target.rule.kind == name and target.rule.name == rule["name"]
+    assert target.trained_on == metrics["run"]["suite"]  # an RL export replays there too
     rc, out, err = cli("inspect", str(art / "best"), "--json")
     assert rc == 0, err
     assert strict_json(out)["hash"] == rule["hash"]

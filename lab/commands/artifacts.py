@@ -124,7 +124,22 @@ def load_artifact(path: Path) -> Target:
         lr = float(doc["lr"])
     except (TypeError, ValueError):
         raise ValueError(f"{file}: key 'lr' must be a number, got {doc['lr']!r}") from None
-    return Target(str(path), rule, genome, lr, path.name, artifact=path)
+    trained_on = (provenance(path).get("run") or {}).get("suite")
+    return Target(str(path), rule, genome, lr, path.name, artifact=path,
+                  trained_on=trained_on if isinstance(trained_on, str) else None)
+
+
+def provenance(folder: Path) -> dict:
+    """What an artifact's ``metrics.json`` says of the run and search behind it (``run``,
+    ``search``): kept when it is exported again; an artifact without a readable
+    ``metrics.json`` says nothing (it is information, never needed to load the rule)."""
+    try:
+        old = json.loads((Path(folder) / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(old, dict):
+        return {}
+    return {k: old[k] for k in ("run", "search") if isinstance(old.get(k), dict)}
 
 
 def _genome_from_json(values: Any, template: Any, file: Path) -> Any:

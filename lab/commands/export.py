@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from lab import __version__
-from lab.commands.artifacts import write_artifact
+from lab.commands.artifacts import provenance, write_artifact
 from lab.commands.inspection import function_info
 from lab.commands.targets import resolve
 from lab.console import log
@@ -42,19 +42,6 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int | None = No
     elif target.artifact is not None:  # an artifact exported again (more seeds, baselines)
         metrics.update(provenance(Path(target.artifact)))
     return write_artifact(out, name, target, info, metrics)
-
-
-def provenance(folder: Path) -> dict:
-    """What an artifact says of the run and search behind it (``run``, ``search``), for its
-    export again; an artifact without a readable ``metrics.json`` says nothing."""
-    file = folder / "metrics.json"
-    try:
-        old = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    if not isinstance(old, dict):
-        return {}
-    return {k: old[k] for k in ("run", "search") if old.get(k) is not None}
 
 
 def search_summary(store: Store, run_id: str) -> dict:

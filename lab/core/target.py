@@ -21,6 +21,8 @@ class Target:
       store_hash: its key in the store's candidates table, if stored.
       fitness: its training fitness, if it comes from a run.
       artifact: the artifact folder it was loaded from, if any.
+      trained_on: the suite it was searched on, where an artifact's ``metrics.json`` says
+        (a run's is in its config).
     """
 
     text: str
@@ -33,6 +35,7 @@ class Target:
     store_hash: str | None = None
     fitness: float | None = None
     artifact: Path | None = None
+    trained_on: str | None = None
 
 
 def plot_paths(target: Target, store, hash_: str, what: str) -> list[Path]:

@@ -109,7 +109,7 @@ def export(target: Target, store, suite: str, seeds: int) -> dict:
     import tasks
     out = {"heldout": replay_rl(target, suite, seeds)}
     config = (target.run or {}).get("config", {})
-    run_suite = config.get("suite")
+    run_suite = config.get("suite") or target.trained_on
     if run_suite and tasks.is_rl_suite(run_suite) and run_suite != suite:
         log(f"export {target.label}: replaying on its training suite {run_suite}")
         out["train"] = replay_rl(target, run_suite, seeds)
