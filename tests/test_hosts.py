@@ -152,7 +152,9 @@ def test_killed_process_stops_the_other_and_resume_ends_equal(name, processes, t
     assert time.monotonic() - start < TIMEOUT
     with Store(db) as store:
         (run,) = store.runs()
-        assert run["status"] == "failed" and run["generations"] == 2, run
+        # generation 1 is committed unless the loss is found first (a loaded machine): either
+        # way nothing committed is lost, and the resume below must end where a straight run ends
+        assert run["status"] == "failed" and run["generations"] in (1, 2), run
     rcs, logs = run_processes(["launch", "--resume", "cut", "--store", str(db)], tmp_path,
                               "resume", processes=processes, devices=4 // processes)
     assert rcs == [0] * processes, "\n".join(x[-3000:] for x in logs)

@@ -268,10 +268,9 @@ class Store:
             context (default: ``context``). A known (hash, context) keeps its first entry.
           members: hash (a candidate, here or stored), fitness; optional generation (default
             ``idx``). Per run and hash the lowest fitness and the first generation are kept.
-            A finalist has ``final`` (its score on the fixed evaluation seeds) instead of
-            fitness, and may have ``selection``: the score the run's finalists are ranked by
-            when the run selects by another than the final one (lower is better); the run's
-            best is then the finalist of the lowest selection score, at its final score.
+            A finalist has ``final`` (fixed-seed score) instead of fitness, and may have
+            ``selection`` (what ranks the finalists when not ``final``; the run's best is then
+            the lowest selection's finalist, at its final score).
           stats: best, mean, hits, misses, hit_rate, evaluated, seconds, candidates_per_s,
             checkpoint (missing: NULL); best_hash, used only when no member has a fitness.
           hit_hashes: hashes served from the cache in ``context``; each adds one to ``hits``.
@@ -300,10 +299,8 @@ class Store:
                       d["diverged"])), to_json(d.get("metrics") or {}), run_id, idx, now)
                      for d in evaluations],
                 )  # fmt: skip
-                c.executemany(
-                    "UPDATE evaluations SET hits = hits + 1 WHERE hash = ? AND context = ?",
-                    [(h, ctx) for h in hit_hashes],
-                )
+                c.executemany("UPDATE evaluations SET hits = hits + 1 WHERE hash = ? AND "
+                              "context = ?", [(h, ctx) for h in hit_hashes])
                 rows = [(run_id, d["hash"], int(d.get("generation", idx)),
                          real(d["fitness"] if "final" not in d else d.get("fitness")),
                          real(d.get("final")), real(d.get("selection")))
@@ -317,8 +314,7 @@ class Store:
                     "selection = COALESCE(excluded.selection, selection)",
                     rows,
                 )
-                selected = [(v, f, h) for _, h, _, _, f, v in rows
-                            if v is not None and f is not None]
+                selected = [(v, f, h) for _, h, _, _, f, v in rows if None not in (v, f)]
                 finals = [(f, h) for _, h, _, _, f, _ in rows if f is not None]
                 rows = [(r[0], r[1], r[2], r[3]) for r in rows if r[3] is not None]
                 values = [conv(stats.get(k)) for k, conv in GEN_STATS.items()]
@@ -352,9 +348,8 @@ class Store:
         return [dict(r) for r in self.conn.execute(sql, (run_id,))]
 
     def best_members(self, run_id: str, k: int = 10) -> list[dict]:
-        """A run's ``k`` best candidates: finalists with a selection score (a run that selects
-        by another score than the final one) by it first, then finalists by their score on the
-        fixed evaluation seeds, then the others by their search fitness (NULL, i.e. NaN, last).
+        """A run's ``k`` best candidates: finalists by selection score where they have one, then
+        by final score (fixed seeds), then the others by search fitness (NULL, i.e. NaN, last).
 
         Returns:
           Dicts with hash, kind, name, readable, genome (bytes), fingerprint (bytes or None),
