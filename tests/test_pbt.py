@@ -229,3 +229,169 @@ def test_pbt_configs_are_checked():
         load_config(None, [*SMALL, "search.hparams=[lr]"])
     with pytest.raises(ConfigError, match=r"search.truncation: 0.1 of 8 members is none"):
         load_config(None, [*SMALL, "search.truncation=0.1"])
+
+
+# ---- a program's constants ---------------------------------------------------------------------
+PROGRAM = [s for s in SMALL if not s.startswith("rule.init")] + [
+    "rule.program=adam", "rule.lr=10", "search.hparams=[lr, k0]"]
+
+
+def test_a_programs_hyperparameters_are_its_constants_and_the_rest_stay_its_own():
+    from lab.kinds.pbt.base import program_base
+    from lab.kinds.program.programs import genome_of, load_seed
+    p = load_seed("adam")  # k0: m = interp(g, m, 0.9); k15: update = scale_k(x14, 0.001)
+    own = genome_of(p)
+    base = program_base(p, ("lr", "k0", "k15"))
+    assert list(base.start) == ["lr", "k0", "k15"] and base.log1m == {"k0"}
+    np.testing.assert_allclose([base.start["k0"], base.start["k15"]],
+                               [np.log(0.1), np.log(1e-3)], rtol=1e-6)
+    # at their start every constant is the program's (the untuned ones bit for bit)
+    held = base.family({k: np.full(3, v) for k, v in base.start.items()})
+    assert held["k"].shape == (3, len(own["k"])) and held["lr"].shape == (3,)
+    for i in range(3):
+        np.testing.assert_array_equal(np.delete(held["k"][i], [0, 15]),
+                                      np.delete(own["k"], [0, 15]))
+        np.testing.assert_allclose(held["k"][i], own["k"], rtol=1e-6)
+    for f in ("op", "a", "b", "out", "n"):
+        np.testing.assert_array_equal(held[f], own[f])
+    # explore's factor on a decay rate moves 1 - k; on another constant, k itself
+    moved = base.genomes({"lr": np.log([2.0]), "k0": [base.start["k0"] + np.log(1.2)],
+                          "k15": [base.start["k15"] + np.log(0.8)]})
+    np.testing.assert_allclose([moved["k"][0, 0], moved["k"][0, 15], moved["lr"][0]],
+                               [1 - 0.1 * 1.2, 1e-3 * 0.8, 2.0], rtol=1e-6)
+    assert moved["op"].shape == (1, *own["op"].shape)
+    # "constants" names every nonzero one (a negative constant keeps its sign)
+    every = program_base(load_seed("adamw"), ("constants",))
+    assert set(every.start) == {"lr", "k0", "k2", "k3", "k5", "k6", "k8", "k12", "k14", "k17"}
+
+
+def test_a_program_members_intervals_are_the_steps_of_a_whole_run_of_its_trajectory(tiny_task):
+    from lab.kinds.pbt.base import program_base
+    from lab.kinds.program.programs import load_seed, program_rule
+    steps, g, pop, seeds = tiny_task.steps, 4, 3, 2
+    base = program_base(load_seed("adam"), ("lr", "k0"))
+    lr = np.log(np.asarray([[1, 3, 0.5, 0.1], [2] * 4, [10, 1, 0.3, 0.1]], np.float32))
+    k0 = np.log1p(-np.asarray([[0.9, 0.5, 0.95, 0.9], [0.9] * 4, [0.5, 0.8, 0.99, 0.6]],
+                              np.float32))
+    keys = task_keys(seeds, pop, 0, np.arange(pop, dtype=np.int32))
+    h = {"lr": lr[:, 0], "k0": k0[:, 0]}
+    members = Pop.init_members(tiny_task, base.rule, base.genomes(h), keys)
+    losses = []
+    for i in range(g):
+        h = {"lr": lr[:, i], "k0": k0[:, i]}
+        members, loss, diverged = Pop.advance(tiny_task, base.rule, steps, g, 10.0,
+                                              base.genomes(h), members, i)
+        assert not diverged.any()
+        losses.append(loss)
+    rule = T.program_trajectory_rule("update", g)
+    train = make_train(tiny_task, rule, steps, 10.0, curve_points=steps)
+    for j in range(pop):
+        genome = base.family({"lr": lr[j], "k0": k0[j]})
+        curve = np.stack([np.asarray(train(genome, keys[j, s])["curve"]) for s in range(seeds)])
+        for i, (a, b) in enumerate(T.bounds(steps, g)):
+            np.testing.assert_allclose(losses[i][j], curve[:, a:b].mean(axis=1), rtol=1e-5)
+    # a trajectory that holds its values is the program itself (member 1: Adam at twice the lr)
+    held = make_train(tiny_task, rule, steps, 10.0)(base.family({"lr": lr[1], "k0": k0[1]}),
+                                                     keys[1, 0])
+    own = base.genomes({"lr": lr[1, :1], "k0": k0[1, :1]})
+    plain = make_train(tiny_task, program_rule(), steps, 10.0)(
+        {k: v[0] for k, v in own.items()}, keys[1, 0])
+    np.testing.assert_allclose(held["final_loss"], plain["final_loss"], rtol=1e-6)
+    text = rule.describe(base.family({"lr": lr[2], "k0": k0[2]}))
+    assert "m = interp(g, m, 0.5)" in text  # the program at the start
+    assert "k0: 0.5, 0.8, 0.99, 0.6" in text and "lr: 10, 1, 0.3, 0.1" in text
+
+
+def test_pbt_tunes_a_programs_constants_end_to_end(store, tmp_path):
+    from lab.commands.artifacts import load_artifact
+    from lab.core.loop import launch
+    run_id = launch(load_config(None, PROGRAM), store, name="pbt-program")
+    assert store.get_run(run_id)["status"] == "done"
+    names = {r["name"] for r in store.conn.execute("SELECT name FROM candidates")}
+    assert names == {"pbt(program)"}
+    copies = store.conn.execute("SELECT hash, parent, genome FROM candidates "
+                                "WHERE parent IS NOT NULL").fetchall()
+    assert len(copies) == 2 * 3
+    for r in copies:  # a copy changed lr and k0 by 0.8 or 1.2 (k0 as a decay rate), nothing else
+        child = tree_from_npz(r["genome"])
+        parent = tree_from_npz(store.conn.execute(
+            "SELECT genome FROM candidates WHERE hash = ?", (r["parent"],)).fetchone()[0])
+        cut = int(np.argmin(child["lr"] == parent["lr"]))
+        ratio = child["lr"][cut] / parent["lr"][cut]
+        decay = (1 - child["k"][cut, 0]) / (1 - parent["k"][cut, 0])
+        for x in (ratio, decay):
+            assert min(abs(x - 0.8), abs(x - 1.2)) < 1e-4
+        np.testing.assert_array_equal(np.delete(child["k"], 0, axis=1),
+                                      np.delete(parent["k"], 0, axis=1))
+    from lab.commands.export import export
+    from lab.commands.targets import resolve
+    target = resolve(f"{run_id}:0", store)
+    folder = export(f"{run_id}:0", "pbt-program", tmp_path, store, seeds=1, suite="tiny")
+    back = load_artifact(folder)
+    assert back.rule.name == "pbt(program)"
+    for k in ("k", "lr", "op"):
+        np.testing.assert_array_equal(back.genome[k], target.genome[k])
+    import json
+    doc = json.loads((folder / "rule.json").read_text())
+    assert doc["trajectory"]["intervals"] == 4 and "lr" in doc["trajectory"]["hyperparameters"]
+    assert "def program(g, w, lr, t, m, v):" in doc["readable"]
+
+
+def test_pbt_program_configs_are_checked(tmp_path):
+    assert load_config(None, PROGRAM).rule.program == "adam"
+    with pytest.raises(ConfigError, match=r"search.hparams\[1\]: the program adam has no tuned "
+                                          r"hyperparameter 'k1'"):
+        load_config(None, [*PROGRAM, "search.hparams=[lr, k1]"])
+    with pytest.raises(ConfigError, match=r"rule.init: an optax keyword"):
+        load_config(None, [*PROGRAM, "rule.init={b1: 0.9}"])
+    with pytest.raises(ConfigError, match=r"rule.program: 'adamx' is neither an update or joint "
+                                          r"seed program; did you mean adam"):
+        load_config(None, [*PROGRAM, "rule.program=adamx"])
+    drift = tmp_path / "d.prog"
+    drift.write_text("def d(r, A, progress):\n    x0 = sub(r, r)\n    return x0\n")
+    with pytest.raises(ConfigError, match=r"is a drift program: PBT tunes update or joint"):
+        load_config(None, [*PROGRAM, f"rule.program={drift}"])
+    assert load_config(None, [*PROGRAM, "rule.program=adam+cosine",
+                              "search.hparams=[constants]"]).rule.program == "adam+cosine"
+
+
+# ---- a learning-rate trajectory as a schedule program ------------------------------------------
+@pytest.mark.parametrize("horizon", [7, 18, 20, 1000])
+def test_a_piecewise_schedule_program_is_the_trajectory_at_every_step(horizon):
+    from lab.kinds.program import interpreted
+    from lab.kinds.program.programs import genome_of
+    from lab.kinds.program.text import parse, to_source
+    values = np.asarray([35.6, 35.6, 28.5, 28.5, 40.0, 1.0], np.float32)
+    p = T.piecewise_program(values)
+    assert len(p) == 2 + 3 * 5 - 1 + 1  # three boundaries change it: 5 statements each
+    p = parse(to_source(p), "roundtrip")  # what rule.json holds reads back
+    t = np.arange(horizon)
+    got = interpreted.apply(genome_of(p), jnp.asarray(t, jnp.float32),
+                            jnp.full(horizon, horizon, jnp.float32))
+    want = values[np.asarray(T.interval_of(t, horizon, len(values)))]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+    held = T.piecewise_program([3.0] * 4)
+    assert len(held) == 3 and float(interpreted.apply(genome_of(held), 5.0, 9.0)) == 3.0
+
+
+def test_an_adam_learning_rate_trajectory_replays_as_a_schedule_program(tiny_task):
+    from lab.kinds.program.programs import genome_of
+    from lab.kinds.program.schedules import schedule_rule
+    rule = T.trajectory_rule("adam", 4)
+    genome = lr_trajectory([1e-2, 3e-2, 5e-3, 1e-3], rule)
+    p = T.as_schedule_program(rule.name, genome)
+    steps, key = tiny_task.steps, jax.random.key(3)
+    ours = make_train(tiny_task, rule, steps, 2.0, curve_points=steps)(genome, key)
+    sched = schedule_rule()
+    theirs = make_train(tiny_task, sched, steps, 2.0, curve_points=steps)(
+        genome_of(p, len(p)), key)
+    np.testing.assert_allclose(np.asarray(ours["curve"]), np.asarray(theirs["curve"]),
+                               rtol=1e-4)
+    # another hyperparameter that changes, or another optimizer: no schedule of Adam
+    assert T.as_schedule_program(rule.name, {**genome, "b1": np.log1p(-np.asarray(
+        [0.9, 0.8, 0.9, 0.9], np.float32))}) is None
+    assert T.as_schedule_program("pbt(sgd)", {"learning_rate": genome["learning_rate"]}) is None
+    from lab.core.target import Target
+    from lab.kinds.pbt import artifact_fields
+    fields = artifact_fields(Target("t", rule, genome, 1.0, "t"))["trajectory"]
+    assert fields["schedule_program"].startswith("def pbt_schedule(t, T):")

@@ -1,6 +1,6 @@
-"""The ``search`` section of ``kind: pbt`` configs (its ``rule`` section is the baseline kind's:
-the optax optimizer whose hyperparameters the population tunes, ``init`` the centre of the
-initial draws)."""
+"""The ``rule`` and ``search`` sections of ``kind: pbt`` configs. The ``rule`` section is the
+baseline kind's (the optax optimizer whose hyperparameters the population tunes, ``init`` the
+centre of the initial draws) or, with ``program``, an update program whose constants it tunes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,27 @@ import dataclasses
 from lab.core.optimizers import BASELINES
 from lab.core.schema import field
 from lab.kinds.baseline.config import BaselineRuleConfig
+from lab.kinds.pbt.base import ALL_CONSTANTS, load_program, tunable_constants
 from lab.names import hint
+
+
+@dataclasses.dataclass(frozen=True)
+class PBTRuleConfig(BaselineRuleConfig):
+    """The ``rule`` section for ``kind: pbt``: an optax optimizer (``name``, ``init``, ``fixed``)
+    or an update program (``program``: an update or joint seed name, or a ``.prog`` file, whose
+    ``lr`` multiplier and constants are the hyperparameters; ``lr`` stays the outer rate)."""
+
+    program: str = ""
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.program:
+            return super().problems()
+        try:
+            load_program(self.program)
+        except ValueError as e:
+            return [("program", str(e))]
+        return [(key, "an optax keyword: a program's hyperparameters are its constants")
+                for key in ("init", "fixed") if getattr(self, key)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,7 +48,9 @@ class PBTConfig:
     perturb: tuple[float, ...] = field((0.8, 1.2), gt=0, nonempty=True)  # explore factors
     resample: float = field(0.0, ge=0, le=1)  # chance a hyperparameter is drawn afresh instead
     spread: float = field(10.0, gt=1)  # initial draws and bounds: init / spread .. init x spread
-    hparams: tuple[str, ...] = field(("learning_rate",))  # keywords tuned (others held)
+    # keywords tuned (others held); a program's: lr, kI (the constant of statement xI) or
+    # constants (every nonzero one)
+    hparams: tuple[str, ...] = field(("learning_rate",))
     seed: int = 0
 
     def problems(self) -> list[tuple[str, str]]:
@@ -38,16 +60,24 @@ class PBTConfig:
         return []
 
 
-def hparam_problems(rule: BaselineRuleConfig, search: PBTConfig) -> list[tuple[str, str]]:
-    """``search.hparams`` must name hyperparameters the optimizer has."""
-    spec = BASELINES.get(rule.name)
-    if spec is None:
-        return []
+def hparam_problems(rule: PBTRuleConfig, search: PBTConfig) -> list[tuple[str, str]]:
+    """``search.hparams`` must name hyperparameters the optimizer (or program) has."""
+    if rule.program:
+        try:
+            have = ["lr", *tunable_constants(load_program(rule.program)), ALL_CONSTANTS]
+        except ValueError:
+            return []  # the rule section names it
+        what = f"the program {rule.program}"
+    else:
+        spec = BASELINES.get(rule.name)
+        if spec is None:
+            return []
+        have, what = list(spec.searchable), rule.name
     out = []
     for i, key in enumerate(search.hparams):
-        if key not in spec.searchable:
-            out.append((f"search.hparams[{i}]", f"{rule.name} has no tuned hyperparameter "
-                        f"{key!r}{hint(key, spec.searchable)}"))
+        if key not in have:
+            out.append((f"search.hparams[{i}]", f"{what} has no tuned hyperparameter "
+                        f"{key!r}{hint(key, have)}"))
     if not search.hparams:
         out.append(("search.hparams", "name at least one hyperparameter to tune"))
     return out

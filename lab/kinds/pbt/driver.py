@@ -30,7 +30,7 @@ from lab.core.evaluate import put, task_keys
 from lab.core.fitness import normalized_score
 from lab.core.hashing import genome_digest
 from lab.core.loop import AfterSearch, Finalist, Step, candidate_row
-from lab.core.optimizers import BASELINES, LOG, make_baseline
+from lab.kinds.pbt.base import base_for, tuned_names
 from lab.kinds.pbt.population import (
     Members,
     advance,
@@ -49,15 +49,14 @@ class PBTDriver:
         s = cfg.search
         self.cfg, self.s, self.setup = cfg, s, setup
         self.rule, self.scorer = setup.rule, setup.scorer
-        base = make_baseline(cfg.rule.name, {**cfg.rule.fixed, **cfg.rule.init}, "pbt")
+        base = base_for(cfg.rule, s.hparams)
         self.base = base
-        spec = BASELINES[cfg.rule.name]
-        self.keys = list(base.genome)
-        self.tuned = tuple(s.hparams)
+        self.keys = list(base.start)
+        self.tuned = tuned_names(tuple(s.hparams), self.keys)
         self.lo, self.hi = {}, {}
         for k in self.tuned:
-            z0, width = float(base.genome[k]), float(np.log(s.spread))
-            hi = z0 + width if spec.searchable[k][1] == LOG else min(z0 + width, LOG1M_MAX)
+            z0, width = base.start[k], float(np.log(s.spread))
+            hi = min(z0 + width, LOG1M_MAX) if k in base.log1m else z0 + width
             self.lo[k], self.hi[k] = z0 - width, hi
         pop, g = s.population, s.generations
         self.shard = members_sharding(setup.mesh, pop)
@@ -66,7 +65,7 @@ class PBTDriver:
                 "they run on one" + (" in every process" if hosts.count() > 1 else ""))
         self.final_rows = min(cfg.output.top_k, pop)
         self.ids = np.arange(pop, dtype=np.int64)
-        self.hparams = {k: np.full(pop, base.genome[k], np.float32) for k in self.keys}
+        self.hparams = {k: np.full(pop, base.start[k], np.float32) for k in self.keys}
         for j in range(pop):  # initial draws, log-uniform within the bounds, keyed by member id
             rng = np.random.default_rng([s.seed, 1_000_003, j])
             for k in self.tuned:
@@ -76,7 +75,7 @@ class PBTDriver:
         self.scores = np.zeros((pop, g), np.float64)
         self.last_hash = [NO_PARENT] * pop  # the trajectory each member continues
         keys = task_keys(cfg.seeds, pop, 0, self.ids.astype(np.int32), s.seed)
-        self.members = {t.name: init_members(t, base, self._genomes(), self._put(keys),
+        self.members = {t.name: init_members(t, base.rule, self._genomes(), self._put(keys),
                                              self.shard) for t in self.scorer.tasks}
 
     def _put(self, tree):
@@ -88,15 +87,15 @@ class PBTDriver:
         return put(tree, self.shard)
 
     def _genomes(self) -> dict:
-        return self._put({k: np.asarray(v) for k, v in self.hparams.items()})
+        return self._put(self.base.genomes(self.hparams))
 
     def _trajectory(self, j: int, g: int) -> dict:
         """Member ``j``'s trajectory after interval ``g`` (later intervals at its current
-        hyperparameters)."""
-        return {k: np.concatenate([self.history[k][j, :g + 1],
-                                   np.full(self.s.generations - g - 1, self.hparams[k][j],
-                                           np.float32)]).astype(np.float32)
-                for k in self.keys}
+        hyperparameters): the family's genome."""
+        return self.base.family({k: np.concatenate([
+            self.history[k][j, :g + 1], np.full(self.s.generations - g - 1, self.hparams[k][j],
+                                                np.float32)]).astype(np.float32)
+            for k in self.keys})
 
     # ---- the loop's driver ------------------------------------------------------------------
     def state(self, generation: int):
@@ -124,7 +123,7 @@ class PBTDriver:
         for task in self.scorer.tasks:
             steps = self.scorer.steps(task)
             self.members[task.name], loss, diverged = advance(
-                task, self.base, steps, s.generations, self.cfg.rule.lr, genomes,
+                task, self.base.rule, steps, s.generations, self.cfg.rule.lr, genomes,
                 self.members[task.name], g, self.shard)
             with np.errstate(all="ignore"):
                 mean = loss.mean(axis=1)
@@ -159,10 +158,10 @@ class PBTDriver:
         stats = {"best": float(np.min(score)), "mean": float(np.mean(score)), "hits": 0,
                  "misses": pop, "hit_rate": 0.0, "evaluated": pop, "seconds": seconds,
                  "candidates_per_s": pop / max(seconds, 1e-9)}
-        lr = np.exp(self.hparams["learning_rate"]) if "learning_rate" in self.hparams else None
         extra = {"copies": copies}
-        if lr is not None:
-            extra["learning_rate_median"] = float(np.median(lr))
+        for k in ("learning_rate", "lr"):  # an optimizer's learning rate, a program's multiplier
+            if k in self.hparams:
+                extra[f"{k}_median"] = float(np.median(np.exp(self.hparams[k])))
         return Step(stats, rows, [], members, [], extra)
 
     def finalists(self) -> dict:
