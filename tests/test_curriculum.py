@@ -4,6 +4,7 @@ sampler, regret, the curriculum driver and its run outputs."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -247,3 +248,27 @@ def test_export_of_a_curriculum_run_replays_on_unseen_levels(cli, tmp_path):
     assert "## Unseen levels (rl-levels-heldout, 1 seeds)" in (art / "README.md").read_text()
     doc = json.loads(cli("inspect", "cur", "--json")[1])
     assert doc["after_search"]["curriculum"]["mode"] == "regret"
+
+
+def test_an_artifact_exported_again_replays_on_the_unseen_levels_of_its_curriculum(
+        monkeypatch, tmp_path):
+    """The curriculum comes from the artifact's metrics.json (no run config travels with it)."""
+    from lab.commands.artifacts import load_artifact
+    from lab.kinds.drift import replay as R
+    target = load_artifact(Path("discovered/lpo-curriculum-regret"))
+    assert target.curriculum == "regret" and target.trained_on == "rl-levels"
+    suites = []
+    monkeypatch.setattr(R, "replay_rl", lambda t, suite, seeds, *a, **k: suites.append(suite))
+    R.export(target, None, "rl-heldout", 1)
+    assert suites == ["rl-heldout", "rl-levels", R.LEVELS_HELDOUT]
+    plain = load_artifact(Path("discovered/lpo-rl-train"))
+    assert plain.curriculum is None
+    suites.clear()
+    R.export(plain, None, "rl-heldout", 1)
+    assert R.LEVELS_HELDOUT not in suites
+    # a metrics.json whose search record is not what it should be says nothing
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree("discovered/lpo-curriculum-regret", broken)
+    (broken / "metrics.json").write_text('{"search": {"after_search": [1, 2]}}')
+    assert load_artifact(broken).curriculum is None

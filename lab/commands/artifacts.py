@@ -124,9 +124,19 @@ def load_artifact(path: Path) -> Target:
         lr = float(doc["lr"])
     except (TypeError, ValueError):
         raise ValueError(f"{file}: key 'lr' must be a number, got {doc['lr']!r}") from None
-    trained_on = (provenance(path).get("run") or {}).get("suite")
+    known = provenance(path)
+    trained_on = _at(known, "run", "suite")
+    curriculum = _at(known, "search", "after_search", "curriculum", "mode")
     return Target(str(path), rule, genome, lr, path.name, artifact=path,
-                  trained_on=trained_on if isinstance(trained_on, str) else None)
+                  trained_on=trained_on if isinstance(trained_on, str) else None,
+                  curriculum=curriculum if isinstance(curriculum, str) else None)
+
+
+def _at(doc: Any, *keys: str) -> Any:
+    """``doc[k1][k2]...``, None where a level is missing or not an object."""
+    for k in keys:
+        doc = doc.get(k) if isinstance(doc, dict) else None
+    return doc
 
 
 def provenance(folder: Path) -> dict:

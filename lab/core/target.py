@@ -23,6 +23,8 @@ class Target:
       artifact: the artifact folder it was loaded from, if any.
       trained_on: the suite it was searched on, where an artifact's ``metrics.json`` says
         (a run's is in its config).
+      curriculum: the level curriculum it was meta-trained on (``uniform``, ``regret``), where
+        an artifact's ``metrics.json`` says (a run's is in its config).
     """
 
     text: str
@@ -36,6 +38,7 @@ class Target:
     fitness: float | None = None
     artifact: Path | None = None
     trained_on: str | None = None
+    curriculum: str | None = None
 
 
 def plot_paths(target: Target, store, hash_: str, what: str) -> list[Path]:

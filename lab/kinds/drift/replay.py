@@ -113,7 +113,7 @@ def export(target: Target, store, suite: str, seeds: int) -> dict:
     if run_suite and tasks.is_rl_suite(run_suite) and run_suite != suite:
         log(f"export {target.label}: replaying on its training suite {run_suite}")
         out["train"] = replay_rl(target, run_suite, seeds)
-    curriculum = config.get("search", {}).get("curriculum", "fixed")
+    curriculum = config.get("search", {}).get("curriculum") or target.curriculum or "fixed"
     if curriculum != "fixed" and suite != LEVELS_HELDOUT:
         log(f"export {target.label}: meta-trained on a {curriculum} curriculum, replaying on "
             f"unseen levels ({LEVELS_HELDOUT})")
