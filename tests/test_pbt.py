@@ -337,8 +337,16 @@ def test_pbt_tunes_a_programs_constants_end_to_end(store, tmp_path):
     assert "def program(g, w, lr, t, m, v):" in doc["readable"]
 
 
+def program_base_of(cfg):
+    from lab.kinds.pbt.base import base_for
+    return base_for(cfg.rule, cfg.search.hparams)
+
+
 def test_pbt_program_configs_are_checked(tmp_path):
     assert load_config(None, PROGRAM).rule.program == "adam"
+    shipped = load_config("configs/pbt_program.yaml")  # a discovered artifact's program
+    assert shipped.rule.program == "discovered/program-search-train"
+    assert set(program_base_of(shipped).start) == {"lr", "k0", "k2", "k14"}
     with pytest.raises(ConfigError, match=r"search.hparams\[1\]: the program adam has no tuned "
                                           r"hyperparameter 'k1'"):
         load_config(None, [*PROGRAM, "search.hparams=[lr, k1]"])
