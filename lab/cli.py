@@ -164,7 +164,16 @@ def cmd_references(args) -> int:
         lr = f"  lr={r['lr']:.3g}" if r.get("lr") is not None else ""
         log(f"{task:28s} {which:8s} seeds={n}{lr}  {metric.replace('_', ' ')}="
             f"{r['value']:.4g}")
-    doc = build(list(chosen.values()), seeds, out, make_mesh(0), progress)
+    which = None
+    if args.which:
+        from lab.core.references import family_of
+        names = tuple(w.strip() for w in args.which.split(",") if w.strip())
+        try:
+            which = {f: tuple(w for w in names if family_of(w).name == f)
+                     for f in {family_of(w).name for w in names}}
+        except ValueError as e:
+            raise UsageError(f"--which: {e}") from None
+    doc = build(list(chosen.values()), seeds, out, make_mesh(0), progress, which)
     print(f"wrote {len(doc['entries'])} references to {out}")
     return 0
 
@@ -258,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = rs.add_parser("build", help="regenerate tasks/references.json")
     b.add_argument("--suites", default="smoke,train,heldout")
     b.add_argument("--seeds", default="2,5", help="comma-separated seed counts")
+    b.add_argument("--which", default="",
+                   help="comma-separated references to build (e.g. lamb,schedule_free_adamw); "
+                        "the file's others are kept (default: every one of each family)")
     b.add_argument("--out", default=None,
                    help="default: tasks/references.json of the checkout you are in")
     b.set_defaults(fn=cmd_references)

@@ -81,6 +81,20 @@ def test_build_rebuilds_one_family_and_keeps_the_others(tmp_path, counted):
     assert back["entries"][0]["context"] == reference_context(TINY)
 
 
+def test_build_of_some_references_keeps_the_familys_others(tmp_path, counted):
+    """``which`` (``lab references build --which``): only those are rebuilt; the file's other
+    references of the same family stay, as every other family's."""
+    path = tmp_path / "references.json"
+    entry = lambda fam, which: {"family": fam, "task": "t", "context": "c", "budget": 1,  # noqa: E731
+                                "seeds": 1, "which": which, "metric": "m", "value": 1.0,
+                                "values": [1.0]}
+    path.write_text(json.dumps({"format": references.FORMAT, "entries": [
+        entry("rl", "ppo_clip"), entry("rl", "random"), entry("tuned", "adam")]}))
+    references.build([(TINY, "rl")], (1,), path=path, which={"rl": ("random",)})
+    back = [(e["family"], e["task"], e["which"]) for e in json.loads(path.read_text())["entries"]]
+    assert back == [("rl", TINY.name, "random"), ("rl", "t", "ppo_clip"), ("tuned", "t", "adam")]
+
+
 def test_format_1_files_upgrade_without_loss():
     v1 = {"format": 1, "grid_id": "g", "entries": [
         {"task": "t", "task_version": "v", "budget": 10, "seeds": 2, "optimizer": "adam",
@@ -128,5 +142,17 @@ def test_shipped_tuned_references_match_the_registered_tasks():
         assert e["context"] == references.TUNED.context(task), e["task"]
         assert e["lr"] in references.LR_GRID and e["metric"] == "final_loss"
         by_task.setdefault(e["task"], set()).add(e["which"])
-    for name in tasks.SUITES["smoke"] + tasks.SUITES["train"] + tasks.SUITES["heldout"]:
+    for name in tasks.SUITES["smoke"] + tasks.SUITES["train"]:
         assert by_task.get(name) == set(references.OPTIMIZERS), name
+    # held out: every baseline of the held-out tables, so an export on a fresh store tunes none
+    from lab.core.kind import HELDOUT_BASELINES
+    for name in tasks.SUITES["heldout"]:
+        assert by_task.get(name) == set(HELDOUT_BASELINES), name
+
+
+def test_references_build_names_an_unknown_reference(capsys, tmp_path):
+    from lab.cli import main
+    rc = main(["references", "build", "--suites", "smoke", "--which", "adam,nope",
+               "--out", str(tmp_path / "r.json")])
+    assert rc == 2 and "--which: no reference 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

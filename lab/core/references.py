@@ -212,12 +212,13 @@ def build(tasks: Iterable, seeds: tuple[int, ...] = (2,), path: Path | None = No
           mesh: Mesh | None = None, progress=None, which: dict[str, tuple[str, ...]] | None = None
           ) -> dict:
     """Regenerates the references of ``tasks`` at their default budgets, each task by the
-    family of its domain (``domain(task)``), and writes them to ``path``: entries of families
-    not rebuilt that the file already holds are kept.
+    family of its domain (``domain(task)``), and writes them to ``path``: the entries the file
+    already holds of references not rebuilt (a family, and which of it) are kept.
 
     Args:
       tasks: (task, domain) pairs.
-      which: family name -> the references to build (default: all of the family's).
+      which: family name -> the references to build (default: all of the family's); e.g.
+        ``{"tuned": ("lamb",)}`` adds tuned LAMB and keeps the other tuned optimizers.
     """
     old = {}
     if path is not None and Path(path).exists():
@@ -232,9 +233,10 @@ def build(tasks: Iterable, seeds: tuple[int, ...] = (2,), path: Path | None = No
             raise ValueError(f"no reference family for domain {domain!r} (task {task.name}); "
                              f"known: {', '.join(sorted(by_domain))}")
         family = by_domain[domain]
-        rebuilt.add(family.name)
+        built = (which or {}).get(family.name, family.which)
+        rebuilt.update((family.name, w) for w in built)
         for n in seeds:
-            for w in (which or {}).get(family.name, family.which):
+            for w in built:
                 r = family.compute(task, w, task.steps, n, mesh)
                 entries.append({"family": family.name, "task": task.name,
                                 "context": family.context(task),
@@ -243,7 +245,8 @@ def build(tasks: Iterable, seeds: tuple[int, ...] = (2,), path: Path | None = No
                 if progress is not None:
                     progress(task.name, w, n, family.metric, r)
     if old.get("format") == FORMAT:
-        entries += [e for e in old.get("entries", []) if e.get("family") not in rebuilt]
+        entries += [e for e in old.get("entries", [])
+                    if (e.get("family"), e.get("which")) not in rebuilt]
     doc = {"format": FORMAT, "grid_id": grid_id(), "evaluator": EVALUATOR_VERSION,
            "lr_grid": list(LR_GRID), "seed_base": SEED_BASE, "entries": entries}
     if path is not None:

@@ -1,4 +1,5 @@
-"""Kind ``pbt``: population-based training of an optax optimizer's hyperparameters.
+"""Kind ``pbt``: population-based training of an optax optimizer's hyperparameters, or of an
+update program's constants and learning-rate multiplier (``rule.program``; ``base``).
 
 A population of training runs of the suite's tasks is advanced together, an interval at a time
 (``population``: one compiled call per task, the runs' state on device); between intervals the
@@ -6,7 +7,8 @@ worst members copy the best and perturb their hyperparameters (``driver``). What
 schedule: the hyperparameter trajectory of a member over the run, the rule family ``pbt(NAME)``
 (``trajectory``: piecewise constant in fractions of the run, equal to optax's
 ``inject_hyperparams`` with ``piecewise_constant_schedule``), scored from scratch, replayed and
-exported as every update rule. ``lab inspect`` draws the trajectory.
+exported as every update rule; a program's is ``pbt(program)``, its constants per interval.
+``lab inspect`` draws the trajectory.
 
 References: Jaderberg et al. 2017, "Population Based Training of Neural Networks" (arXiv
 1711.09846).
@@ -106,8 +108,8 @@ def conformance() -> Conformance:
 
 KIND = register(update_rule_kind(
     name=NAME,
-    summary="population-based training: an optimizer's hyperparameter schedule, by exploit "
-            "and explore during training",
+    summary="population-based training: a schedule of an optimizer's hyperparameters or a "
+            "program's constants, by exploit and explore during training",
     rule_config=PBTRuleConfig,
     search_config=PBTConfig,
     make_rule=make_rule,
