@@ -302,6 +302,7 @@ def test_a_program_members_intervals_are_the_steps_of_a_whole_run_of_its_traject
     assert "k0: 0.5, 0.8, 0.99, 0.6" in text and "lr: 10, 1, 0.3, 0.1" in text
 
 
+@pytest.mark.slow  # a launch and an export on the tiny suite (~13 s; make test time)
 def test_pbt_tunes_a_programs_constants_end_to_end(store, tmp_path):
     from lab.commands.artifacts import load_artifact
     from lab.core.loop import launch
