@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -260,3 +261,13 @@ def test_baseline_sections_against_optax():
         load_config(None, ["rule.fixed.b11=0.5"])
     with pytest.raises(ConfigError, match=r"did you mean Open_ES"):
         load_config(None, ["search.strategy=Open_Es"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    """Every file in configs/ is a valid config named after its file, and its dump loads back
+    to the same config."""
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    assert load_config(write(tmp_path, dump_yaml(cfg), path.name)) == cfg

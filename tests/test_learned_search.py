@@ -188,3 +188,99 @@ def test_other_strategies_meta_train(store, strategy):
     assert np.isfinite(out["stats"]["best"]) and out["stats"]["diverged"] == 0.0
     mt.generation(1)
     assert not np.allclose(np.asarray(mt.mean_genome()["w0"]), mt.flat.unravel(before)["w0"])
+
+
+def test_validation_at_a_longer_horizon_selects_the_answer(store):
+    """``validate_scale: K``: each validation is the mean of the ES mean's full-run scores at 1x
+    and at K times every horizon (each a scorer's at that scale), and the run's answer is the
+    finalist with the lowest such mean, kept as its selection score."""
+    import json
+
+    from lab.core.fitness import suite_scorer
+    from lab.core.loop import launch
+    with pytest.raises(ConfigError, match="search.validate_scale"):
+        load_config(SMOKE, ["search.validate_scale=0"])
+    cfg = load_config(SMOKE, [*FAST, "search.generations=3", "search.validate_every=1",
+                              "search.validate_scale=3", "search.sigma=0.3", "search.lr=0.3"])
+    run_id = launch(cfg, store, name="longer")
+    folder = store.run_dir(run_id)
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    setup = build_setup(cfg, store)
+    longer = suite_scorer(cfg, setup.rule, store, setup.mesh, scale=3)
+    assert longer.context.key() != setup.scorer.context.key()
+    validated = store.best_members(run_id, k=10)
+    for line in lines:
+        assert line["validation"] == pytest.approx(
+            (line["validation_x1"] + line["validation_x3"]) / 2)
+    # the longer scores are the scorer's at 3x (served from the store's cache in that context)
+    report = json.loads((folder / "finalists.json").read_text())
+    finalists = {f["hash"]: f for f in report["finalists"]}
+    cached = store.lookup(list(finalists), longer.context.key())
+    assert set(cached) == set(finalists)
+    for h, f in finalists.items():
+        assert f["x3"] == pytest.approx(cached[h]["fitness"])
+        assert f["selection"] == pytest.approx((f["final"] + f["x3"]) / 2)
+    chosen = min(finalists, key=lambda h: finalists[h]["selection"])
+    assert report["selection"]["hash"] == chosen
+    assert validated[0]["hash"] == chosen == store.get_run(run_id)["best_hash"]
+    assert validated[0]["selection"] == pytest.approx(finalists[chosen]["selection"])
+    # two finalists: each selection score is the mean of its 1x and its 3x score (each equal to
+    # the scorer's own at that scale), and the lowest is selected
+    from lab.core.loop import Finalist, score_fixed
+    driver = LearnedDriver(cfg, setup)
+    base = driver.mean_genome()
+    finals = {}
+    for i, log_step in enumerate((np.log(0.03), np.log(0.3))):
+        genome = {**base, "log_step": np.asarray(log_step, np.float32)}
+        finals[f"h{i}"] = Finalist(genome, {})
+    scores, _, _ = score_fixed(setup.scorer, store, {h: f.genome for h, f in finals.items()}, 1)
+    after = driver.after_search(finals, scores)
+    for h, f in finals.items():
+        at3 = longer.score(jax.tree.map(lambda x: np.asarray(x)[None], f.genome))
+        assert after.selection[h] == pytest.approx(
+            (scores[h] + float(at3["fitness"][0])) / 2, abs=1e-5)
+    assert after.selection["h0"] != pytest.approx(after.selection["h1"])
+    assert after.report["selection"]["hash"] == min(after.selection, key=after.selection.get)
+    assert {e["context"] for e in after.evaluations} == {longer.context.key()}
+    # the run's answer re-scored directly at 3x gives the stored number
+    from lab.commands.targets import resolve
+    target = resolve(run_id, store)
+    assert target.store_hash == chosen
+    direct = longer.score(jax.tree.map(lambda x: np.asarray(x)[None], target.genome))
+    assert float(direct["fitness"][0]) == pytest.approx(finalists[chosen]["x3"], abs=1e-5)
+
+
+def test_random_search_keeps_the_best_members_and_they_are_finalists(store, monkeypatch):
+    """``lr: 0`` on whole runs: the ES mean never moves, the driver keeps the ``top_k`` members
+    with the lowest fitness over all generations, and they are finalists beside the mean;
+    truncated or persistent runs refuse it."""
+    from lab.core import es
+    from lab.core.hashing import genome_digest
+    with pytest.raises(ConfigError, match="search.lr: lr 0 is a random search.*whole runs"):
+        load_config(SMOKE, ["search.lr=0", "search.unroll=5", "search.horizon_max=50"])
+    with pytest.raises(ConfigError, match="search.lr: lr 0 is a random search.*persistent true"):
+        load_config(SMOKE, ["search.lr=0", "search.persistent=true", "search.unroll=50",
+                            "search.horizon_min=50", "search.horizon_max=50"])
+    cfg = load_config(SMOKE, [*FAST, "search.lr=0", "search.sigma=0.3", "search.unroll=20",
+                              "search.horizon_min=10", "search.horizon_max=20",
+                              "output.top_k=3"])
+    mt = LearnedDriver(cfg, build_setup(cfg, store))
+    start = np.asarray(mt.flat.flat).copy()
+    told, tell = [], es.tell
+
+    def spy(spec, key, population, fitness, state):
+        told.append((np.asarray(population), np.asarray(fitness)))
+        return tell(spec, key, population, fitness, state)
+    monkeypatch.setattr(es, "tell", spy)
+    for g in range(4):
+        mt.generation(g)
+    np.testing.assert_array_equal(np.asarray(es.mean_of(mt.spec, mt.tree["es"])), start)
+    members = np.concatenate([p for p, _ in told])
+    fitness = np.concatenate([f for _, f in told])
+    best = np.argsort(fitness, kind="stable")[:3]
+    np.testing.assert_allclose(mt.tree["top_fitness"], fitness[best], rtol=1e-6)
+    np.testing.assert_array_equal(mt.tree["top"], members[best])
+    finals = mt.finalists()
+    assert len(finals) == 1 + 3  # the mean (never validated: the best is the start) + top 3
+    for row in members[best]:
+        assert genome_digest(mt.rule, jax.tree.map(np.asarray, mt.flat.unravel(row))) in finals

@@ -46,14 +46,19 @@ class LearnedSearchConfig(SearchConfig):
     population: int = field(32, ge=2)
     generations: int = field(100, ge=1)
     sigma: float = field(0.01, gt=0)  # perturbation of every weight
-    # > 0: the ES mean is the answer (members are never scored whole, so lr 0 finds nothing)
-    lr: float = field(0.01, gt=0)
+    # 0 (Open_ES, whole runs: unroll >= horizon_max, not persistent): a random search around
+    # the start, the control at equal compute; its answer is the best of the output.top_k best
+    # members, re-scored on the fixed evaluation seeds
+    lr: float = field(0.01, ge=0)
     unroll: int = field(20, ge=1)  # inner steps per truncation (static)
     horizon_min: int = field(100, ge=1)  # inner-run horizons, log-uniform, in multiples of
     horizon_max: int = field(1000, ge=1)  # ``unroll``; a dynamic input (no recompiles)
     meta_loss: str = field("mean_loss", choices=lambda: META_LOSSES, what="meta_loss")
     persistent: bool = False  # PES: accumulated perturbations per member, reset with its run
     validate_every: int = field(10, ge=0)  # the ES mean on full runs (fixed seeds); 0: at end
+    # > 1: validation (and the run's answer) is the mean of the full-run scores at 1x and at
+    # this multiple of every task's horizon, so the answer is not chosen at the proxy's length
+    validate_scale: int = field(1, ge=1)
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
@@ -63,6 +68,11 @@ class LearnedSearchConfig(SearchConfig):
         if self.horizon_max < self.unroll:
             out.append(("horizon_max", f"{self.horizon_max} is shorter than one unroll "
                                        f"({self.unroll} steps)"))
+        if self.lr == 0 and (self.persistent or self.unroll < self.horizon_max):
+            out.append(("lr", f"lr 0 is a random search: its members must be scored on whole "
+                              f"runs (unroll >= horizon_max, persistent false), got unroll "
+                              f"{self.unroll}, horizon_max {self.horizon_max}, persistent "
+                              f"{str(self.persistent).lower()}"))
         if self.persistent and self.strategy != "Open_ES":
             out.append(("persistent", f"persistent ES estimates its gradient from accumulated "
                                       f"perturbations, which needs Open_ES, not "

@@ -16,10 +16,17 @@ Two estimators:
   its perturbations since that run started; ``tell`` sees ``mean + accumulated`` in place of
   the population, which turns Open_ES's gradient into PES's (Vicol et al. 2021).
 
+With ``lr: 0`` (Open_ES on whole runs) the ES mean stays at the start and every generation is a
+random sample around it: the driver keeps the ``output.top_k`` best members it has seen, and they
+are finalists beside the mean (the random-search control at equal compute).
+
 A diverged member scores worst (``+C``) and its slot restarts; the diverged fraction is shown and
 stored with each generation. Every ``validate_every`` generations the ES mean is scored on full
 runs of the suite on the fixed evaluation seeds (the lab's fitness: 0 = tuned Adam), and the best
-such mean is the run's answer. The whole state (ES, inner runs, horizons, accumulators) is
+such mean is the run's answer. With ``validate_scale`` K > 1 the validation score is the mean of
+the full-run scores at 1x and at K times every horizon (references: tuned Adam at those steps),
+and the finalists are selected by it, so a rule meta-trained on long horizons is not chosen at
+the short ones alone. The whole state (ES, inner runs, horizons, accumulators) is
 checkpointed with orbax before the generation's store row.
 
 References:
@@ -41,6 +48,7 @@ import numpy as np
 from lab.console import log
 from lab.core import es
 from lab.core.evaluate import task_keys
+from lab.core.fitness import suite_scorer
 from lab.core.hashing import genome_digest
 from lab.core.hosts import gather
 from lab.core.loop import AfterSearch, Finalist, Step, candidate_row, score_fixed
@@ -66,6 +74,10 @@ class LearnedDriver:
         self.cfg, self.setup = cfg, setup
         s = cfg.search
         self.rule, self.scorer = setup.rule, setup.scorer
+        self.scorers = [self.scorer]  # validation's scorers: 1x, and validate_scale x
+        if s.validate_scale > 1:
+            self.scorers.append(suite_scorer(cfg, self.rule, setup.store, setup.mesh,
+                                             scale=s.validate_scale))
         self.spec, self.flat = es.spec_of(s, self.rule.genome)
         self.final_rows = 1  # the validations' shape: one genome on full runs
         self.key = jax.random.key(s.seed)
@@ -87,6 +99,10 @@ class LearnedDriver:
             "best": np.asarray(np.inf, np.float64),
             "best_mean": np.asarray(self.flat.flat, np.float32),
         }
+        if s.lr == 0:  # random search: the best members seen, whole runs each
+            k = cfg.output.top_k
+            self.tree["top"] = np.zeros((k, self.spec.num_dims), np.float32)
+            self.tree["top_fitness"] = np.full(k, np.inf, np.float64)
         log(f"meta-training {self.rule.describe(self.rule.genome)}: {s.strategy} population "
             f"{s.population}, sigma {s.sigma}, {'persistent' if s.persistent else 'truncated'} "
             f"ES, unroll {s.unroll}, horizons {s.horizon_min}-{s.horizon_max}, meta-loss "
@@ -126,6 +142,11 @@ class LearnedDriver:
         told = mean + st["accum"] if s.persistent else flat_pop
         st["es"], _ = es.tell(self.spec, k_tell, jnp.asarray(told, jnp.float32),
                               jnp.asarray(fitness, jnp.float32), st["es"])
+        if "top" in st:  # random search: keep the top_k members (ties: the earlier)
+            every = np.concatenate([st["top_fitness"], fitness])
+            keep = np.argsort(every, kind="stable")[:len(st["top_fitness"])]
+            st["top"] = np.concatenate([st["top"], np.asarray(flat_pop, np.float32)])[keep]
+            st["top_fitness"] = every[keep]
         st["t"] = np.minimum(np.where(reset, t_start, st["t"]) + s.unroll, horizon)
         st["horizon"] = horizon
         # a slot restarts when its carried run diverged (the leader's, or any member's for PES)
@@ -153,19 +174,34 @@ class LearnedDriver:
     def best_genome(self):
         return jax.tree.map(np.asarray, self.flat.unravel(jnp.asarray(self.tree["best_mean"])))
 
-    def validate(self) -> tuple[list[dict], list[dict], list[dict], float]:
+    def scored(self, genomes: dict) -> tuple[dict, list[dict], list[dict]]:
+        """Validation scores of ``genomes`` (hash -> genome) on the fixed evaluation seeds:
+        (the mean over the validation scales by hash, each scale's scores, new evaluations)."""
+        per, evaluations = [], []
+        for scorer in self.scorers:
+            scores, new, _ = score_fixed(scorer, self.setup.store, genomes, self.final_rows)
+            per.append(scores)
+            evaluations += new
+        return {h: float(np.mean([p[h] for p in per])) for h in genomes}, per, evaluations
+
+    def validate(self) -> tuple[list[dict], list[dict], list[dict], dict]:
         """Scores the ES mean on full runs (fixed seeds); (candidates, evaluations, members,
-        score); keeps the best such mean."""
+        scores: ``validation`` and, with ``validate_scale``, each scale's); keeps the best such
+        mean."""
         genome = self.mean_genome()
         h = genome_digest(self.rule, genome)
-        scores, evaluations, _ = score_fixed(self.scorer, self.setup.store, {h: genome}, 1)
-        score = scores[h]
+        combined, per, evaluations = self.scored({h: genome})
+        score = combined[h]
         if score < float(self.tree["best"]):
             self.tree["best"] = np.asarray(score, np.float64)
             self.tree["best_mean"] = np.asarray(es.mean_of(self.spec, self.tree["es"]),
                                                 np.float32)
+        scores = {"validation": score}
+        if len(per) > 1:
+            scores |= {"validation_x1": per[0][h],
+                       f"validation_x{self.cfg.search.validate_scale}": per[1][h]}
         return ([candidate_row(self.rule, h, genome)], evaluations,
-                [{"hash": h, "fitness": score}], score)
+                [{"hash": h, "fitness": per[0][h]}], scores)
 
     # ---- the loop's driver --------------------------------------------------------------------
     def state(self, generation: int):
@@ -184,22 +220,49 @@ class LearnedDriver:
         stats, extra = out["stats"], out["extra"]
         candidates, evaluations, members = [], [], []
         if (s.validate_every and (g + 1) % s.validate_every == 0) or g + 1 == s.generations:
-            candidates, evaluations, members, score = self.validate()
-            extra["validation"] = score
-            log(f"gen {g + 1}: ES mean on full runs {score:+.4f} (best "
-                f"{float(self.tree['best']):+.4f}; 0 = tuned Adam)")
+            candidates, evaluations, members, scores = self.validate()
+            extra |= scores
+            parts = ", ".join(f"{k.removeprefix('validation_')} {v:+.4f}"
+                              for k, v in scores.items() if k != "validation")
+            log(f"gen {g + 1}: ES mean on full runs {scores['validation']:+.4f}"
+                f"{f' ({parts})' if parts else ''} (best {float(self.tree['best']):+.4f}; "
+                f"0 = tuned Adam)")
         return Step(stats, candidates, evaluations, members, [], extra,
                     self.scorer.context.key())
 
     def finalists(self) -> dict[str, Finalist]:
-        """The final ES mean and the best validated mean."""
+        """The final ES mean and the best validated mean (and with random search, the best
+        members seen)."""
         out = {}
-        for genome in (self.mean_genome(), self.best_genome()):
+        top = [self.flat.unravel(jnp.asarray(x)) for x, f in
+               zip(self.tree.get("top", ()), self.tree.get("top_fitness", ()), strict=True)
+               if np.isfinite(f)]
+        for genome in (self.mean_genome(), self.best_genome(),
+                       *(jax.tree.map(np.asarray, g) for g in top)):
             h = genome_digest(self.rule, genome)
             out.setdefault(h, Finalist(genome, candidate_row(self.rule, h, genome)))
         return out
 
     def after_search(self, finals, scores) -> AfterSearch:
+        """With ``validate_scale``, the finalists are selected by their validation score (the
+        mean of 1x and the longer horizons); else by their final score."""
         log("final scores on the fixed evaluation seeds: "
-            f"{', '.join(f'{scores[h]:+.4f}' for h in finals)} (ES mean, best validated)")
-        return AfterSearch()
+            f"{', '.join(f'{scores[h]:+.4f}' for h in finals)} (ES mean, best validated"
+            f"{', best members' if 'top' in self.tree else ''})")
+        if len(self.scorers) == 1:
+            return AfterSearch()
+        k = self.cfg.search.validate_scale
+        longer, evaluations, _ = score_fixed(self.scorers[1], self.setup.store,
+                                             {h: f.genome for h, f in finals.items()},
+                                             self.final_rows)
+        combined = {h: float(np.mean([scores[h], longer[h]])) for h in finals}
+        best = min(combined, key=combined.get)
+        rows = [{"hash": h, "final": scores[h], f"x{k}": longer[h], "selection": combined[h]}
+                for h in finals]
+        report = {"selection": {"by": "validation", "scales": [1, k], "hash": best,
+                                "selection": combined[best], "final": scores[best],
+                                f"x{k}": longer[best]},
+                  "finalists": rows}
+        log(f"selected by validation at 1x and {k}x: {best[:10]} {combined[best]:+.4f} "
+            f"(1x {scores[best]:+.4f}, {k}x {longer[best]:+.4f})")
+        return AfterSearch(evaluations=evaluations, report=report, selection=combined)
