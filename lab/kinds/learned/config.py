@@ -51,8 +51,8 @@ class LearnedSearchConfig(SearchConfig):
     # members, re-scored on the fixed evaluation seeds
     lr: float = field(0.01, ge=0)
     unroll: int = field(20, ge=1)  # inner steps per truncation (static)
-    horizon_min: int = field(100, ge=1)  # inner-run horizons, log-uniform, in multiples of
-    horizon_max: int = field(1000, ge=1)  # ``unroll``; a dynamic input (no recompiles)
+    horizon_min: int = field(100, ge=1)  # inner-run horizons in steps, log-uniform in
+    horizon_max: int = field(1000, ge=1)  # [horizon_min, horizon_max]; a dynamic input
     meta_loss: str = field("mean_loss", choices=lambda: META_LOSSES, what="meta_loss")
     persistent: bool = False  # PES: accumulated perturbations per member, reset with its run
     validate_every: int = field(10, ge=0)  # the ES mean on full runs (fixed seeds); 0: at end

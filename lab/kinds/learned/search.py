@@ -174,11 +174,13 @@ class LearnedDriver:
     def best_genome(self):
         return jax.tree.map(np.asarray, self.flat.unravel(jnp.asarray(self.tree["best_mean"])))
 
-    def scored(self, genomes: dict) -> tuple[dict, list[dict], list[dict]]:
+    def scored(self, genomes: dict, at_1x: dict | None = None
+               ) -> tuple[dict, list[dict], list[dict]]:
         """Validation scores of ``genomes`` (hash -> genome) on the fixed evaluation seeds:
-        (the mean over the validation scales by hash, each scale's scores, new evaluations)."""
-        per, evaluations = [], []
-        for scorer in self.scorers:
+        (the mean over the validation scales by hash, each scale's scores, new evaluations);
+        ``at_1x``: their 1x scores where already known (the finalists')."""
+        per, evaluations = [] if at_1x is None else [at_1x], []
+        for scorer in self.scorers[len(per):]:
             scores, new, _ = score_fixed(scorer, self.setup.store, genomes, self.final_rows)
             per.append(scores)
             evaluations += new
@@ -252,10 +254,8 @@ class LearnedDriver:
         if len(self.scorers) == 1:
             return AfterSearch()
         k = self.cfg.search.validate_scale
-        longer, evaluations, _ = score_fixed(self.scorers[1], self.setup.store,
-                                             {h: f.genome for h, f in finals.items()},
-                                             self.final_rows)
-        combined = {h: float(np.mean([scores[h], longer[h]])) for h in finals}
+        combined, (_, longer), evaluations = self.scored(
+            {h: f.genome for h, f in finals.items()}, at_1x=scores)
         best = min(combined, key=combined.get)
         rows = [{"hash": h, "final": scores[h], f"x{k}": longer[h], "selection": combined[h]}
                 for h in finals]
