@@ -82,9 +82,35 @@ class CharTransformer(nn.Module):
         return nn.Dense(self.vocab)(nn.LayerNorm()(h))
 
 
-def _make(name: str, module: nn.Module, per_position: bool, context: int, batch_size: int,
-          steps: int, n_eval: int, config: dict) -> Task:
+def corpus_config() -> dict:
+    """The numbers that define the packaged corpus (file, length, split, digest)."""
     ids = load_corpus()
+    return {"data": DATA_FILE, "n_chars": int(len(ids)), "train_fraction": TRAIN_FRACTION,
+            "data_digest": digest(ids)}
+
+
+@functools.cache
+def markov_corpus(n_chars: int, lag: int, copy: float, concentration: float,
+                  seed: int) -> np.ndarray:
+    """A synthetic text over ``ALPHABET`` (uint8 indices, read-only): each character copies the
+    one ``lag`` places back with probability ``copy`` (a dependency attention can find), and is
+    otherwise drawn from a bigram table whose rows are Dirichlet(``concentration``) draws (small
+    concentrations give peaked rows). Deterministic in ``seed`` (numpy's PCG64)."""
+    rng = np.random.default_rng(seed)
+    vocab = len(ALPHABET)
+    table = np.cumsum(rng.dirichlet(np.full(vocab, concentration), size=vocab), axis=1)
+    u, copies = rng.random(n_chars), rng.random(n_chars) < copy
+    ids = np.zeros(n_chars, np.uint8)
+    ids[:lag] = rng.integers(0, vocab, lag)
+    for t in range(lag, n_chars):
+        ids[t] = ids[t - lag] if copies[t] else min(
+            int(np.searchsorted(table[ids[t - 1]], u[t])), vocab - 1)
+    ids.setflags(write=False)
+    return ids
+
+
+def _make(name: str, module: nn.Module, per_position: bool, context: int, batch_size: int,
+          steps: int, n_eval: int, config: dict, ids: np.ndarray, data_config: dict) -> Task:
     n_train = int(len(ids) * TRAIN_FRACTION)
     train_ids, test_ids = ids[:n_train], ids[n_train:]
     starts = np.linspace(0, len(test_ids) - context - 1, n_eval).astype(np.int64)
@@ -107,9 +133,8 @@ def _make(name: str, module: nn.Module, per_position: bool, context: int, batch_
     def eval_loss(params) -> jax.Array:
         return loss(params, jnp.asarray(eval_windows))
 
-    cfg = {**config, "context": context, "batch_size": batch_size, "n_eval": n_eval,
-           "vocab": len(ALPHABET), "data": DATA_FILE, "n_chars": int(len(ids)),
-           "train_fraction": TRAIN_FRACTION, "data_digest": digest(ids)}
+    cfg = {**config, **data_config, "context": context, "batch_size": batch_size,
+           "n_eval": n_eval, "vocab": len(ALPHABET)}
     return Task(name=name, family="charlm", init=init, loss=loss, batch=batch, steps=steps,
                 eval_loss=eval_loss, floor=0.0, config=cfg)
 
@@ -132,7 +157,8 @@ def make_charlm_mlp(name: str, context: int = 16, embed: int = 16, hidden: int =
     """
     module = CharMLP(len(ALPHABET), embed, hidden)
     config = {"model": "mlp", "embed": embed, "hidden": [hidden]}
-    return _make(name, module, False, context, batch_size, steps, n_eval, config)
+    return _make(name, module, False, context, batch_size, steps, n_eval, config,
+                 load_corpus(), corpus_config())
 
 
 def make_charlm_transformer(name: str, context: int = 32, width: int = 32, heads: int = 2,
@@ -156,4 +182,31 @@ def make_charlm_transformer(name: str, context: int = 32, width: int = 32, heads
     module = CharTransformer(len(ALPHABET), context, width, heads, mlp)
     config = {"model": "transformer", "width": width, "heads": heads, "mlp": mlp,
               "hidden": [mlp], "layers": 1}
-    return _make(name, module, True, context, batch_size, steps, n_eval, config)
+    return _make(name, module, True, context, batch_size, steps, n_eval, config,
+                 load_corpus(), corpus_config())
+
+
+def make_markov_transformer(name: str, context: int = 32, width: int = 32, heads: int = 2,
+                            mlp: int = 64, batch_size: int = 32, steps: int = 200,
+                            n_eval: int = 128, n_chars: int = 40_000, lag: int = 8,
+                            copy: float = 0.3, concentration: float = 0.1,
+                            seed: int = 0) -> Task:
+    """The transformer of ``make_charlm_transformer`` on a synthetic text (``markov_corpus``):
+    the model family of the held-out char-LMs on data no held-out task reads.
+
+    Args:
+      name: task name.
+      context, width, heads, mlp, batch_size, steps, n_eval: as ``make_charlm_transformer``.
+      n_chars, lag, copy, concentration, seed: the corpus (``markov_corpus``).
+
+    Returns:
+      the Task.
+    """
+    ids = markov_corpus(n_chars, lag, copy, concentration, seed)
+    module = CharTransformer(len(ALPHABET), context, width, heads, mlp)
+    config = {"model": "transformer", "width": width, "heads": heads, "mlp": mlp,
+              "hidden": [mlp], "layers": 1}
+    data = {"data": "markov", "n_chars": n_chars, "lag": lag, "copy": copy,
+            "concentration": concentration, "seed": seed, "train_fraction": TRAIN_FRACTION,
+            "data_digest": digest(ids)}
+    return _make(name, module, True, context, batch_size, steps, n_eval, config, ids, data)

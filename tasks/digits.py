@@ -14,6 +14,7 @@ import numpy as np
 
 from ._common import digest
 from .base import Task
+from .cnn import make_cnn_classification
 from .mlp import make_mlp_classification
 
 N_TEST = 397  # 1400 train / 397 test
@@ -51,6 +52,13 @@ def data_digest() -> str:
     return digest(*_raw())
 
 
+def _data_config() -> dict:
+    data = load_digits_splits()
+    return {"data": "sklearn.load_digits", "n_train": int(len(data["y_train"])),
+            "n_test": int(len(data["y_test"])), "split_seed": SPLIT_SEED,
+            "data_digest": data_digest()}
+
+
 def make_digits(name: str, hidden: Sequence[int] = (64,), steps: int = 200,
                 batch_size: int = 128, activation: str = "relu") -> Task:
     """An MLP on the digits (cross-entropy; ``eval_loss`` on the test split).
@@ -65,9 +73,25 @@ def make_digits(name: str, hidden: Sequence[int] = (64,), steps: int = 200,
     Returns:
       the Task.
     """
-    data = load_digits_splits()
-    config = {"data": "sklearn.load_digits", "n_train": int(len(data["y_train"])),
-              "n_test": int(len(data["y_test"])), "split_seed": SPLIT_SEED,
-              "data_digest": data_digest()}
-    return make_mlp_classification(name, "digits", data, hidden, steps, batch_size, activation,
-                                   config)
+    return make_mlp_classification(name, "digits", load_digits_splits(), hidden, steps,
+                                   batch_size, activation, _data_config())
+
+
+def make_digits_cnn(name: str, channels: Sequence[int] = (16, 16), kernel: int = 5,
+                    stride: int = 2, steps: int = 200, batch_size: int = 128) -> Task:
+    """A strided 1-D CNN (``tasks.cnn``) over the 64 pixels of each digit in raster order: the
+    model family of the held-out MNIST-1D CNN on data no held-out task reads.
+
+    Args:
+      name: task name.
+      channels: output channels of each convolution.
+      kernel: convolution width.
+      stride: stride of every convolution.
+      steps: default budget.
+      batch_size: images per batch.
+
+    Returns:
+      the Task.
+    """
+    return make_cnn_classification(name, "digits", load_digits_splits(), channels, kernel,
+                                   stride, steps, batch_size, _data_config())

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterable
 import numpy as np
 
 from .base import Task
-from .charlm import make_charlm_mlp, make_charlm_transformer
-from .digits import make_digits
+from .charlm import make_charlm_mlp, make_charlm_transformer, make_markov_transformer
+from .digits import make_digits, make_digits_cnn
 from .levels import heldout_seed, level_task
 from .mnist1d import make_mnist1d_cnn, make_mnist1d_mlp
 from .quadratic import make_quadratic
@@ -49,6 +49,14 @@ TASKS: dict[str, Callable[[], Task]] = {
     "teacher_student_mlp": _p(make_teacher_student, "teacher_student_mlp", steps=200),
     "digits_mlp": _p(make_digits, "digits_mlp", hidden=(64,), steps=200),
     "mnist1d_mlp": _p(make_mnist1d_mlp, "mnist1d_mlp", hidden=(64,), steps=200),
+    # train-wide: the held-out families' shapes (deeper and wider MLP, CNN, transformer, a longer
+    # Rosenbrock chain) on the train side, on data and sizes no held-out task has
+    "digits_mlp_deep": _p(make_digits, "digits_mlp_deep", hidden=(64, 64, 64), steps=200),
+    "digits_cnn": _p(make_digits_cnn, "digits_cnn", channels=(8, 16), steps=200,
+                     batch_size=64),
+    "markov_transformer": _p(make_markov_transformer, "markov_transformer", context=16,
+                             width=16, mlp=32, batch_size=16, steps=200),
+    "rosenbrock_4d": _p(make_rosenbrock, "rosenbrock_4d", dim=4, steps=200),
     # heldout
     "digits_mlp_long": _p(make_digits, "digits_mlp_long", hidden=(64,), steps=800),
     "mnist1d_mlp_deep": _p(make_mnist1d_mlp, "mnist1d_mlp_deep", hidden=(128, 128, 128),
@@ -88,6 +96,10 @@ SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("quadratic_ill_8", "teacher_student_tiny", "digits_mlp_tiny"),
     "train": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d", "teacher_student_mlp",
               "digits_mlp", "mnist1d_mlp"),
+    # train plus the held-out families' shapes (lab's learned optimizers meta-train on it)
+    "train-wide": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",
+                   "teacher_student_mlp", "digits_mlp", "mnist1d_mlp", "digits_mlp_deep",
+                   "digits_cnn", "markov_transformer", "rosenbrock_4d"),
     "heldout": ("digits_mlp_long", "mnist1d_mlp_deep", "mnist1d_cnn", "rosenbrock_chain_8",
                 "quadratic_ill_64", "charlm_mlp", "charlm_transformer"),
     "rl-smoke": ("cartpole_smoke",),

@@ -65,19 +65,25 @@ def test_shipped_entries_answer_first(monkeypatch, counted):
         references.shipped.cache_clear()
 
 
-def test_build_rebuilds_one_family_and_keeps_the_others(tmp_path, counted):
+def test_build_rebuilds_its_tasks_and_keeps_the_others(tmp_path, counted):
+    """A build rewrites the entries of the tasks and seed counts it builds; every other entry,
+    of the same references for other tasks too, stays (``--suites train-wide`` adds one suite)."""
     path = tmp_path / "references.json"
     kept = {"family": "tuned", "task": "kept", "context": "c", "budget": 1, "seeds": 1,
             "which": "adam", "metric": "final_loss", "value": 1.0, "values": [1.0]}
-    old = {"family": "rl", "task": "old", "context": "c", "budget": 1, "seeds": 1,
-           "which": "ppo_clip", "metric": "final_return", "value": 1.0, "values": [1.0]}
-    path.write_text(json.dumps({"format": references.FORMAT, "entries": [kept, old]}))
+    other = {"family": "rl", "task": "other", "context": "c", "budget": 1, "seeds": 1,
+             "which": "ppo_clip", "metric": "final_return", "value": 1.0, "values": [1.0]}
+    stale = {**other, "task": TINY.name, "context": "old", "value": 5.0}
+    more_seeds = {**stale, "seeds": 3}
+    path.write_text(json.dumps({"format": references.FORMAT,
+                                "entries": [kept, other, stale, more_seeds]}))
     doc = references.build([(TINY, "rl")], (1,), path=path)
     back = json.loads(path.read_text())
     assert back == doc
     assert [(e["task"], e["which"], e["seeds"], e["metric"]) for e in back["entries"]] == [
         (TINY.name, "ppo_clip", 1, "final_return"), (TINY.name, "random", 1, "final_return"),
-        ("kept", "adam", 1, "final_loss")]
+        ("kept", "adam", 1, "final_loss"), ("other", "ppo_clip", 1, "final_return"),
+        (TINY.name, "ppo_clip", 3, "final_return")]
     assert back["entries"][0]["context"] == reference_context(TINY)
 
 
@@ -85,14 +91,16 @@ def test_build_of_some_references_keeps_the_familys_others(tmp_path, counted):
     """``which`` (``lab references build --which``): only those are rebuilt; the file's other
     references of the same family stay, as every other family's."""
     path = tmp_path / "references.json"
-    entry = lambda fam, which: {"family": fam, "task": "t", "context": "c", "budget": 1,  # noqa: E731
+    entry = lambda fam, which: {"family": fam, "task": TINY.name, "context": "c", "budget": 1,  # noqa: E731
                                 "seeds": 1, "which": which, "metric": "m", "value": 1.0,
                                 "values": [1.0]}
     path.write_text(json.dumps({"format": references.FORMAT, "entries": [
         entry("rl", "ppo_clip"), entry("rl", "random"), entry("tuned", "adam")]}))
     references.build([(TINY, "rl")], (1,), path=path, which={"rl": ("random",)})
-    back = [(e["family"], e["task"], e["which"]) for e in json.loads(path.read_text())["entries"]]
-    assert back == [("rl", TINY.name, "random"), ("rl", "t", "ppo_clip"), ("tuned", "t", "adam")]
+    back = [(e["family"], e["which"], e["context"])
+            for e in json.loads(path.read_text())["entries"]]
+    assert back == [("rl", "random", reference_context(TINY)), ("rl", "ppo_clip", "c"),
+                    ("tuned", "adam", "c")]
 
 
 def test_format_1_files_upgrade_without_loss():

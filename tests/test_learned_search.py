@@ -284,3 +284,38 @@ def test_random_search_keeps_the_best_members_and_they_are_finalists(store, monk
     assert len(finals) == 1 + 3  # the mean (never validated: the best is the start) + top 3
     for row in members[best]:
         assert genome_digest(mt.rule, jax.tree.map(np.asarray, mt.flat.unravel(row))) in finals
+
+
+def test_meta_training_starts_from_an_artifacts_weights(store, tmp_path, capsys):
+    """``rule.init: discovered/NAME`` (a warm start): the ES starts at the artifact's weights,
+    bit for bit; an artifact of another network or kind, or no artifact, is a config error
+    naming ``rule.init`` (exit 2 from ``lab launch``)."""
+    import shutil
+
+    from lab.cli import main
+    from lab.commands.artifacts import load_artifact
+    from lab.core.es import Flattener
+    art = tmp_path / "lopt"
+    shutil.copytree("discovered/lopt-long-train", art)
+    same = ["rule.step=0.03", "rule.exp_mult=1.0"]  # its network: hidden 8, depth 1 as smoke's
+    cfg = load_config(SMOKE, [*FAST, *same, f"rule.init={art}"])
+    mt = LearnedDriver(cfg, build_setup(cfg, store))
+    want = Flattener.of(load_artifact(art).genome).flat
+    np.testing.assert_array_equal(np.asarray(mt.flat.flat), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(es_mean(mt)), np.asarray(want))
+    mt.generation(0)  # it meta-trains from there
+    assert not np.array_equal(np.asarray(es_mean(mt)), np.asarray(want))
+    with pytest.raises(ConfigError, match=r"rule.init: .*its network differs from the rule "
+                                          r"section's: hidden 8 \(the config: 4\)"):
+        load_config(SMOKE, [*same, "rule.hidden=4", f"rule.init={art}"])
+    with pytest.raises(ConfigError, match="rule.init: .*an artifact of kind 'pbt'"):
+        load_config(SMOKE, [*same, "rule.init=discovered/pbt-train"])
+    rc = main(["launch", SMOKE, "--store", str(tmp_path / "x.db"), "--set",
+               f"rule.init={tmp_path / 'nope'}"])
+    assert rc == 2
+    assert "is neither 'adam', 'random' nor an artifact folder" in capsys.readouterr().err
+
+
+def es_mean(mt):
+    from lab.core import es
+    return es.mean_of(mt.spec, mt.tree["es"])

@@ -19,7 +19,7 @@ import tasks
 from tasks import suites as suites_mod
 from tasks._common import data_file, load_npz
 from tasks.charlm import ALPHABET, load_corpus
-from tasks.mnist1d import conv1d_same
+from tasks.cnn import conv1d_same
 from tasks.quadratic import make_quadratic, quadratic_parts
 from tasks.rosenbrock import make_rosenbrock, rosenbrock
 
@@ -242,6 +242,51 @@ def test_heldout_constraints():
     d_train = max(_width_depth(t)[1] for t in train)
     assert any(_width_depth(h)[0] > w_train and _width_depth(h)[1] > d_train
                for h in heldout if h.family in {t.family for t in train})
+
+
+def test_train_wide_adds_the_held_out_shapes_on_other_data():
+    """train-wide (what learned optimizers meta-train on) is train plus the held-out families'
+    shapes: a deeper MLP, a CNN, a transformer and a longer Rosenbrock chain, none of them a
+    held-out task's model on a held-out task's data."""
+    train, heldout = tasks.SUITES["train"], tasks.get_suite("heldout")
+    wide = tasks.SUITES["train-wide"]
+    assert wide[:len(train)] == train and not set(wide) & {t.name for t in heldout}
+    added = [tasks.get_task(n) for n in wide[len(train):]]
+    for task in added:
+        assert 100 <= task.steps <= 300, task.name
+        for h in heldout:
+            same_data = task.config.get("data_digest") == h.config.get("data_digest")
+            same_model = all(task.config.get(k) == h.config.get(k)
+                             for k in ("model", "hidden", "channels", "width", "dim"))
+            assert not (same_data and same_model), (task.name, h.name)
+    models = {t.config.get("model") for t in added}
+    assert {"cnn", "transformer", "mlp"} <= models
+    depth = max(_width_depth(t)[1] for t in added if t.config.get("model") == "mlp")
+    assert depth == max(_width_depth(h)[1] for h in heldout if h.config.get("model") == "mlp")
+    assert any(t.family == "rosenbrock" and t.config["dim"] > 2 for t in added)
+    transformer = next(t for t in added if t.config.get("model") == "transformer")
+    assert transformer.config["data"] == "markov"
+
+
+def test_markov_corpus_is_deterministic_and_has_its_copies():
+    from tasks.charlm import markov_corpus
+    markov_corpus.cache_clear()
+    a = markov_corpus(20_000, 8, 0.3, 0.1, 0)
+    markov_corpus.cache_clear()
+    b = markov_corpus(20_000, 8, 0.3, 0.1, 0)
+    assert a.dtype == np.uint8 and not a.flags.writeable and np.array_equal(a, b)
+    assert not np.array_equal(a, markov_corpus(20_000, 8, 0.3, 0.1, 1))
+    assert a.max() < len(ALPHABET)
+    # a character repeats the one 8 back with probability copy + (1 - copy) * chance
+    repeat = float(np.mean(a[8:] == a[:-8]))
+    assert 0.3 < repeat < 0.45, repeat
+    # peaked bigram rows: well below the 3.93 nats of a uniform next character (the copies
+    # spread each row: 2.76 nats at seed 0)
+    pairs = np.bincount(a[:-1].astype(int) * 51 + a[1:], minlength=51 * 51).reshape(51, 51)
+    rows = pairs / np.maximum(pairs.sum(1, keepdims=True), 1)
+    logs = np.log(np.where(rows > 0, rows, 1.0))
+    h = -np.sum(pairs * logs) / pairs.sum()
+    assert h < 0.75 * np.log(len(ALPHABET)), h
 
 
 def test_unknown_names_suggest_close_ones():

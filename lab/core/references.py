@@ -213,7 +213,7 @@ def build(tasks: Iterable, seeds: tuple[int, ...] = (2,), path: Path | None = No
           ) -> dict:
     """Regenerates the references of ``tasks`` at their default budgets, each task by the
     family of its domain (``domain(task)``), and writes them to ``path``: the entries the file
-    already holds of references not rebuilt (a family, and which of it) are kept.
+    already holds that were not rebuilt (another task, seed count, family or which) are kept.
 
     Args:
       tasks: (task, domain) pairs.
@@ -234,7 +234,7 @@ def build(tasks: Iterable, seeds: tuple[int, ...] = (2,), path: Path | None = No
                              f"known: {', '.join(sorted(by_domain))}")
         family = by_domain[domain]
         built = (which or {}).get(family.name, family.which)
-        rebuilt.update((family.name, w) for w in built)
+        rebuilt.update((family.name, w, task.name, n) for w in built for n in seeds)
         for n in seeds:
             for w in built:
                 r = family.compute(task, w, task.steps, n, mesh)
@@ -246,7 +246,8 @@ def build(tasks: Iterable, seeds: tuple[int, ...] = (2,), path: Path | None = No
                     progress(task.name, w, n, family.metric, r)
     if old.get("format") == FORMAT:
         entries += [e for e in old.get("entries", [])
-                    if (e.get("family"), e.get("which")) not in rebuilt]
+                    if (e.get("family"), e.get("which"), e.get("task"), e.get("seeds"))
+                    not in rebuilt]
     doc = {"format": FORMAT, "grid_id": grid_id(), "evaluator": EVALUATOR_VERSION,
            "lr_grid": list(LR_GRID), "seed_base": SEED_BASE, "entries": entries}
     if path is not None:

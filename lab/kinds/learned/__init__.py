@@ -19,8 +19,8 @@ from lab.core.kind import Conformance, LaunchCase, register
 from lab.core.replay import replay
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
-from lab.kinds.learned.config import LearnedRuleConfig, LearnedSearchConfig
-from lab.kinds.learned.rule import KIND, Features, init_genome, learned_rule
+from lab.kinds.learned.config import INITS, LearnedRuleConfig, LearnedSearchConfig
+from lab.kinds.learned.rule import KIND, Features, artifact_genome, init_genome, learned_rule
 from lab.kinds.learned.search import LearnedDriver
 from lab.kinds.learned.views import inspect_view
 
@@ -29,8 +29,11 @@ LONGER = 4  # an exported learned rule is also replayed at this multiple of ever
 
 def make_rule(cfg):
     features = cfg.rule.features()
-    genome = init_genome(features, jax.random.key(cfg.rule.init_seed),
-                         skip="adam" if cfg.rule.init == "adam" else None)
+    if cfg.rule.init in INITS:
+        genome = init_genome(features, jax.random.key(cfg.rule.init_seed),
+                             skip="adam" if cfg.rule.init == "adam" else None)
+    else:  # warm start: an artifact's weights
+        genome = artifact_genome(cfg.rule.init, features)
     return learned_rule(features, genome)
 
 

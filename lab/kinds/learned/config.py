@@ -9,6 +9,8 @@ from lab.core.schema import field
 from lab.kinds.learned.rule import Features
 from lab.kinds.learned.unroll import META_LOSSES
 
+INITS = ("adam", "random")  # rule.init's named starts (anything else: an artifact folder)
+
 
 @dataclasses.dataclass(frozen=True)
 class LearnedRuleConfig:
@@ -24,11 +26,22 @@ class LearnedRuleConfig:
     taus: tuple[float, ...] = field((1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0), gt=0)
     step: float = field(1e-3, gt=0)  # initial step multiplier exp(log_step)
     exp_mult: float = field(1e-3, ge=0)  # step = d * exp(exp_mult * m) * exp(log_step)
-    init: str = field("adam", choices=lambda: ("adam", "random"), what="init")  # "adam": the
-    # direction's skip weight on Adam's direction starts at 1 (the rule starts as Adam at
-    # ``step``); "random": every skip starts at 0
+    # "adam": the direction's skip weight on Adam's direction starts at 1 (the rule starts as
+    # Adam at ``step``); "random": every skip starts at 0; else the folder of a learned
+    # artifact (``discovered/NAME``) of the same features, whose weights it starts from
+    init: str = "adam"
     init_seed: int = 0  # PRNG seed of the initial weights
     lr: float = field(1.0, gt=0)  # outer learning rate (Ctx.lr)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.init in INITS:
+            return []
+        from lab.kinds.learned.rule import artifact_genome
+        try:
+            artifact_genome(self.init, self.features())
+        except ValueError as e:
+            return [("init", str(e))]
+        return []
 
     def features(self):
         return Features(self.hidden, self.depth, self.momenta, self.rms, self.factored,

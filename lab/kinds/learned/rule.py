@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -142,6 +143,32 @@ def init_genome(features: Features, key: jax.Array, skip: str | None = "adam") -
     genome["skip"] = jnp.asarray(skip_w)
     genome["log_step"] = jnp.asarray(math.log(features.step), jnp.float32)
     return genome
+
+
+def artifact_genome(path: str, features: Features) -> dict:
+    """The weights of the learned artifact folder ``path`` (``discovered/NAME``), to start
+    meta-training from (``rule.init``); ValueError naming the file and what does not match when
+    it is not a learned artifact of ``features``."""
+    from lab.commands.artifacts import load_artifact  # lazily: commands sit above the kinds
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"{path!r} is neither 'adam', 'random' nor an artifact folder")
+    target = load_artifact(folder)
+    if target.rule.kind != KIND:
+        raise ValueError(f"{folder}: an artifact of kind {target.rule.kind!r}, not {KIND!r}")
+    have = features_of(target.rule)
+    if have != features:
+        diff = [f"{f.name} {getattr(have, f.name)!r} (the config: {getattr(features, f.name)!r})"
+                for f in dataclasses.fields(Features)
+                if getattr(have, f.name) != getattr(features, f.name)]
+        raise ValueError(f"{folder}: its network differs from the rule section's: "
+                         f"{'; '.join(diff)}")
+    want = init_genome(features, jax.random.key(0))
+    shapes = jax.tree.map(np.shape, target.genome)
+    if shapes != jax.tree.map(np.shape, want):
+        raise ValueError(f"{folder}: weights of shapes {shapes}, the network has "
+                         f"{jax.tree.map(np.shape, want)}")
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), target.genome)
 
 
 def _mlp(features: Features, genome: dict, x: jax.Array) -> tuple[jax.Array, jax.Array]:
