@@ -6,7 +6,7 @@ import dataclasses
 
 from lab.core.es import SearchConfig
 from lab.core.schema import field
-from lab.kinds.learned.rule import Features
+from lab.kinds.learned.rule import Features, artifact_genome
 from lab.kinds.learned.unroll import META_LOSSES
 
 INITS = ("adam", "random")  # rule.init's named starts (anything else: an artifact folder)
@@ -36,7 +36,6 @@ class LearnedRuleConfig:
     def problems(self) -> list[tuple[str, str]]:
         if self.init in INITS:
             return []
-        from lab.kinds.learned.rule import artifact_genome
         try:
             artifact_genome(self.init, self.features())
         except ValueError as e:
