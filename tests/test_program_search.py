@@ -298,10 +298,13 @@ def test_noisy_fitness_is_averaged_over_repeats(store):
     assert out["stats"]["misses"] <= cfg.search.children
 
 
-def test_lr_per_task_counts_each_tasks_best_multiplier(store):
+def test_lr_per_task_counts_each_tasks_best_multiplier(store, monkeypatch):
     """``search.lr_per_task``: each task at its own best multiplier of the grid, the fitness
     their mean (the references' learning rate is tuned per task); without it one multiplier,
-    the best on the mean, counts for every task. Both keep that one for the program to bake."""
+    the best on the mean, counts for every task. Both keep that one for the program to bake.
+    The funnel and meta-validation (fixed seeds, the answer's selection) count each task at its
+    own multiplier around the baked one too, as the held-out replay tunes it; without
+    ``lr_per_task`` they score the program as it is (its baked multiplier)."""
     # task a is best at multiplier 1, task b at 3; on the mean 3 is best (0.2 against 0.55)
     table = {"a": {1.0: 0.2, 3.0: 0.3}, "b": {1.0: 0.9, 3.0: 0.1}}
     class Fake:  # rows come program by program, each at every multiplier of the grid
@@ -319,13 +322,22 @@ def test_lr_per_task_counts_each_tasks_best_multiplier(store):
             return {t: {"fitness": float(m["fitness"][i]), "diverged": False}
                     for t, m in result["tasks"].items()}
 
-    out, contexts = {}, {}
+    out, contexts, validation, funnel = {}, {}, {}, {}
     for per_task in (True, False):
         cfg = load_config(None, [*SMALL, f"search.lr_per_task={str(per_task).lower()}"])
-        fake = Fake(build_setup(cfg, store).scorer.context, cfg.search.lr_grid)
+        setup = build_setup(cfg, store)
+        fake = Fake(setup.scorer.context, cfg.search.lr_grid)
         evo = evolution.Evolution(cfg, store, "r", fake, None, load_seed("adamw"))
         [out[per_task]] = evo.score_programs(evo.scorer, [load_seed("adamw")], [0], 1)
         contexts[per_task] = evo.context("full", 0)
+        monkeypatch.setattr(finalize, "scorer_at", lambda *a, fake=fake, **k: fake)
+        evo.best = evolution.Member(load_seed("adamw"), "k", 0.0, 0)
+        validation[per_task] = finalize.MetaValidation(cfg, setup, evo).check(0)
+        [row] = finalize._funnel(cfg, setup, evo, {"k": (load_seed("adamw"), "k", "search")},
+                                 {"k": 0.0}, 1)
+        funnel[per_task] = row["funnel"]
+    assert validation[True] == funnel[True] == pytest.approx((0.2 + 0.1) / 2)
+    assert validation[False] == funnel[False] == pytest.approx((0.2 + 0.9) / 2)  # as baked
     assert out[True]["fitness"] == pytest.approx((0.2 + 0.1) / 2)
     assert [out[True]["metrics"][t]["lr_multiplier"] for t in "ab"] == [1.0, 3.0]
     assert out[False]["fitness"] == pytest.approx(0.2)

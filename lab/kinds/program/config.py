@@ -74,7 +74,8 @@ class EvolutionConfig:
     seed: int = 0
     lr_grid: tuple[float, ...] = field((0.3, 1.0, 3.0), gt=0, nonempty=True)  # x ctx.lr
     # true: each task counts at its own best multiplier of the grid (the references' learning
-    # rate is tuned per task); false: the multiplier best on the suite's mean counts for all
+    # rate is tuned per task), in the funnel and meta-validation too (around the baked one);
+    # false: the multiplier best on the suite's mean counts for all
     lr_per_task: bool = False
     retries: int = field(3, ge=0)  # re-mutations while the cache knows a child's function
     evaluations: int = field(1, ge=1)  # evaluations averaged per function (noisy fitness)

@@ -113,16 +113,17 @@ class Evolution:
 
     # ---- scoring ------------------------------------------------------------------------------
     def score_programs(self, scorer: Scorer, programs: list[Program], repeats: list[int],
-               batch: int, fixed: bool = False, rows_to: int | None = None) -> list[dict]:
-        """Scores ``programs`` (at every lr multiplier; with ``fixed``, at 1 on the fixed
-        evaluation seeds) in one call per task, padded to ``batch`` x the grid's size: per program
-        ``{"fitness", "diverged", "metrics"}`` at the suite-best multiplier (the one a program
-        bakes in), or with ``search.lr_per_task`` each task at its own (fitness: their mean)."""
-        grid = (1.0,) if fixed else self.grid
+               batch: int, fixed: bool = False, rows_to: int | None = None,
+               tuned: bool = False) -> list[dict]:
+        """Scores ``programs`` at every lr multiplier (``fixed``: at 1 on the fixed seeds, or with
+        ``tuned`` at every one) in one call per task, padded to ``batch`` (or ``rows_to``)
+        programs: per program ``{"fitness", "diverged", "metrics"}`` at the suite-best multiplier
+        (the one it bakes in), or with ``search.lr_per_task`` each task at its own (their mean)."""
+        grid = (1.0,) if fixed and not tuned else self.grid
         rows = [(i, m) for i in range(len(programs)) for m in grid]
         genomes = [self.space.genome(programs[i], self.length, m) for i, m in rows]
         slots = [repeats[i] for i, _ in rows]
-        size = rows_to or batch * len(self.grid)  # one shape per scorer: compiled once
+        size = (rows_to or batch) * len(grid if rows_to else self.grid)  # one shape: one compile
         if len(rows) > size:
             raise ValueError(f"{len(rows)} rows for a batch of {size}")
         genomes += [genomes[-1]] * (size - len(genomes))
@@ -221,11 +222,7 @@ class Evolution:
                 r = self.score_programs(self.short, [self.start], repeat, self.s.children)[0]
                 rows.append({"hash": key, "context": self.context("short", 0), **r})
                 self.window.append(r["fitness"])
-            r = self.score_programs(self.scorer, [self.start], repeat, self.full_batch)[0]
-            rows.append({"hash": key, "context": self.context("full", 0), **r})
-            self.cache.scores[key] = [r["fitness"]]
-            self.cache.metrics[key] = r["metrics"]
-            self.full_window.append(r["fitness"])
+            rows += self.full([key], {key: self.start}, repeat)
         fit = self.cache.fitness(key)
         self.met.add(key)
         self.population = deque(Member(self.start, key, fit, -1) for _ in range(self.s.population))

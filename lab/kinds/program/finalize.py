@@ -10,7 +10,9 @@ seeds, a knock-out ablation of the best, the funnel to larger runs, meta-validat
 * **Knock-out ablation**: every live statement of the best finalist dropped in turn (its readers
   read its first argument), all variants scored in one batched call; the drop that costs least
   is kept while it costs at most ``simplify_tolerance``; repeated.
-* **Funnel** (``search.funnel``): the best finalists at ``funnel_scale`` x the budget.
+* **Funnel** (``search.funnel``): the best finalists at ``funnel_scale`` x the budget; with
+  ``search.lr_per_task`` each task at its own multiplier of the grid around the baked one (as
+  the held-out replay tunes a program's learning rate per task), else as baked.
 * **Meta-validation** (``search.meta_validate_every``): the best-so-far at the funnel's budget
   during the search, so meta-overfitting (search fitness improving, validation not) shows.
 * **Selection** (``search.select: funnel``): the programs meta-validation scored join the
@@ -152,7 +154,8 @@ class MetaValidation:
         best = self.evo.best
         if self.last is None or self.last[0] != best.key:
             p = bake_lr(simplify(best.program), _multiplier(self.evo, best.key))
-            r = self.evo.score_programs(self.scorer, [p], [0], 1, fixed=True, rows_to=1)[0]
+            r = self.evo.score_programs(self.scorer, [p], [0], 1, fixed=True, rows_to=1,
+                                        tuned=self.evo.s.lr_per_task)[0]
             self.last = (best.key, r["fitness"])
         self.history.append({"generation": generation, "hash": best.key,
                              "search_fitness": best.fitness, "validation": self.last[1]})
@@ -253,7 +256,7 @@ def _funnel(cfg, setup, evo: Evolution, finals: dict, scores: dict, top: int,
     scorer = scorer_at(cfg, setup, evo.space, cfg.budget, scale=cfg.search.funnel_scale)
     keys = list(dict.fromkeys(sorted(scores, key=scores.get)[:top] + list(also)))
     res = evo.score_programs(scorer, [finals[k][0] for k in keys], [0] * len(keys), len(keys),
-                     fixed=True, rows_to=len(keys))
+                     fixed=True, rows_to=len(keys), tuned=cfg.search.lr_per_task)
     out = [{"hash": k, "final": scores[k], "funnel": r["fitness"],
             "scale": cfg.search.funnel_scale} for k, r in zip(keys, res, strict=True)]
     for row in out:
