@@ -149,6 +149,13 @@ def cmd_references(args) -> int:
     for s in suites:
         for t in tasks.get_suite(s):
             chosen[t.name] = (t, tasks.domain_of(s))
+    if args.tasks:
+        names = [t.strip() for t in args.tasks.split(",") if t.strip()]
+        unknown = [t for t in names if t not in chosen]
+        if unknown:
+            raise UsageError(f"--tasks: {', '.join(unknown)} not in the suites "
+                             f"{', '.join(suites)}")
+        chosen = {t: chosen[t] for t in names}
     try:
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
@@ -267,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     b = rs.add_parser("build", help="regenerate tasks/references.json")
     b.add_argument("--suites", default="smoke,train,heldout")
     b.add_argument("--seeds", default="2,5", help="comma-separated seed counts")
+    b.add_argument("--tasks", default="",
+                   help="comma-separated tasks of those suites to build (default: every one); "
+                        "the file's other entries are kept")
     b.add_argument("--which", default="",
                    help="comma-separated references to build (e.g. lamb,schedule_free_adamw); "
                         "the file's others are kept (default: every one of each family)")

@@ -164,3 +164,22 @@ def test_references_build_names_an_unknown_reference(capsys, tmp_path):
                "--out", str(tmp_path / "r.json")])
     assert rc == 2 and "--which: no reference 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_references_build_builds_only_the_named_tasks(capsys, tmp_path, monkeypatch):
+    """``--tasks``: only those tasks of the suites are built (the file's other entries are
+    kept, as ``build`` keeps them); a task outside the suites is named, exit 2, nothing
+    written."""
+    import tasks
+    from lab.cli import main
+    built = []
+    monkeypatch.setattr(references, "build",
+                        lambda pairs, *a, **k: built.append([t.name for t, _ in pairs])
+                        or {"entries": []})
+    out = str(tmp_path / "r.json")
+    assert main(["references", "build", "--suites", "smoke,train", "--tasks",
+                 f"{tasks.SUITES['train'][1]}, {tasks.SUITES['smoke'][0]}", "--out", out]) == 0
+    assert built == [[tasks.SUITES["train"][1], tasks.SUITES["smoke"][0]]]
+    rc = main(["references", "build", "--suites", "smoke", "--tasks", "nope", "--out", out])
+    assert rc == 2 and "--tasks: nope not in the suites smoke" in capsys.readouterr().err
+    assert len(built) == 1 and not (tmp_path / "r.json").exists()
