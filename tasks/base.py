@@ -43,3 +43,23 @@ class Task:
         """Number of scalar parameters (computed from shapes, no FLOPs)."""
         shapes = jax.eval_shape(self.init, jax.random.key(0))
         return int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))
+
+
+def scaled(task: Task, factor: float, name: str) -> Task:
+    """``task`` with its loss multiplied by ``factor``: the same problem, gradients ``factor``
+    times larger (the floor and the held-out loss scaled alike). A rule invariant to the loss's
+    scale, as Adam is up to its epsilon, scores the same on both, since the fitness is a log
+    ratio against a reference tuned on each; a rule that normalizes only small gradients (a
+    capped second moment) takes ``factor`` times larger steps and fails here. Its config is the
+    base task's plus ``base`` and ``loss_scale``, so its version changes with either."""
+    if not (np.isfinite(factor) and factor > 0):
+        raise ValueError(f"scaled({task.name!r}): the loss scale must be positive, got {factor}")
+    f = float(factor)
+
+    def loss(params, batch):
+        return f * task.loss(params, batch)
+
+    eval_loss = None if task.eval_loss is None else (lambda params: f * task.eval_loss(params))
+    config = {**task.config, "base": task.name, "loss_scale": f}
+    return dataclasses.replace(task, name=name, loss=loss, eval_loss=eval_loss,
+                               floor=f * task.floor, config=config)

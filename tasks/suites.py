@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from .base import Task
+from .base import Task, scaled
 from .charlm import make_charlm_mlp, make_charlm_transformer, make_markov_transformer
 from .digits import make_digits, make_digits_cnn
 from .levels import heldout_seed, level_task
@@ -57,6 +57,11 @@ TASKS: dict[str, Callable[[], Task]] = {
     "markov_transformer": _p(make_markov_transformer, "markov_transformer", context=16,
                              width=16, mlp=32, batch_size=16, steps=200),
     "rosenbrock_4d": _p(make_rosenbrock, "rosenbrock_4d", dim=4, steps=200),
+    # train-scaled: two train tasks with their loss 1000x (gradients 1000x larger); a rule that
+    # is not invariant to the loss's scale cannot serve both versions with one learning rate
+    "quadratic_ill_16_x1e3": lambda: scaled(get_task("quadratic_ill_16"), 1e3,
+                                            "quadratic_ill_16_x1e3"),
+    "digits_mlp_x1e3": lambda: scaled(get_task("digits_mlp"), 1e3, "digits_mlp_x1e3"),
     # heldout
     "digits_mlp_long": _p(make_digits, "digits_mlp_long", hidden=(64,), steps=800),
     "mnist1d_mlp_deep": _p(make_mnist1d_mlp, "mnist1d_mlp_deep", hidden=(128, 128, 128),
@@ -100,6 +105,11 @@ SUITES: dict[str, tuple[str, ...]] = {
     "train-wide": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",
                    "teacher_student_mlp", "digits_mlp", "mnist1d_mlp", "digits_mlp_deep",
                    "digits_cnn", "markov_transformer", "rosenbrock_4d"),
+    # train plus two of its tasks at 1000x the loss scale (program search against rules whose
+    # steps grow with the gradient)
+    "train-scaled": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",
+                     "teacher_student_mlp", "digits_mlp", "mnist1d_mlp", "quadratic_ill_16_x1e3",
+                     "digits_mlp_x1e3"),
     "heldout": ("digits_mlp_long", "mnist1d_mlp_deep", "mnist1d_cnn", "rosenbrock_chain_8",
                 "quadratic_ill_64", "charlm_mlp", "charlm_transformer"),
     "rl-smoke": ("cartpole_smoke",),

@@ -385,3 +385,49 @@ def test_data_files_are_package_data():
                if p.is_file() and p.suffix in {".npz", ".txt"}}
     assert {"mnist1d.npz", "charlm.txt"} <= {p.name for p in shipped}
     assert shipped <= covered
+
+
+def test_scaled_task_multiplies_the_loss_and_adam_takes_the_same_steps():
+    """``tasks.base.scaled``: loss, gradients, floor and held-out loss ``factor`` times the
+    base task's; Adam (eps 0) follows the same trajectory on both, so a tuned reference and
+    the log-ratio fitness are unchanged by the scale; the version differs from the base's."""
+    from tasks.base import scaled
+    base = tasks.get_task("digits_mlp")
+    big = scaled(base, 1e3, "digits_mlp_big")
+    params = base.init(jax.random.key(0))
+    batch = base.batch(jax.random.key(1), jnp.asarray(0))
+    np.testing.assert_allclose(big.loss(params, batch), 1e3 * base.loss(params, batch),
+                               rtol=1e-6)
+    np.testing.assert_allclose(big.eval_loss(params), 1e3 * base.eval_loss(params), rtol=1e-6)
+    g_base, g_big = (jax.grad(t.loss)(params, batch) for t in (base, big))
+    for a, b in zip(jax.tree.leaves(g_base), jax.tree.leaves(g_big), strict=True):
+        np.testing.assert_allclose(b / 1e3, a, rtol=1e-4, atol=1e-8)
+    assert big.floor == 1e3 * base.floor and big.steps == base.steps
+    assert big.config == {**base.config, "base": "digits_mlp", "loss_scale": 1e3}
+    assert tasks.task_version(big) != tasks.task_version(base)
+
+    def adam_run(task):
+        tx = optax.adam(1e-2, eps=0.0)
+        p, state = params, tx.init(params)
+        for t in range(5):
+            upd, state = tx.update(jax.grad(task.loss)(p, task.batch(jax.random.key(t), t)),
+                                   state, p)
+            p = optax.apply_updates(p, upd)
+        return p
+
+    for a, b in zip(jax.tree.leaves(adam_run(base)), jax.tree.leaves(adam_run(big)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="loss scale must be positive"):
+        scaled(base, 0.0, "bad")
+
+
+def test_train_scaled_is_train_plus_two_of_its_tasks_at_1000x_the_loss():
+    train, scaled_suite = tasks.SUITES["train"], tasks.SUITES["train-scaled"]
+    assert scaled_suite[:len(train)] == train
+    added = [tasks.get_task(n) for n in scaled_suite[len(train):]]
+    assert len(added) == 2
+    for task in added:
+        assert task.config["base"] in train and task.config["loss_scale"] == 1e3
+        base = tasks.get_task(task.config["base"])
+        assert task.steps == base.steps and task.family == base.family
