@@ -92,6 +92,15 @@ def test_replay_rank_and_export_program_artifact(run, lab, tmp_path):  # noqa: F
     assert set(held["differences"][f"{label} (lr tuned)"]) == {
         f"tuned {b}" for b in ("adam", "adamw", "lion", "lamb", "schedule_free_adamw")}
     assert f"| {label} (lr tuned) | tuned adamw | " in readme and "Paired differences" in readme
+    # and at 4x the horizons, its lr tuned per task, beside AdamW and schedule-free AdamW tuned
+    # at that budget
+    longer = metrics["heldout_4x"]
+    assert longer["horizon_scale"] == 4 and longer["seeds"] == 2 and longer["suite"] == "tiny"
+    steps = {r["task"]: r["steps"] for r in longer["rows"]}
+    assert steps == {r["task"]: 4 * r["steps"] for r in held["rows"]}
+    assert set(longer["differences"][f"{label} (lr tuned)"]) == {
+        "tuned adamw", "tuned schedule_free_adamw"}
+    assert "horizons 4x the tasks'" in readme
     again = strict_json(lab("inspect", str(folder), "--json")[1])
     assert again["hash"] == rule["hash"] and again["source"] == rule["source"]
     replayed = strict_json(lab("replay", str(folder), "--suite", "tiny", "--seeds", "2",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from lab.console import log
 from lab.core import hashing
 from lab.core.conformance import update_rule_case
 from lab.core.evaluate import evaluate
@@ -182,19 +183,28 @@ def replay_program(target: Target, req) -> dict:
 SCHEDULE_BASELINES = {1: ("cosine", "rex", "warmup_cosine"), 4: ("cosine",)}
 
 
+# the baselines of an update program's replay at 4x the horizons, tuned at that budget: AdamW
+# (the program search's seed) and schedule-free AdamW (the strongest at 4x in the held-out
+# tables); a joint program reads the horizon and is compared with tuned Adam there
+LONGER = 4
+LONGER_BASELINES = ("adamw", "schedule_free_adamw")
+
+
 def export(target: Target, store, suite: str, seeds: int) -> dict:
     """Held-out scores at the program's own learning rate and, like the baselines', with its
-    learning rate tuned per task. A schedule's at 1x and 4x horizons (``heldout``,
-    ``heldout_4x``), beside tuned Adam and seed schedules (``SCHEDULE_BASELINES``), each with
-    its learning rate tuned per task on the same multipliers. A joint program's like an update
-    rule's, and at 4x horizons beside tuned Adam (it reads the horizon: does what it learned
-    hold on longer runs?)."""
+    learning rate tuned per task, at 1x and ``LONGER`` times the horizons (``heldout``,
+    ``heldout_4x``: does what the search's short runs selected hold on longer ones?). An update
+    program at 4x beside ``LONGER_BASELINES``, a joint program beside tuned Adam, each tuned at
+    that budget. A schedule's at 1x and 4x, beside tuned Adam and seed schedules
+    (``SCHEDULE_BASELINES``), each with its learning rate tuned per task on the same
+    multipliers."""
     if target.rule.name == KIND or is_joint(target.rule):
         out = {"heldout": replay(target, suite, seeds, store=store, tuner=tune_lr,
                                  form=compiled_form(target))}
-        if is_joint(target.rule):
-            out["heldout_4x"] = replay(target, suite, seeds, ("adam",), store, tuner=tune_lr,
-                                       horizon_scale=4, form=compiled_form(target))
+        log(f"export {target.label}: replaying on {suite} at {LONGER}x the horizons")
+        longer = ("adam",) if is_joint(target.rule) else LONGER_BASELINES
+        out[f"heldout_{LONGER}x"] = replay(target, suite, seeds, longer, store, tuner=tune_lr,
+                                           horizon_scale=LONGER, form=compiled_form(target))
         return out
     out = {}
     for scale, names in SCHEDULE_BASELINES.items():
