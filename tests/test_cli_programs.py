@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import ROOT, strict_json
 from test_cli import lab  # noqa: F401  (the module-scoped in-process lab command)
@@ -74,6 +75,17 @@ def test_replay_rank_and_export_program_artifact(run, lab, tmp_path):  # noqa: F
                           "--tune-lr", "--json")[1])
     assert {r["rule"] for r in doc["rows"]} >= {"tuned adam", "tuned adamw", "tuned lion",
                                                 "prog-e2e:1 (lr tuned)"}
+    # tuned on the baselines' grid step around its own rate, which is on the grid: per task the
+    # tuned row's lr is rate x a multiplier and its mean final loss at most the untuned row's
+    from lab.kinds.program import TUNE_MULTIPLIERS
+    assert np.allclose(np.diff(np.log10(TUNE_MULTIPLIERS)), 1 / 3) and 1.0 in TUNE_MULTIPLIERS
+    rows = {(r["task"], r["rule"]): r for r in doc["rows"]}
+    for (task, rule), r in rows.items():
+        if rule == "prog-e2e:1 (lr tuned)":
+            own = rows[(task, "prog-e2e:1")]
+            assert any(np.isclose(r["lr"], 20.0 * m, rtol=1e-5) for m in TUNE_MULTIPLIERS)
+            if not own["diverged"]:
+                assert r["final_loss"] <= own["final_loss"] * (1 + 1e-4) + 1e-7
     assert lab("export", run["id"], "--name", "prog-best", "--out", str(tmp_path), "--suite",
                "tiny", "--seeds", "2")[0] == 0
     folder = tmp_path / "prog-best"

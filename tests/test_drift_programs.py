@@ -88,6 +88,8 @@ def test_drift_program_configs_are_checked():
         load_config(None, ["kind=program", "suite=rl-smoke"])
     with pytest.raises(ConfigError, match=r"search.es.top: ES on constants is for update"):
         load_config(None, [*SMALL, "search.es.top=1"])
+    with pytest.raises(ConfigError, match=r"search.lr_anchor: a drift program has no learning"):
+        load_config(None, [*SMALL, "search.lr_anchor=true"])
     with pytest.raises(ConfigError, match=r"rule.max_len: the seed dpo has 26 statements"):
         load_config(None, [*SMALL, "rule.seed=dpo"])
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lab.core.evaluate import task_keys
-from lab.core.fitness import CLIP, EPS, EvalContext, SuiteScorer, task_fitness
+from lab.core.fitness import CLIP, EPS, EvalContext, SuiteScorer, anchored_lrs, task_fitness
 from lab.core.optimizers import make_baseline
 from lab.core.rule import stack_genomes
 
@@ -172,3 +172,31 @@ def test_suite_scorer_prefers_a_good_learning_rate(tiny_task, one_device_mesh):
     np.testing.assert_array_equal(
         g0, scorer.score(genomes, generation=0, slots=np.zeros(3, np.int32))["fitness"])
     assert not np.array_equal(g0[0], f[0])
+
+
+def test_anchored_lrs_are_adams_over_their_geometric_mean():
+    f = anchored_lrs({"a": 0.1, "b": 1e-3, "c": 1e-2})
+    assert f == pytest.approx({"a": 10.0, "b": 0.1, "c": 1.0})
+    assert anchored_lrs({}) == {}
+    with pytest.raises(ValueError, match=r"no tuned Adam learning rate for b"):
+        anchored_lrs({"a": 0.1, "b": None})
+
+
+def test_suite_scorer_runs_each_task_at_its_anchored_rate(one_device_mesh):
+    from tests.tiny import make_tiny_task
+    a, b = make_tiny_task(name="tiny_a"), make_tiny_task(name="tiny_b")
+    rule = make_baseline("sgd")
+    genomes = stack_genomes([make_baseline("sgd", {"learning_rate": 0.5}).genome])
+    refs = {"tiny_a": 0.05, "tiny_b": 0.05}
+    kw = dict(budget=0, seeds=2, refs=refs, mesh=one_device_mesh)
+    plain = SuiteScorer("tiny", "v0", [a, b], rule, lr=2.0, **kw)
+    anchored = SuiteScorer("tiny", "v0", [a, b], rule, lr=2.0,
+                           task_lr={"tiny_a": 1.0, "tiny_b": 1e-6}, **kw)
+    assert anchored.lrs == {"tiny_a": 2.0, "tiny_b": 2e-6}
+    assert anchored.context.key() != plain.context.key()
+    pa, an = plain.score(genomes)["tasks"], anchored.score(genomes)["tasks"]
+    np.testing.assert_array_equal(an["tiny_a"]["final_loss"], pa["tiny_a"]["final_loss"])
+    # tiny_b at 1e-6 the rate barely moves: sgd at 0.5 * 2e-6 on its own scorer
+    slow = SuiteScorer("tiny", "v0", [b], rule, lr=2e-6, **kw).score(genomes)["tasks"]
+    np.testing.assert_allclose(an["tiny_b"]["final_loss"], slow["tiny_b"]["final_loss"])
+    assert an["tiny_b"]["fitness"][0] > pa["tiny_b"]["fitness"][0]

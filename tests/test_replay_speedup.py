@@ -166,10 +166,14 @@ def test_replay_table_shows_speedups(capsys):
 
 
 def test_readme_tables_render_a_metrics_file_read_back():
-    """A diverged row's final loss is null in metrics.json (JSON has no inf): the tables of a
-    metrics file read back still render, and say so."""
+    """A diverged row's final loss is null in metrics.json (JSON has no inf) and inf before it
+    is written: the tables render either as n/a."""
     from lab.core.replay import readme_tables
     row = {"task": "a", "rule": "x", "score": 5.0, "ci95": [5.0, 5.0], "final_loss": None,
            "speedup": None}
     held = {"suite": "s", "seeds": 2, "rows": [row], "summary": {"x": 5.0}}
     assert "| a | x | +5.000 | [+5.000, +5.000] | n/a | never |" in readme_tables({"heldout": held})
+    # and before it is written, from the replay itself (inf): the same
+    fresh = {**held, "rows": [{**row, "final_loss": float("inf")}]}
+    line = "| a | x | +5.000 | [+5.000, +5.000] | n/a | never |"
+    assert line in readme_tables({"heldout": fresh})

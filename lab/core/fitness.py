@@ -68,12 +68,13 @@ class EvalContext:
     lr_per_task: bool = False  # the best multiplier per task counts (else the best on the mean)
     repeat: int = 0  # the j-th evaluation of a candidate (fresh data for each j)
     scale: int = 1  # budget multiplier (the funnel's larger runs)
+    task_lr: str = ""  # digest of per-task factors on ``lr`` (``anchored_lrs``); "" if none
 
     def to_json(self) -> dict:
         doc = dataclasses.asdict(self)
         # absent when unused, so that earlier context keys (and their cached scores) hold
         for key, unused in (("lr_multipliers", ()), ("lr_per_task", False), ("repeat", 0),
-                            ("scale", 1)):
+                            ("scale", 1), ("task_lr", "")):
             if doc[key] == unused:
                 del doc[key]
         return doc
@@ -128,19 +129,25 @@ class SuiteScorer:
       refs: task name -> tuned Adam reference final loss at this budget and seed count.
       lr: outer learning rate.
       mesh, chunk, unroll: evaluator settings.
+      task_lr: task name -> factor on ``lr`` for that task (``anchored_lrs``); None: ``lr``
+        on every task.
     """
 
     def __init__(self, suite: str, suite_version: str, tasks: list[Task], rule: UpdateRule,
                  budget: int, seeds: int, refs: dict[str, float], lr: float = 1.0,
                  mesh: Mesh | None = None, chunk: int = 0, unroll: int = 1,
-                 lr_grid: tuple[float, ...] = (), scale: int = 1):
+                 lr_grid: tuple[float, ...] = (), scale: int = 1,
+                 task_lr: dict[str, float] | None = None):
         self.tasks, self.rule, self.seeds, self.refs = tasks, rule, seeds, refs
         self.mesh, self.chunk = mesh, chunk
         self.budget, self.scale = budget, scale
-        self.trains = {t.name: make_train(t, rule, self.steps(t), lr, unroll) for t in tasks}
-        refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
+        factor = task_lr or {}
+        self.lrs = {t.name: lr * factor.get(t.name, 1.0) for t in tasks}
+        self.trains = {t.name: make_train(t, rule, self.steps(t), self.lrs[t.name], unroll)
+                       for t in tasks}
         self.context = EvalContext(suite, suite_version, budget, seeds, lr, tuple(lr_grid),
-                                   refs=refs_digest, scale=scale)
+                                   refs=_digest(refs), scale=scale,
+                                   task_lr=_digest(task_lr) if task_lr else "")
         self.zero, self.label = "tuned Adam", FITNESS_LABEL
 
     def steps(self, task: Task) -> int:
@@ -170,6 +177,26 @@ class SuiteScorer:
         return row_metrics(result, i)
 
 
+def _digest(values: dict[str, float]) -> str:
+    return hashlib.sha256(json.dumps(sorted(values.items())).encode()).hexdigest()[:12]
+
+
+def anchored_lrs(adam_lrs: dict[str, float]) -> dict[str, float]:
+    """Per-task factors on a search's outer learning rate that follow tuned Adam's: task t's
+    ``adam_lr[t]`` over their geometric mean. A search scored with them runs each task near its
+    tuned rate (the references' is tuned per task, over five decades) while the outer rate and
+    its multiplier grid set the overall scale: one rate for every task rewards rules that adapt
+    their step to a task's gradient scale, which a per-task tuned comparison does not."""
+    if not adam_lrs:
+        return {}
+    bad = sorted(k for k, v in adam_lrs.items() if not (v is not None and v > 0))
+    if bad:
+        raise ValueError(f"anchored learning rates: no tuned Adam learning rate for "
+                         f"{', '.join(bad)}")
+    mean = float(np.exp(np.mean(np.log([float(v) for v in adam_lrs.values()]))))
+    return {k: float(v) / mean for k, v in adam_lrs.items()}
+
+
 def row_metrics(result: dict, i: int) -> dict:
     """Per-task metrics of candidate i of a ``SuiteScorer`` result, JSON-able (losses per
     seed, the curve averaged over seeds)."""
@@ -185,16 +212,21 @@ def row_metrics(result: dict, i: int) -> dict:
 
 
 def suite_scorer(cfg, rule: UpdateRule, store=None, mesh: Mesh | None = None,
-                 budget: int | None = None, scale: int = 1) -> SuiteScorer:
+                 budget: int | None = None, scale: int = 1,
+                 anchor: bool = False) -> SuiteScorer:
     """The supervised scorer of a run config (``suite``, ``budget``, ``seeds``, ``rule.lr``,
     ``evaluator``) for ``rule``; ``budget`` and ``scale`` change the inner steps (the
-    references are tuned Adam's at those steps)."""
+    references are tuned Adam's at those steps); ``anchor``: each task's outer rate scaled by
+    ``anchored_lrs`` of tuned Adam's rates at those steps."""
     import tasks as registry
     from lab.core.references import LR_GRID, References
     budget = cfg.budget if budget is None else budget
     refs = References(store, mesh)
     suite = registry.get_suite(cfg.suite)
-    ref_loss = {t.name: refs.adam_loss(t, (budget or t.steps) * scale, cfg.seeds) for t in suite}
+    tuned = {t.name: refs.get(t, "adam", (budget or t.steps) * scale, cfg.seeds) for t in suite}
+    ref_loss = {k: float(v["value"]) for k, v in tuned.items()}
+    task_lr = anchored_lrs({k: v["lr"] for k, v in tuned.items()}) if anchor else None
     return SuiteScorer(cfg.suite, registry.suite_version(cfg.suite), suite, rule, budget,
                        cfg.seeds, ref_loss, lr=cfg.rule.lr, mesh=mesh, chunk=cfg.evaluator.chunk,
-                       unroll=cfg.evaluator.unroll, lr_grid=LR_GRID, scale=scale)
+                       unroll=cfg.evaluator.unroll, lr_grid=LR_GRID, scale=scale,
+                       task_lr=task_lr)

@@ -293,7 +293,8 @@ def statistics_tables(held: dict) -> list[str]:
 
 
 def _g(x) -> str:
-    return "n/a" if x is None else f"{x:.4g}"  # None: not finite (JSON has no inf)
+    # None: not finite (JSON has no inf); before the JSON is written it may still be inf
+    return "n/a" if x is None or not np.isfinite(x) else f"{x:.4g}"
 
 
 def _tasks(names) -> str:

@@ -107,11 +107,15 @@ def config_domain(cfg) -> str:
 
 def config_problems(cfg) -> list[tuple[str, str]]:
     """What a drift or schedule program search cannot do (yet): ES on constants (the compiled
-    path of update rules, joint ones included)."""
+    path of update rules, joint ones included); a drift has no learning rate to anchor."""
+    out = []
     if cfg.rule.signature not in ("update", JOINT.name) and cfg.search.es.top:
-        return [("search.es.top", f"ES on constants is for update programs; set 0 for a "
-                                  f"{cfg.rule.signature} program search")]
-    return []
+        out.append(("search.es.top", f"ES on constants is for update programs; set 0 for a "
+                                     f"{cfg.rule.signature} program search"))
+    if cfg.rule.signature == "drift" and cfg.search.lr_anchor:
+        out.append(("search.lr_anchor", "a drift program has no learning rate to anchor on "
+                                        "tuned Adam's; set false"))
+    return out
 
 
 def rule_from_name(name: str):
@@ -156,9 +160,10 @@ def compiled_form(target: Target) -> tuple:
     return rule, rule.genome
 
 
-# Multipliers of a program's own learning rate tried by ``--tune-lr`` (the baselines' grid spans
-# five decades in 16 points; this one spans four around the program's rate, in 9).
-TUNE_MULTIPLIERS = tuple(float(x) for x in 10.0 ** np.linspace(-2, 2, 9))
+# Multipliers of a program's own learning rate tried by ``--tune-lr``: the baselines' grid's
+# step (a third of a decade, ``references.LR_GRID``) over five and a third decades centred on the
+# program's rate, which is one of them (17 points; the baselines' grid spans five in 16).
+TUNE_MULTIPLIERS = tuple(float(x) for x in 10.0 ** (np.arange(-8, 9) / 3))
 
 
 def tune_lr(task, rule, genome, lr: float, steps: int, keys, mesh) -> tuple[dict, float]:

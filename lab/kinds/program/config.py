@@ -77,6 +77,10 @@ class EvolutionConfig:
     # rate is tuned per task), in the funnel and meta-validation too (around the baked one);
     # false: the multiplier best on the suite's mean counts for all
     lr_per_task: bool = False
+    # true: each task's outer rate is rule.lr times tuned Adam's rate on it over their geometric
+    # mean on the suite (``fitness.anchored_lrs``, at each scorer's budget): every task starts
+    # near its tuned rate, and the grid's multipliers set the overall scale
+    lr_anchor: bool = False
     retries: int = field(3, ge=0)  # re-mutations while the cache knows a child's function
     evaluations: int = field(1, ge=1)  # evaluations averaged per function (noisy fitness)
     confirm: bool = True  # a new best-so-far is scored again on fresh data before it counts

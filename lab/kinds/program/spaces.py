@@ -60,7 +60,7 @@ class UpdateSpace:
     def scorer(self, cfg, rule, store=None, mesh=None, budget: int | None = None,
                scale: int = 1):
         from lab.core.fitness import suite_scorer
-        return suite_scorer(cfg, rule, store, mesh, budget, scale)
+        return suite_scorer(cfg, rule, store, mesh, budget, scale, cfg.search.lr_anchor)
 
 
 class DriftSpace:
@@ -126,7 +126,7 @@ class ScheduleSpace:
     def scorer(self, cfg, rule, store=None, mesh=None, budget: int | None = None,
                scale: int = 1):
         from lab.core.fitness import suite_scorer
-        return suite_scorer(cfg, rule, store, mesh, budget, scale)
+        return suite_scorer(cfg, rule, store, mesh, budget, scale, cfg.search.lr_anchor)
 
 
 class JointSpace(UpdateSpace):
