@@ -61,9 +61,10 @@ def rule_cases(slow: frozenset = frozenset()):
             for n in KINDS for c in get(n).conformance().rules]
 
 
-# the interpreter's eager fingerprint runs its statement loop op by op (~20 s on 2 cores); its
-# jit and eager paths are also held equal by test_program_backends
-SLOW_FINGERPRINTS = frozenset({"program:interpreted"})
+# the interpreter's eager fingerprint runs its statement loop op by op (~20 s on 2 cores; pbt's
+# program trajectory runs it per segment, ~70 s); its jit and eager paths are also held equal
+# by test_program_backends
+SLOW_FINGERPRINTS = frozenset({"program:interpreted", "pbt:program"})
 
 
 _JITTED: dict = {}
