@@ -19,6 +19,7 @@ from lab.kinds.learned.unroll import (
     compiled,
     make_unroll,
     normalized,
+    reference_at,
     start_population,
     unroll_population,
 )
@@ -81,6 +82,53 @@ def test_diverged_members_score_worst(tiny_task, one_device_mesh, meta_loss):
     assert np.asarray(m["diverged"]).tolist() == [False, False, True, True]
     loss = np.asarray(m["meta_loss"])
     assert np.all(loss[2:] == CLIP) and np.all(np.isfinite(loss)) and np.all(loss[:2] < CLIP)
+
+
+def test_reference_knots_interpolate_log_log_and_clamp_outside():
+    knots = ((200, 1e-2), (800, 1e-4))
+    t = jnp.asarray([0, 100, 200, 400, 800, 3200], jnp.int32)
+    # halfway in log steps between 200 and 800 is halfway in log loss: 1e-3
+    np.testing.assert_allclose(reference_at(knots, t), [1e-2, 1e-2, 1e-2, 1e-3, 1e-4, 1e-4],
+                               rtol=1e-4)
+    np.testing.assert_allclose(reference_at(((5, 0.3),), t), np.full(6, 0.3), rtol=1e-6)
+    with pytest.raises(ValueError, match="distinct step counts"):
+        make_unroll(None, learned_rule(FEATURES), 5, 1.0, "final_loss", ((10, 1.0), (10, 2.0)))
+
+
+@pytest.mark.parametrize("meta_loss", ["mean_loss", "final_loss"])
+def test_a_knotted_reference_measures_each_loss_at_its_step(tiny_task, one_device_mesh,
+                                                             meta_loss):
+    """A run's loss after ``t`` updates is normalized against the knots' reference at ``t``:
+    two equal knots are the plain number, and the final loss of a run that continues past the
+    first knot is measured against the interpolated reference at its step count."""
+    rule = learned_rule(FEATURES)
+    genomes = population(2)
+    keys = jnp.stack([jax.random.key(3)] * 2)
+
+    def meta(ref, t_start):
+        u = make_unroll(tiny_task, rule, 5, 1.0, meta_loss, ref)
+        inner = start_population(u, genomes, keys, one_device_mesh)
+        _, m = unroll_population(u, genomes, inner, np.ones(2, bool), np.full(2, 40),
+                                 np.full(2, t_start), keys, one_device_mesh)
+        return np.asarray(m["meta_loss"]), np.asarray(m["loss"])
+
+    flat, _ = meta(0.05, 0)
+    np.testing.assert_allclose(meta(((1, 0.05), (1000, 0.05)), 0)[0], flat, rtol=1e-6)
+    # steps 10..15 of a run: every reference step lies between the knots 5 and 20, whose
+    # losses bracket the run's (so that no score is clipped)
+    raw = float(np.mean(meta(0.05, 10)[1]))
+    a, b = 4 * raw, raw / 4
+    knots = ((5, a), (20, b))
+    got, _ = meta(knots, 10)
+    at = {t: a * (b / a) ** (np.log(t / 5) / np.log(4)) for t in range(10, 16)}
+    if meta_loss == "final_loss":  # the same run, measured at 15 against the number at 15
+        want, _ = meta(float(at[15]), 10)
+        np.testing.assert_allclose(got, want, rtol=1e-5)
+    else:  # each step's loss against its own reference: strictly between the knots' scores
+        low, _ = meta(a, 10)
+        high, _ = meta(b, 10)
+        assert np.all(low < got) and np.all(got < high)
+        assert not np.allclose(got, meta(float(at[10]), 10)[0])
 
 
 def test_horizons_are_log_uniform_and_offsets_whole_unrolls_only_at_the_start():
@@ -248,6 +296,27 @@ def test_validation_at_a_longer_horizon_selects_the_answer(store):
     assert target.store_hash == chosen
     direct = longer.score(jax.tree.map(lambda x: np.asarray(x)[None], target.genome))
     assert float(direct["fitness"][0]) == pytest.approx(finalists[chosen]["x3"], abs=1e-5)
+
+
+def test_meta_reference_horizon_knots_tuned_adam_at_1x_and_the_validation_scale(store):
+    with pytest.raises(ConfigError, match="search.meta_reference.*validate_scale"):
+        load_config(SMOKE, ["search.meta_reference=horizon"])
+    with pytest.raises(ConfigError, match="search.meta_reference"):
+        load_config(SMOKE, ["search.meta_reference=longest"])
+    from lab.core.fitness import suite_scorer
+    cfg = load_config(SMOKE, [*FAST, "search.validate_scale=3",
+                              "search.meta_reference=horizon"])
+    setup = build_setup(cfg, store)
+    driver = LearnedDriver(cfg, setup)
+    longer = suite_scorer(cfg, setup.rule, store, setup.mesh, scale=3)
+    fixed = LearnedDriver(load_config(SMOKE, [*FAST, "search.validate_scale=3"]), setup)
+    for task in setup.scorer.tasks:
+        steps = setup.scorer.steps(task)
+        assert driver.reference(task) == ((steps, setup.scorer.refs[task.name]),
+                                          (3 * steps, longer.refs[task.name]))
+        assert fixed.reference(task) == ((steps, setup.scorer.refs[task.name]),)
+        assert longer.refs[task.name] < setup.scorer.refs[task.name]  # Adam gains with time
+    assert np.isfinite(driver.generation(0)["stats"]["mean"])
 
 
 def test_random_search_keeps_the_best_members_and_they_are_finalists(store, monkeypatch):

@@ -7,7 +7,7 @@ import dataclasses
 from lab.core.es import SearchConfig
 from lab.core.schema import field
 from lab.kinds.learned.rule import Features, artifact_genome
-from lab.kinds.learned.unroll import META_LOSSES
+from lab.kinds.learned.unroll import META_LOSSES, META_REFERENCES
 
 INITS = ("adam", "random")  # rule.init's named starts (anything else: an artifact folder)
 
@@ -71,9 +71,17 @@ class LearnedSearchConfig(SearchConfig):
     # > 1: validation (and the run's answer) is the mean of the full-run scores at 1x and at
     # this multiple of every task's horizon, so the answer is not chosen at the proxy's length
     validate_scale: int = field(1, ge=1)
+    # the meta-loss's reference: "fixed", tuned Adam's final loss at each task's default steps;
+    # "horizon", tuned Adam's at the inner run's step count (log-log between the 1x and the
+    # validate_scale x references), so a long run is not clipped against the 1x loss
+    meta_reference: str = field("fixed", choices=lambda: META_REFERENCES, what="meta_reference")
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()
+        if self.meta_reference == "horizon" and self.validate_scale < 2:
+            out.append(("meta_reference", "horizon interpolates between the 1x and the "
+                                          "validate_scale x references: set validate_scale "
+                                          "to 2 or more"))
         if self.horizon_max < self.horizon_min:
             out.append(("horizon_max", f"{self.horizon_max} is below horizon_min "
                                        f"{self.horizon_min}"))

@@ -26,7 +26,10 @@ runs of the suite on the fixed evaluation seeds (the lab's fitness: 0 = tuned Ad
 such mean is the run's answer. With ``validate_scale`` K > 1 the validation score is the mean of
 the full-run scores at 1x and at K times every horizon (references: tuned Adam at those steps),
 and the finalists are selected by it, so a rule meta-trained on long horizons is not chosen at
-the short ones alone. The whole state (ES, inner runs, horizons, accumulators) is
+the short ones alone; with ``meta_reference: horizon`` the meta-loss too is measured against
+tuned Adam at the inner run's step count (log-log between the 1x and K x references; the 1x
+reference alone clips a long run's loss on the tasks where tuned Adam gains more than ``e^C``
+from 1x to K x). The whole state (ES, inner runs, horizons, accumulators) is
 checkpointed with orbax before the generation's store row.
 
 References:
@@ -84,7 +87,7 @@ class LearnedDriver:
         self.slots = np.asarray(es.task_key_index(self.spec))
         self.leader = np.array([int(np.flatnonzero(self.slots == k)[0]) for k in self.slots])
         self.unrolls = {t.name: make_unroll(t, self.rule, s.unroll, cfg.rule.lr, s.meta_loss,
-                                            self.scorer.refs[t.name])
+                                            self.reference(t))
                         for t in self.scorer.tasks}
         pop = s.population
         genomes = self.flat.population(jnp.repeat(self.flat.flat[None], pop, 0))
@@ -103,10 +106,17 @@ class LearnedDriver:
             k = cfg.output.top_k
             self.tree["top"] = np.zeros((k, self.spec.num_dims), np.float32)
             self.tree["top_fitness"] = np.full(k, np.inf, np.float64)
+        against = "the run's step count" if s.meta_reference == "horizon" else "1x"
         log(f"meta-training {self.rule.describe(self.rule.genome)}: {s.strategy} population "
             f"{s.population}, sigma {s.sigma}, {'persistent' if s.persistent else 'truncated'} "
             f"ES, unroll {s.unroll}, horizons {s.horizon_min}-{s.horizon_max}, meta-loss "
-            f"{s.meta_loss}")
+            f"{s.meta_loss} against tuned Adam at {against}")
+
+    def reference(self, task) -> tuple[tuple[int, float], ...]:
+        """The meta-loss's reference knots on ``task``: tuned Adam's final loss at 1x, and with
+        ``meta_reference: horizon`` also at the validation's longer horizons."""
+        scorers = self.scorers if self.cfg.search.meta_reference == "horizon" else self.scorers[:1]
+        return tuple((sc.steps(task), sc.refs[task.name]) for sc in scorers)
 
     # ---- one generation ----------------------------------------------------------------------
     def generation(self, g: int) -> dict:

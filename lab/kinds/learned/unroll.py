@@ -14,7 +14,10 @@ member's meta-loss over that truncation:
 
 Losses are normalized like the lab's fitness, ``clip(log((loss - floor + eps) / (ref - floor +
 eps)), -C, C)`` with ``ref`` tuned Adam's final loss, so tasks of different scales weigh alike; a
-member whose losses or parameters stop being finite scores ``+C`` and is flagged diverged.
+member whose losses or parameters stop being finite scores ``+C`` and is flagged diverged. The
+reference is one number, or knots ``((steps, ref), ...)``: tuned Adam's final loss at several
+budgets, and a loss after ``t`` updates is measured against their log-log interpolation at ``t``
+(clamped outside the knots), so a long run is not clipped against a short run's reference.
 
 References:
   Metz et al. 2019, https://arxiv.org/abs/1810.10180 (truncated meta-training of optimizers);
@@ -39,6 +42,7 @@ from lab.core.rule import UpdateRule, make_ctx, population_size
 from tasks.base import Task
 
 META_LOSSES = ("mean_loss", "final_loss", "eval_loss")
+META_REFERENCES = ("fixed", "horizon")  # search.meta_reference: Adam at 1x, or at the run's t
 FRESH_BATCHES = 4  # batches the final loss is averaged over
 
 
@@ -50,10 +54,13 @@ class Inner(NamedTuple):
     t: jax.Array  # [] int32: updates done in this run
 
 
-def normalized(loss: jax.Array, ref: float, floor: float = 0.0) -> jax.Array:
-    """The fitness formula of ``lab.core.fitness.normalized_score`` in jnp, elementwise; non-finite
-    losses score ``+CLIP``."""
-    f = jnp.log((jnp.maximum(loss - floor, 0.0) + EPS) / (max(ref - floor, 0.0) + EPS))
+Knots = tuple[tuple[int, float], ...]
+
+
+def normalized(loss: jax.Array, ref, floor: float = 0.0) -> jax.Array:
+    """The fitness formula of ``lab.core.fitness.normalized_score`` in jnp, elementwise (``ref``
+    a number or an array broadcast with ``loss``); non-finite losses score ``+CLIP``."""
+    f = jnp.log((jnp.maximum(loss - floor, 0.0) + EPS) / (jnp.maximum(ref - floor, 0.0) + EPS))
     return jnp.where(jnp.isfinite(loss), jnp.clip(jnp.nan_to_num(f, nan=CLIP), -CLIP, CLIP),
                      CLIP)
 
@@ -73,8 +80,18 @@ class Unroll(NamedTuple):
     length: int
 
 
+def reference_at(knots: Knots, t: jax.Array) -> jax.Array:
+    """Tuned Adam's final loss after ``t`` updates: the log-log interpolation of ``knots``
+    (``(steps, final loss)`` pairs, steps increasing), constant outside them."""
+    if len(knots) == 1:
+        return jnp.full(jnp.shape(t), knots[0][1], jnp.float32)
+    steps = jnp.log(jnp.asarray([k for k, _ in knots], jnp.float32))
+    refs = jnp.log(jnp.maximum(jnp.asarray([r for _, r in knots], jnp.float32), 1e-30))
+    return jnp.exp(jnp.interp(jnp.log(jnp.maximum(t, 1).astype(jnp.float32)), steps, refs))
+
+
 def make_unroll(task: Task, rule: UpdateRule, length: int, lr: float, meta_loss: str,
-                ref: float) -> Unroll:
+                ref: float | Knots) -> Unroll:
     """The truncated train function of ``task`` for the rule family ``rule``.
 
     Built once per (task, family, settings): the compiled calls are keyed by these functions,
@@ -82,13 +99,16 @@ def make_unroll(task: Task, rule: UpdateRule, length: int, lr: float, meta_loss:
     """
     if meta_loss not in META_LOSSES:
         raise ValueError(f"unknown meta_loss {meta_loss!r} (known: {', '.join(META_LOSSES)})")
-    return _make_unroll(task, rule.init, rule.update, int(length), float(lr), meta_loss,
-                        float(ref))
+    knots = ((1, float(ref)),) if isinstance(ref, int | float) else \
+        tuple(sorted((int(k), float(r)) for k, r in ref))
+    if not knots or len({k for k, _ in knots}) != len(knots):
+        raise ValueError(f"reference knots need distinct step counts, got {ref!r}")
+    return _make_unroll(task, rule.init, rule.update, int(length), float(lr), meta_loss, knots)
 
 
 @functools.lru_cache(maxsize=256)
 def _make_unroll(task: Task, rule_init: Callable, rule_update: Callable, length: int,
-                 lr: float, meta_loss: str, ref: float) -> Unroll:
+                 lr: float, meta_loss: str, knots: Knots) -> Unroll:
     rule = UpdateRule("", "", rule_init, rule_update, None, str)
 
     def start(genome, key: jax.Array) -> Inner:
@@ -125,14 +145,15 @@ def _make_unroll(task: Task, rule_init: Callable, rule_update: Callable, length:
         losses = jnp.where(active, losses, 0.0)  # steps past the horizon count for nothing
         if meta_loss == "mean_loss":
             raw = jnp.sum(losses) / jnp.maximum(steps, 1)
-            value = jnp.sum(jnp.where(active, normalized(losses, ref, task.floor), 0.0)) \
+            at = reference_at(knots, inner.t + jnp.arange(length, dtype=jnp.int32))
+            value = jnp.sum(jnp.where(active, normalized(losses, at, task.floor), 0.0)) \
                 / jnp.maximum(steps, 1)
         elif meta_loss == "eval_loss" and task.eval_loss is not None:
             raw = task.eval_loss(params)
-            value = normalized(raw, ref, task.floor)
+            value = normalized(raw, reference_at(knots, t_end), task.floor)
         else:
             raw = fresh_loss(params, k_fresh, t_end)
-            value = normalized(raw, ref, task.floor)
+            value = normalized(raw, reference_at(knots, t_end), task.floor)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
         diverged = ~(jnp.all(jnp.isfinite(losses)) & jnp.isfinite(raw) & finite)
         metrics = {"meta_loss": jnp.where(diverged, CLIP, value),
