@@ -77,7 +77,7 @@ def test_replay_rank_and_export_program_artifact(run, lab, tmp_path):  # noqa: F
                                                 "prog-e2e:1 (lr tuned)"}
     # tuned on the baselines' grid step around its own rate, which is on the grid: per task the
     # tuned row's lr is rate x a multiplier and its mean final loss at most the untuned row's
-    from lab.kinds.program import TUNE_MULTIPLIERS
+    from lab.core.replay import TUNE_MULTIPLIERS
     assert np.allclose(np.diff(np.log10(TUNE_MULTIPLIERS)), 1 / 3) and 1.0 in TUNE_MULTIPLIERS
     rows = {(r["task"], r["rule"]): r for r in doc["rows"]}
     for (task, rule), r in rows.items():

@@ -388,3 +388,43 @@ def test_meta_training_starts_from_an_artifacts_weights(store, tmp_path, capsys)
 def es_mean(mt):
     from lab.core import es
     return es.mean_of(mt.spec, mt.tree["es"])
+
+
+def test_tune_lr_scales_the_rules_rate_through_its_log_step(tiny_task, one_device_mesh):
+    """``--tune-lr`` for a learned rule: each multiplier is a shift of ``log_step``, the same
+    run as the rule at that multiple of its rate; the pick is the best mean final loss, so it is
+    never worse than the rule's own rate (a multiplier of the grid)."""
+    from lab.core.evaluate import evaluate, task_keys
+    from lab.core.replay import TUNE_MULTIPLIERS, replay_train
+    from lab.kinds.learned import tune_lr
+    rule = learned_rule(FEATURES)
+    genome = {**init_genome(FEATURES, jax.random.key(0)),
+              "log_step": jnp.asarray(np.log(1e-3), jnp.float32)}  # too small a step to start
+    keys = task_keys(2, 1)
+    m, lr = tune_lr(tiny_task, rule, genome, 0.5, 30, keys, one_device_mesh)
+    multiplier = lr / 0.5
+    assert np.isclose(TUNE_MULTIPLIERS, multiplier, rtol=1e-6).sum() == 1 and multiplier > 1
+
+    def run(rate):
+        return evaluate(replay_train(tiny_task, rule, 30, rate), stack_genomes([genome]), keys,
+                        one_device_mesh)
+
+    np.testing.assert_allclose(m["final_loss"], run(lr)["final_loss"], rtol=1e-3)
+    assert np.mean(m["final_loss"]) < np.mean(run(0.5)["final_loss"])
+
+
+def test_replay_of_a_learned_artifact_tunes_its_rate_per_task(cli):
+    """``lab replay ARTIFACT --tune-lr`` for a learned optimizer: a second row per task at the
+    best of the multipliers of its own rate, never worse by mean final loss than its own."""
+    import json
+
+    from lab.core.replay import TUNE_MULTIPLIERS
+    rc, out, err = cli("replay", "discovered/lopt-train", "--suite", "tiny", "--seeds", "2",
+                       "--tune-lr", "--baselines", "adam", "--json")
+    assert rc == 0, err
+    rows = json.loads(out)["rows"]
+    assert {r["rule"] for r in rows} == {"lopt-train", "lopt-train (lr tuned)", "tuned adam"}
+    for own, tuned in zip(*[[r for r in rows if r["rule"] == name]
+                            for name in ("lopt-train", "lopt-train (lr tuned)")], strict=True):
+        assert np.isclose(TUNE_MULTIPLIERS, tuned["lr"], rtol=1e-5).sum() == 1  # its rate is 1
+        assert np.mean(tuned["final_loss"]) <= np.mean(own["final_loss"]) * (1 + 1e-5)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -119,6 +120,22 @@ def replay_train(task, rule, steps: int, lr: float = 1.0):
 
 # tuned(task, rule, genome, lr, steps, keys, mesh) -> (metrics [1, seeds, ...], tuned lr)
 Tuner = Callable[..., tuple[dict, float]]
+
+# Multipliers of a candidate's own learning rate tried by ``--tune-lr``: the baselines' grid's
+# step (a third of a decade, ``references.LR_GRID``) over five and a third decades centred on the
+# candidate's rate, which is one of them (17 points; the baselines' grid spans five in 16).
+TUNE_MULTIPLIERS = tuple(float(x) for x in 10.0 ** (np.arange(-8, 9) / 3))
+
+
+def tune_over(task, rule, population, lr: float, steps: int, keys, mesh) -> tuple[dict, float]:
+    """A kind's ``Tuner`` body: ``population`` is the candidate at each of ``TUNE_MULTIPLIERS``
+    times its rate (leading axis, in that order), run in one call; returns the best one's
+    metrics by mean final loss over the seeds (the rule the references use) and its rate."""
+    n = len(TUNE_MULTIPLIERS)
+    m = evaluate(replay_train(task, rule, steps, lr), population, jnp.repeat(keys, n, 0), mesh)
+    loss = np.where(m["diverged"].any(-1), np.inf, m["final_loss"].mean(-1))
+    best = int(np.argmin(loss))
+    return {k: v[best:best + 1] for k, v in m.items()}, lr * TUNE_MULTIPLIERS[best]
 
 
 def replay_update_rule(target: Target, req: ReplayRequest, form: tuple | None = None,

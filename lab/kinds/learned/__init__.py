@@ -13,10 +13,11 @@ References: Metz et al. 2019 (arXiv 1810.10180); Metz et al. 2022, VeLO (arXiv 2
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from lab.core.conformance import update_rule_case
 from lab.core.kind import Conformance, LaunchCase, register
-from lab.core.replay import replay
+from lab.core.replay import TUNE_MULTIPLIERS, replay, replay_update_rule, tune_over
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
 from lab.kinds.learned.config import INITS, LearnedRuleConfig, LearnedSearchConfig
@@ -41,12 +42,27 @@ def rule_from_name(name: str):
     return learned_rule(Features.parse(name))
 
 
+def tune_lr(task, rule, genome, lr: float, steps: int, keys, mesh) -> tuple[dict, float]:
+    """``--tune-lr``: the learned rule at every multiplier of its rate, as the shift
+    ``log(multiplier)`` of its ``log_step`` (the step is linear in ``exp(log_step)``)."""
+    n = len(TUNE_MULTIPLIERS)
+    pop = {k: np.repeat(np.asarray(v)[None], n, 0) for k, v in genome.items()}
+    pop["log_step"] = (pop["log_step"] + np.log(TUNE_MULTIPLIERS)).astype(np.float32)
+    return tune_over(task, rule, pop, lr, steps, keys, mesh)
+
+
+def replay_learned(target: Target, req) -> dict:
+    return replay_update_rule(target, req, tuner=tune_lr)
+
+
 def export(target: Target, store, suite: str, seeds: int) -> dict:
-    """Held-out scores, and the same against tuned Adam at ``LONGER`` times every horizon."""
+    """Held-out scores at the rule's own rate and with its rate tuned per task on the
+    baselines' grid step (as the baselines' are), and the same against tuned Adam at ``LONGER``
+    times every horizon."""
     from lab.console import log
-    held = replay(target, suite, seeds, store=store)
+    held = replay(target, suite, seeds, store=store, tuner=tune_lr)
     log(f"export {target.label}: replaying on {suite} at {LONGER}x the horizons")
-    longer = replay(target, suite, seeds, baselines=("adam",), store=store,
+    longer = replay(target, suite, seeds, baselines=("adam",), store=store, tuner=tune_lr,
                     horizon_scale=LONGER)
     return {"heldout": held, f"heldout_x{LONGER}": longer}
 
@@ -71,6 +87,7 @@ KIND_RECORD = register(update_rule_kind(
     make_rule=make_rule,
     rule_from_name=rule_from_name,
     make_driver=LearnedDriver,
+    replay=replay_learned,
     export=export,
     conformance=conformance,
     views=inspect_view,

@@ -20,16 +20,20 @@ References: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms" (a
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 
 from lab.console import log
 from lab.core import hashing
 from lab.core.conformance import update_rule_case
-from lab.core.evaluate import evaluate
 from lab.core.kind import Conformance, LaunchCase, TextForm, register
 from lab.core.optimizers import BASELINES
-from lab.core.replay import replay, replay_train, replay_update_rule, suite_statistics
+from lab.core.replay import (
+    TUNE_MULTIPLIERS,
+    replay,
+    replay_update_rule,
+    suite_statistics,
+    tune_over,
+)
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
 from lab.kinds.program import schedules
@@ -160,22 +164,12 @@ def compiled_form(target: Target) -> tuple:
     return rule, rule.genome
 
 
-# Multipliers of a program's own learning rate tried by ``--tune-lr``: the baselines' grid's
-# step (a third of a decade, ``references.LR_GRID``) over five and a third decades centred on the
-# program's rate, which is one of them (17 points; the baselines' grid spans five in 16).
-TUNE_MULTIPLIERS = tuple(float(x) for x in 10.0 ** (np.arange(-8, 9) / 3))
-
-
 def tune_lr(task, rule, genome, lr: float, steps: int, keys, mesh) -> tuple[dict, float]:
-    """The program at every multiplier of its rate in one call; the best by mean final loss
-    over the seeds (the rule the references use)."""
+    """``--tune-lr``: the program at every multiplier of its rate (its ``lr`` leaf)."""
     n = len(TUNE_MULTIPLIERS)
     pop = {**{k: np.repeat(np.asarray(v)[None], n, 0) for k, v in genome.items()},
            "lr": np.asarray(TUNE_MULTIPLIERS, np.float32)}
-    m = evaluate(replay_train(task, rule, steps, lr), pop, jnp.repeat(keys, n, 0), mesh)
-    loss = np.where(m["diverged"].any(-1), np.inf, m["final_loss"].mean(-1))
-    best = int(np.argmin(loss))
-    return {k: v[best:best + 1] for k, v in m.items()}, lr * TUNE_MULTIPLIERS[best]
+    return tune_over(task, rule, pop, lr, steps, keys, mesh)
 
 
 def replay_program(target: Target, req) -> dict:
