@@ -95,7 +95,9 @@ def test_reference_knots_interpolate_log_log_and_clamp_outside():
         make_unroll(None, learned_rule(FEATURES), 5, 1.0, "final_loss", ((10, 1.0), (10, 2.0)))
 
 
-@pytest.mark.parametrize("meta_loss", ["mean_loss", "final_loss"])
+# the mean-loss case compiles six unrolls (~10 s on 2 cores): slow, CI runs it
+@pytest.mark.parametrize("meta_loss", [pytest.param("mean_loss", marks=pytest.mark.slow),
+                                       "final_loss"])
 def test_a_knotted_reference_measures_each_loss_at_its_step(tiny_task, one_device_mesh,
                                                              meta_loss):
     """A run's loss after ``t`` updates is normalized against the knots' reference at ``t``:
@@ -413,6 +415,7 @@ def test_tune_lr_scales_the_rules_rate_through_its_log_step(tiny_task, one_devic
     assert np.mean(m["final_loss"]) < np.mean(run(0.5)["final_loss"])
 
 
+@pytest.mark.slow  # the CLI path of test_tune_lr_scales_the_rules_rate_through_its_log_step
 def test_replay_of_a_learned_artifact_tunes_its_rate_per_task(cli):
     """``lab replay ARTIFACT --tune-lr`` for a learned optimizer: a second row per task at the
     best of the multipliers of its own rate, never worse by mean final loss than its own."""
