@@ -60,7 +60,9 @@ Knots = tuple[tuple[int, float], ...]
 def normalized(loss: jax.Array, ref, floor: float = 0.0) -> jax.Array:
     """The fitness formula of ``lab.core.fitness.normalized_score`` in jnp, elementwise (``ref``
     a number or an array broadcast with ``loss``); non-finite losses score ``+CLIP``."""
-    f = jnp.log((jnp.maximum(loss - floor, 0.0) + EPS) / (jnp.maximum(ref - floor, 0.0) + EPS))
+    denom = max(ref - floor, 0.0) + EPS if isinstance(ref, float) else \
+        jnp.maximum(ref - floor, 0.0) + EPS  # a number: one constant, as in the fitness
+    f = jnp.log((jnp.maximum(loss - floor, 0.0) + EPS) / denom)
     return jnp.where(jnp.isfinite(loss), jnp.clip(jnp.nan_to_num(f, nan=CLIP), -CLIP, CLIP),
                      CLIP)
 
@@ -80,11 +82,12 @@ class Unroll(NamedTuple):
     length: int
 
 
-def reference_at(knots: Knots, t: jax.Array) -> jax.Array:
+def reference_at(knots: Knots, t: jax.Array) -> jax.Array | float:
     """Tuned Adam's final loss after ``t`` updates: the log-log interpolation of ``knots``
-    (``(steps, final loss)`` pairs, steps increasing), constant outside them."""
+    (``(steps, final loss)`` pairs, steps increasing), constant outside them. One knot is that
+    number, whatever ``t`` (``search.meta_reference: fixed``: no array is built)."""
     if len(knots) == 1:
-        return jnp.full(jnp.shape(t), knots[0][1], jnp.float32)
+        return knots[0][1]
     steps = jnp.log(jnp.asarray([k for k, _ in knots], jnp.float32))
     refs = jnp.log(jnp.maximum(jnp.asarray([r for _, r in knots], jnp.float32), 1e-30))
     return jnp.exp(jnp.interp(jnp.log(jnp.maximum(t, 1).astype(jnp.float32)), steps, refs))
