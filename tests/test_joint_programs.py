@@ -95,7 +95,7 @@ def test_joint_text_round_trips_and_its_header_picks_the_signature():
 def test_interpreter_equals_compiled_on_random_joint_programs():
     rng = np.random.default_rng(1)
     progs = [compose(load_seed("adam"), load_seed("cosine", "schedule"))]
-    while len(progs) < 10:
+    while len(progs) < 6:
         q = M.mutate(progs[int(rng.integers(len(progs)))], rng, max_len=L - 8)
         progs.append(M.mutate(q, rng, max_len=L - 8))
     for p in progs:
