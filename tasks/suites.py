@@ -57,6 +57,12 @@ TASKS: dict[str, Callable[[], Task]] = {
     "markov_transformer": _p(make_markov_transformer, "markov_transformer", context=16,
                              width=16, mlp=32, batch_size=16, steps=200),
     "rosenbrock_4d": _p(make_rosenbrock, "rosenbrock_4d", dim=4, steps=200),
+    # train-wide-mnist1d: a wider two-layer MLP and a narrow 1-D CNN on MNIST-1D (train's
+    # mnist1d_mlp's data; neither is a held-out task's model): a data set no train-wide network
+    # memorizes in 800 steps, where a rule that stalls at long horizons shows it
+    "mnist1d_mlp_wide": _p(make_mnist1d_mlp, "mnist1d_mlp_wide", hidden=(96, 96), steps=200),
+    "mnist1d_cnn_narrow": _p(make_mnist1d_cnn, "mnist1d_cnn_narrow", channels=(8, 8), kernel=3,
+                             steps=200),
     # train-scaled: two train tasks with their loss 1000x (gradients 1000x larger); a rule that
     # is not invariant to the loss's scale cannot serve both versions with one learning rate
     "quadratic_ill_16_x1e3": lambda: scaled(get_task("quadratic_ill_16"), 1e3,
@@ -105,6 +111,11 @@ SUITES: dict[str, tuple[str, ...]] = {
     "train-wide": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",
                    "teacher_student_mlp", "digits_mlp", "mnist1d_mlp", "digits_mlp_deep",
                    "digits_cnn", "markov_transformer", "rosenbrock_4d"),
+    # train-wide plus two MNIST-1D networks (learned optimizers at long horizons)
+    "train-wide-mnist1d": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",
+                           "teacher_student_mlp", "digits_mlp", "mnist1d_mlp", "digits_mlp_deep",
+                           "digits_cnn", "markov_transformer", "rosenbrock_4d",
+                           "mnist1d_mlp_wide", "mnist1d_cnn_narrow"),
     # train plus two of its tasks at 1000x the loss scale (program search against rules whose
     # steps grow with the gradient)
     "train-scaled": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",

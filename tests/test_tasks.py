@@ -268,6 +268,22 @@ def test_train_wide_adds_the_held_out_shapes_on_other_data():
     assert transformer.config["data"] == "markov"
 
 
+def test_train_wide_mnist1d_adds_two_mnist1d_networks_no_held_out_task_has():
+    """train-wide-mnist1d is train-wide plus a wider MLP and a CNN on train's MNIST-1D data:
+    the held-out MNIST-1D tasks' data, but neither of their models."""
+    wide, plus = tasks.SUITES["train-wide"], tasks.SUITES["train-wide-mnist1d"]
+    assert plus[:len(wide)] == wide
+    added = [tasks.get_task(n) for n in plus[len(wide):]]
+    assert {t.config["model"] for t in added} == {"mlp", "cnn"}
+    mnist1d = tasks.get_task("mnist1d_mlp").config["data_digest"]
+    for task in added:
+        assert task.family == "mnist1d" and task.config["data_digest"] == mnist1d
+        assert 100 <= task.steps <= 300, task.name
+        for h in tasks.get_suite("heldout"):
+            assert any(task.config.get(k) != h.config.get(k)
+                       for k in ("model", "hidden", "channels", "kernel")), (task.name, h.name)
+
+
 def test_markov_corpus_is_deterministic_and_has_its_copies():
     from tasks.charlm import markov_corpus
     markov_corpus.cache_clear()
