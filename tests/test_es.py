@@ -187,3 +187,12 @@ def test_lr_zero_is_a_random_search_around_the_start():
         assert load_config(path, ["search.lr=0"]).search.lr == 0
     with pytest.raises(ConfigError, match="search.lr.*random search.*needs Open_ES"):
         load_config("configs/smoke.yaml", ["search.strategy=PGPE", "search.lr=0"])
+
+
+def test_centered_ranks_closed_form_ties_and_non_finite_values():
+    from lab.core.es import centered_ranks
+    got = centered_ranks(np.array([[3.0, 1.0, 2.0, 2.0], [5.0, 5.0, np.nan, -1.0]]), axis=1)
+    np.testing.assert_allclose(got, [[0.5, -0.5, 0.0, 0.0], [0.0, 0.0, 0.5, -0.5]])
+    np.testing.assert_allclose(centered_ranks(np.array([[1.0, 4.0], [2.0, 3.0]]), axis=0),
+                               [[-0.5, 0.5], [0.5, -0.5]])  # along the other axis
+    assert centered_ranks(np.array([7.0])).tolist() == [-0.5]

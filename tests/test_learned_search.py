@@ -230,6 +230,43 @@ def test_persistent_es_accumulates_perturbations_until_the_slot_resets(store, mo
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("task_fitness", ["mean", "ranks"])
+def test_task_fitness_tells_the_es_each_tasks_centered_ranks_or_the_mean(store, monkeypatch,
+                                                                        task_fitness):
+    """``search.task_fitness``: the ES is told the members' meta-losses averaged over the tasks,
+    or each task's centered ranks averaged, so a task with 100x the spread does not outvote the
+    others; the generation's stats keep the raw mean either way."""
+    from lab.core import es
+    from lab.kinds.learned import search
+    cfg = load_config(SMOKE, [*FAST, "search.population=8", f"search.task_fitness={task_fitness}"])
+    mt = LearnedDriver(cfg, build_setup(cfg, store))
+    (name, u), = mt.unrolls.items()
+    mt.unrolls["spread"] = u  # a second task: the same runs, meta-losses flipped and 100x
+    mt.tree["inner"]["spread"] = jax.tree.map(np.copy, mt.tree["inner"][name])
+    seen, told, real_unroll, real_tell = [], [], search.unroll_population, es.tell
+
+    def unroll(*args):
+        inner, m = real_unroll(*args)
+        m = {**m, "meta_loss": m["meta_loss"] * (-100.0 if len(seen) % 2 else 1.0)}
+        seen.append(np.asarray(m["meta_loss"], np.float64))
+        return inner, m
+
+    def tell(spec, key, pop, fitness, state):
+        told.append(np.asarray(fitness, np.float64))
+        return real_tell(spec, key, pop, fitness, state)
+    monkeypatch.setattr(search, "unroll_population", unroll)
+    monkeypatch.setattr(es, "tell", tell)
+    out = mt.generation(0)
+    losses = np.stack(seen)  # [tasks, population]
+    assert losses.shape == (2, 8) and len(np.unique(losses[0])) == 8
+    want = losses.mean(0) if task_fitness == "mean" else \
+        es.centered_ranks(losses, axis=1).mean(0)
+    np.testing.assert_allclose(told[0], want, rtol=1e-6, atol=1e-7)
+    if task_fitness == "ranks":  # the 100x task no longer decides the order alone
+        assert not np.array_equal(np.argsort(told[0]), np.argsort(losses[1]))
+    assert out["stats"]["best"] == pytest.approx(losses.mean(0).min())
+
+
 # PGPE's case is slow (make test's time): SNES and CMA-ES take the same path
 @pytest.mark.parametrize("strategy", [pytest.param("PGPE", marks=pytest.mark.slow), "SNES",
                                       "CMA_ES"])

@@ -186,6 +186,21 @@ def pairwise_ranks(fitness: np.ndarray) -> np.ndarray:
     return np.concatenate([first, 1.0 - first])
 
 
+def centered_ranks(fitness: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The ranks of ``fitness`` along ``axis`` scaled to [-0.5, 0.5]: the lowest -0.5, the
+    highest +0.5, tied values their mean rank; non-finite values rank last (a tie among them)."""
+    f = np.asarray(fitness, np.float64)
+    f = np.where(np.isfinite(f), f, np.inf)
+
+    def ranks(row):
+        _, inverse, counts = np.unique(row, return_inverse=True, return_counts=True)
+        first = np.cumsum(counts) - counts
+        return (first + (counts - 1) / 2.0)[inverse.reshape(-1)]
+
+    n = f.shape[axis]
+    return np.apply_along_axis(ranks, axis, f) / max(n - 1, 1) - 0.5
+
+
 def task_key_index(spec: ESSpec) -> jax.Array:
     """[population] int32: which shared task-key slot each member uses (common random numbers).
 

@@ -9,6 +9,8 @@ from lab.core.schema import field
 from lab.kinds.learned.rule import Features, artifact_genome
 from lab.kinds.learned.unroll import META_LOSSES, META_REFERENCES
 
+TASK_FITNESS = ("mean", "ranks")  # search.task_fitness
+
 INITS = ("adam", "random")  # rule.init's named starts (anything else: an artifact folder)
 
 
@@ -75,6 +77,11 @@ class LearnedSearchConfig(SearchConfig):
     # "horizon", tuned Adam's at the inner run's step count (log-log between the 1x and the
     # validate_scale x references), so a long run is not clipped against the 1x loss
     meta_reference: str = field("fixed", choices=lambda: META_REFERENCES, what="meta_reference")
+    # what the ES is told per member: "mean", its meta-losses averaged over the tasks; "ranks",
+    # each task's meta-losses replaced by their centered ranks over the population, then
+    # averaged, so every task's ordering of the members counts alike, however wide the spread
+    # of its losses (a clipped Rosenbrock's +-5 against an MNIST-1D net's few hundredths)
+    task_fitness: str = field("mean", choices=lambda: TASK_FITNESS, what="task_fitness")
 
     def problems(self) -> list[tuple[str, str]]:
         out = super().problems()

@@ -147,11 +147,13 @@ class LearnedDriver:
             st["inner"][name] = inner
             losses.append(np.asarray(gather(m["meta_loss"]), np.float64))
             diverged.append(gather(m["diverged"]))
-        fitness = np.mean(losses, axis=0)
+        fitness = np.mean(losses, axis=0)  # what the stats, the store and the top-k keep
+        told_fitness = fitness if s.task_fitness == "mean" else \
+            np.mean(es.centered_ranks(np.stack(losses), axis=1), axis=0)
         bad = np.any(diverged, axis=0)
         told = mean + st["accum"] if s.persistent else flat_pop
         st["es"], _ = es.tell(self.spec, k_tell, jnp.asarray(told, jnp.float32),
-                              jnp.asarray(fitness, jnp.float32), st["es"])
+                              jnp.asarray(told_fitness, jnp.float32), st["es"])
         if "top" in st:  # random search: keep the top_k members (ties: the earlier)
             every = np.concatenate([st["top_fitness"], fitness])
             keep = np.argsort(every, kind="stable")[:len(st["top_fitness"])]
