@@ -103,19 +103,18 @@ for _base in ("cartpole", "acrobot"):
     for _k in range(HELDOUT_LEVELS):
         TASKS[f"{_base}_level_h{_k}"] = _p(_heldout_level, _base, _k)
 
+# train plus the held-out families' shapes (lab's learned optimizers meta-train on it)
+_TRAIN_WIDE = ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d", "teacher_student_mlp",
+               "digits_mlp", "mnist1d_mlp", "digits_mlp_deep", "digits_cnn", "markov_transformer",
+               "rosenbrock_4d")
+
 SUITES: dict[str, tuple[str, ...]] = {
     "smoke": ("quadratic_ill_8", "teacher_student_tiny", "digits_mlp_tiny"),
     "train": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d", "teacher_student_mlp",
               "digits_mlp", "mnist1d_mlp"),
-    # train plus the held-out families' shapes (lab's learned optimizers meta-train on it)
-    "train-wide": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",
-                   "teacher_student_mlp", "digits_mlp", "mnist1d_mlp", "digits_mlp_deep",
-                   "digits_cnn", "markov_transformer", "rosenbrock_4d"),
+    "train-wide": _TRAIN_WIDE,
     # train-wide plus two MNIST-1D networks (learned optimizers at long horizons)
-    "train-wide-mnist1d": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",
-                           "teacher_student_mlp", "digits_mlp", "mnist1d_mlp", "digits_mlp_deep",
-                           "digits_cnn", "markov_transformer", "rosenbrock_4d",
-                           "mnist1d_mlp_wide", "mnist1d_cnn_narrow"),
+    "train-wide-mnist1d": (*_TRAIN_WIDE, "mnist1d_mlp_wide", "mnist1d_cnn_narrow"),
     # train plus two of its tasks at 1000x the loss scale (program search against rules whose
     # steps grow with the gradient)
     "train-scaled": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",
