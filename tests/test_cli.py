@@ -15,9 +15,8 @@ from conftest import lab_env, run_lab, strict_json
 
 from lab.cli import main
 
-# one worker runs the whole module under pytest-xdist (``--dist loadgroup``): its module fixtures
-# (a launched run) are made once
-pytestmark = pytest.mark.xdist_group("cli")
+# make test (``--dist loadfile``) runs the whole module on one worker: its module fixtures (a
+# launched run) are made once
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,8 @@ from test_cli import lab  # noqa: F401  (the module-scoped in-process lab comman
 
 SEEDS = ROOT / "lab" / "kinds" / "program" / "seeds"
 
-# one worker runs the whole module under pytest-xdist (``--dist loadgroup``): its module fixtures
-# (a launched run) are made once
-pytestmark = pytest.mark.xdist_group("cli_programs")
+# make test (``--dist loadfile``) runs the whole module on one worker: its module fixtures (a
+# launched run) are made once
 
 
 @pytest.fixture(scope="module")

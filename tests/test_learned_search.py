@@ -11,7 +11,8 @@ import pytest
 
 from lab.core.config import ConfigError, load_config
 from lab.core.fitness import CLIP, normalized_score
-from lab.core.loop import build_setup
+from lab.core.hashing import genome_digest
+from lab.core.loop import Finalist, build_setup
 from lab.core.rule import stack_genomes
 from lab.kinds.learned.rule import Features, init_genome, learned_rule
 from lab.kinds.learned.search import LearnedDriver, sample_horizon
@@ -338,6 +339,48 @@ def test_validation_at_a_longer_horizon_selects_the_answer(store):
     assert target.store_hash == chosen
     direct = longer.score(jax.tree.map(lambda x: np.asarray(x)[None], target.genome))
     assert float(direct["fitness"][0]) == pytest.approx(finalists[chosen]["x3"], abs=1e-5)
+
+
+@pytest.mark.parametrize("validate_by", ["mean", "worst"])
+def test_validate_by_combines_the_scales_by_their_mean_or_the_worse(store, monkeypatch,
+                                                                     validate_by):
+    """``search.validate_by``: a validation score is the mean of the 1x and K x scores, or the
+    larger of the two; the ES mean kept as the best validated and the finalist selected follow
+    it (one finalist wins at 1x and loses at 3x, the other is close to even at both)."""
+    from lab.kinds.learned import search
+    with pytest.raises(ConfigError, match="search.validate_by"):
+        load_config(SMOKE, [*FAST, "search.validate_by=worst"])
+    with pytest.raises(ConfigError, match="search.validate_by"):
+        load_config(SMOKE, [*FAST, "search.validate_scale=3", "search.validate_by=median"])
+    cfg = load_config(SMOKE, [*FAST, "search.validate_scale=3",
+                              f"search.validate_by={validate_by}"])
+    mt = LearnedDriver(cfg, build_setup(cfg, store))
+    at = {mt.scorers[0].context.key(): {"short": -0.8, "even": -0.1},  # 1x
+          mt.scorers[1].context.key(): {"short": 0.4, "even": 0.05}}  # 3x
+    named = {}
+
+    def score_fixed(scorer, store, genomes, rows):
+        table = at[scorer.context.key()]
+        return {h: table[named.get(h, h)] for h in genomes}, [], []
+    monkeypatch.setattr(search, "score_fixed", score_fixed)
+    combine = (lambda a, b: max(a, b)) if validate_by == "worst" else (lambda a, b: (a + b) / 2)
+    finals = {h: Finalist(mt.mean_genome(), {}) for h in ("short", "even")}
+    after = mt.after_search(finals, at[mt.scorers[0].context.key()])
+    assert after.selection == pytest.approx({"short": combine(-0.8, 0.4),
+                                             "even": combine(-0.1, 0.05)})
+    want = "even" if validate_by == "worst" else "short"
+    assert after.report["selection"]["hash"] == want
+    assert after.report["selection"]["combined"] == validate_by
+    # validation during the search: the ES mean's score is combined the same way, and the
+    # best-so-far kept by it
+    for h in ("short", "even"):
+        named[genome_digest(mt.rule, mt.mean_genome())] = h
+        _, _, _, scores = mt.validate()
+        assert scores["validation"] == pytest.approx(combine(at[mt.scorers[0].context.key()][h],
+                                                             at[mt.scorers[1].context.key()][h]))
+        assert scores["validation_x3"] == at[mt.scorers[1].context.key()][h]
+        named.clear()
+    assert float(mt.tree["best"]) == pytest.approx(min(after.selection.values()))
 
 
 def test_meta_reference_horizon_knots_tuned_adam_at_1x_and_the_validation_scale(store):

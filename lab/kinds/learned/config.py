@@ -10,6 +10,7 @@ from lab.kinds.learned.rule import Features, artifact_genome
 from lab.kinds.learned.unroll import META_LOSSES, META_REFERENCES
 
 TASK_FITNESS = ("mean", "ranks")  # search.task_fitness
+VALIDATE_BY = ("mean", "worst")  # search.validate_by
 
 INITS = ("adam", "random")  # rule.init's named starts (anything else: an artifact folder)
 
@@ -73,6 +74,10 @@ class LearnedSearchConfig(SearchConfig):
     # > 1: validation (and the run's answer) is the mean of the full-run scores at 1x and at
     # this multiple of every task's horizon, so the answer is not chosen at the proxy's length
     validate_scale: int = field(1, ge=1)
+    # how the two scales' scores make one validation score: "mean", their mean; "worst", the
+    # larger (the worse against tuned Adam), so the answer is the one that does best at its
+    # weaker horizon, for a goal of beating tuned Adam at both
+    validate_by: str = field("mean", choices=lambda: VALIDATE_BY, what="validate_by")
     # the meta-loss's reference: "fixed", tuned Adam's final loss at each task's default steps;
     # "horizon", tuned Adam's at the inner run's step count (log-log between the 1x and the
     # validate_scale x references), so a long run is not clipped against the 1x loss
@@ -89,6 +94,10 @@ class LearnedSearchConfig(SearchConfig):
             out.append(("meta_reference", "horizon interpolates between the 1x and the "
                                           "validate_scale x references: set validate_scale "
                                           "to 2 or more"))
+        if self.validate_by != "mean" and self.validate_scale < 2:
+            out.append(("validate_by", f"{self.validate_by} combines the 1x and the "
+                                       f"validate_scale x scores: set validate_scale to 2 "
+                                       f"or more"))
         if self.horizon_max < self.horizon_min:
             out.append(("horizon_max", f"{self.horizon_max} is below horizon_min "
                                        f"{self.horizon_min}"))

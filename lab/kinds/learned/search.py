@@ -25,11 +25,12 @@ stored with each generation. Every ``validate_every`` generations the ES mean is
 runs of the suite on the fixed evaluation seeds (the lab's fitness: 0 = tuned Adam), and the best
 such mean is the run's answer. With ``validate_scale`` K > 1 the validation score is the mean of
 the full-run scores at 1x and at K times every horizon (references: tuned Adam at those steps),
-and the finalists are selected by it, so a rule meta-trained on long horizons is not chosen at
-the short ones alone; with ``meta_reference: horizon`` the meta-loss too is measured against
-tuned Adam at the inner run's step count (log-log between the 1x and K x references; the 1x
-reference alone clips a long run's loss on the tasks where tuned Adam gains more than ``e^C``
-from 1x to K x). The whole state (ES, inner runs, horizons, accumulators) is
+or with ``validate_by: worst`` the larger of the two (the answer is the rule that does best at
+its weaker horizon), and the finalists are selected by it, so a rule meta-trained on long
+horizons is not chosen at the short ones alone; with ``meta_reference: horizon`` the meta-loss
+too is measured against tuned Adam at the inner run's step count (log-log between the 1x and K x
+references; the 1x reference alone clips a long run's loss on the tasks where tuned Adam gains
+more than ``e^C`` from 1x to K x). The whole state (ES, inner runs, horizons, accumulators) is
 checkpointed with orbax before the generation's store row.
 
 References:
@@ -189,14 +190,16 @@ class LearnedDriver:
     def scored(self, genomes: dict, at_1x: dict | None = None
                ) -> tuple[dict, list[dict], list[dict]]:
         """Validation scores of ``genomes`` (hash -> genome) on the fixed evaluation seeds:
-        (the mean over the validation scales by hash, each scale's scores, new evaluations);
+        (the scales' scores combined by hash: their mean, or with ``validate_by: worst`` their
+        maximum; each scale's scores, new evaluations);
         ``at_1x``: their 1x scores where already known (the finalists')."""
         per, evaluations = [] if at_1x is None else [at_1x], []
         for scorer in self.scorers[len(per):]:
             scores, new, _ = score_fixed(scorer, self.setup.store, genomes, self.final_rows)
             per.append(scores)
             evaluations += new
-        return {h: float(np.mean([p[h] for p in per])) for h in genomes}, per, evaluations
+        combine = np.max if self.cfg.search.validate_by == "worst" else np.mean
+        return {h: float(combine([p[h] for p in per])) for h in genomes}, per, evaluations
 
     def validate(self) -> tuple[list[dict], list[dict], list[dict], dict]:
         """Scores the ES mean on full runs (fixed seeds); (candidates, evaluations, members,
@@ -259,7 +262,8 @@ class LearnedDriver:
 
     def after_search(self, finals, scores) -> AfterSearch:
         """With ``validate_scale``, the finalists are selected by their validation score (the
-        mean of 1x and the longer horizons); else by their final score."""
+        mean of 1x and the longer horizons, or the worse of the two with ``validate_by:
+        worst``); else by their final score."""
         log("final scores on the fixed evaluation seeds: "
             f"{', '.join(f'{scores[h]:+.4f}' for h in finals)} (ES mean, best validated"
             f"{', best members' if 'top' in self.tree else ''})")
@@ -271,10 +275,11 @@ class LearnedDriver:
         best = min(combined, key=combined.get)
         rows = [{"hash": h, "final": scores[h], f"x{k}": longer[h], "selection": combined[h]}
                 for h in finals]
-        report = {"selection": {"by": "validation", "scales": [1, k], "hash": best,
+        report = {"selection": {"by": "validation", "scales": [1, k],
+                                "combined": self.cfg.search.validate_by, "hash": best,
                                 "selection": combined[best], "final": scores[best],
                                 f"x{k}": longer[best]},
                   "finalists": rows}
-        log(f"selected by validation at 1x and {k}x: {best[:10]} {combined[best]:+.4f} "
-            f"(1x {scores[best]:+.4f}, {k}x {longer[best]:+.4f})")
+        log(f"selected by validation at 1x and {k}x ({self.cfg.search.validate_by}): "
+            f"{best[:10]} {combined[best]:+.4f} (1x {scores[best]:+.4f}, {k}x {longer[best]:+.4f})")
         return AfterSearch(evaluations=evaluations, report=report, selection=combined)
