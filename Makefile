@@ -18,7 +18,7 @@ quickstart: $(STAMP)
 
 # each test file on one worker: its tests share the module fixtures (test_cli's launched run)
 # and the functions XLA compiled for it, which a per-test spread compiles in both processes
-# (about 370 s here against 430 s per test, on 2 cores with another job running)
+# (339 s against 403 s spread per test, run one after the other alone on 2 cores)
 XDIST := -n auto --dist loadfile
 
 # the default run: every test but those marked slow (a few minutes on 2 cores)
