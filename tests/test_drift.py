@@ -486,6 +486,36 @@ def test_drift_config_errors(tmp_path):
         load_config(None, ["kind=drift", "suite=rl-smoke", "rule.family=ppo"])
 
 
+def test_drift_search_starts_from_an_artifacts_genome(store, tmp_path, capsys):
+    """``rule.init: discovered/NAME`` (a warm start): the ES mean starts at the artifact's
+    genome, bit for bit; an artifact of another family or kind, or no artifact, is a config
+    error naming ``rule.init`` (exit 2 from ``lab launch``)."""
+    from lab.cli import main
+    from lab.commands.artifacts import load_artifact
+    from lab.core import es
+    from lab.core.loop import build_setup
+    smoke, art = ROOT / "configs" / "lpo_smoke.yaml", ROOT / "discovered" / "lpo-rl-train"
+    same = ["rule.hidden=32", "rule.progress=true"]
+    cfg = load_config(smoke, [*same, f"rule.init={art}"])
+    want = es.Flattener.of(load_artifact(art).genome).flat
+    driver = es.ESDriver(cfg, build_setup(cfg, store))
+    np.testing.assert_array_equal(np.asarray(driver.flat.flat), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(es.mean_of(driver.spec, driver.es)),
+                                  np.asarray(want))
+    cold = load_config(smoke, same)  # the family's own start (PPO-clip: a zero output layer)
+    assert not np.array_equal(es.Flattener.of(build_setup(cold, store).rule.genome).flat, want)
+    with pytest.raises(ConfigError, match=r"rule.init: .*a drift of family "
+                                          r"'lpo\(hidden=32,progress=1\)', the rule section "
+                                          r"builds 'lpo\(hidden=16\)'"):
+        load_config(smoke, [f"rule.init={art}"])
+    with pytest.raises(ConfigError, match="rule.init: .*an artifact of kind 'pbt', not 'drift'"):
+        load_config(smoke, [*same, f"rule.init={ROOT / 'discovered' / 'pbt-train'}"])
+    rc = main(["launch", str(smoke), "--store", str(tmp_path / "x.db"), "--set",
+               f"rule.init={tmp_path / 'nope'}"])
+    assert rc == 2
+    assert "rule.init" in capsys.readouterr().err
+
+
 # ---- the CLI -----------------------------------------------------------------------------------
 
 def test_lab_tasks_lists_rl_environments(cli):

@@ -132,6 +132,18 @@ def load_artifact(path: Path) -> Target:
                   curriculum=curriculum if isinstance(curriculum, str) else None)
 
 
+def artifact_start(path: str, kind: str) -> Target:
+    """The artifact folder ``path`` a search of ``kind`` starts from (a config's ``rule.init``);
+    ValueError naming the folder when it is none or holds another kind's rule."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"{path!r} is not an artifact folder")
+    target = load_artifact(folder)
+    if target.rule.kind != kind:
+        raise ValueError(f"{folder}: an artifact of kind {target.rule.kind!r}, not {kind!r}")
+    return target
+
+
 def _at(doc: Any, *keys: str) -> Any:
     """``doc[k1][k2]...``, None where a level is missing or not an object."""
     for k in keys:

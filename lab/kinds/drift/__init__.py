@@ -24,6 +24,7 @@ from lab.kinds.drift.config import DriftRuleConfig, DriftSearchConfig
 from lab.kinds.drift.objectives import (
     KIND,
     LPOSpec,
+    artifact_genome,
     dpo,
     lpo,
     objective_from_name,
@@ -37,7 +38,10 @@ from lab.kinds.drift.views import inspect_view
 
 
 def make_rule(cfg):
-    return objective_from_name(cfg.rule.family_name())
+    objective = objective_from_name(cfg.rule.family_name())
+    if cfg.rule.init:  # warm start: an artifact's genome
+        return objective._replace(genome=artifact_genome(cfg.rule.init, objective.name))
+    return objective
 
 
 def make_driver(cfg, setup):

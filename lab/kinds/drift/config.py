@@ -7,7 +7,7 @@ from collections.abc import Collection
 
 from lab.core.es import SearchConfig
 from lab.core.schema import field
-from lab.kinds.drift.objectives import LPOSpec
+from lab.kinds.drift.objectives import LPOSpec, artifact_genome
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,7 +22,19 @@ class DriftRuleConfig:
     ppo_init: bool = True  # lpo: the network is a residual on PPO-clip and starts as PPO
     progress: bool = False  # lpo: TA-LPO, the features times training progress n/N as well
     init_seed: int = 0  # lpo: PRNG seed of the first layer's initial weights
+    # "" (the family's own start), or the folder of a drift artifact (``discovered/NAME``) of
+    # the same family, whose genome the search starts from
+    init: str = ""
     lr: float = field(1.0, gt=0)  # unused by RL (each environment has its own PPO settings)
+
+    def problems(self) -> list[tuple[str, str]]:
+        if not self.init:
+            return []
+        try:
+            artifact_genome(self.init, self.family_name())
+        except ValueError as e:
+            return [("init", str(e))]
+        return []
 
     def family_name(self) -> str:
         if self.family != "lpo":

@@ -186,6 +186,18 @@ def programs(length: int = PROGRAM_LEN) -> Objective:
                      describe)
 
 
+def artifact_genome(path: str, family: str):
+    """The genome of the drift artifact folder ``path`` (``discovered/NAME``), to start a search
+    from (``rule.init``); ValueError naming the folder and what does not match when it is not a
+    drift of the family ``family``."""
+    from lab.commands.artifacts import artifact_start  # lazily: commands sit above the kinds
+    target = artifact_start(path, KIND)
+    if target.rule.name != family:
+        raise ValueError(f"{path}: a drift of family {target.rule.name!r}, the rule section "
+                         f"builds {family!r}")
+    return jax.tree.map(lambda x: np.asarray(x, np.float32), target.genome)
+
+
 def objective_from_name(name: str) -> Objective:
     """The family called ``name`` (``ppo_clip``, ``dpo``, ``lpo(...)``, ``program``)."""
     name = name.strip()

@@ -149,13 +149,11 @@ def artifact_genome(path: str, features: Features) -> dict:
     """The weights of the learned artifact folder ``path`` (``discovered/NAME``), to start
     meta-training from (``rule.init``); ValueError naming the file and what does not match when
     it is not a learned artifact of ``features``."""
-    from lab.commands.artifacts import load_artifact  # lazily: commands sit above the kinds
+    from lab.commands.artifacts import artifact_start  # lazily: commands sit above the kinds
     folder = Path(path)
     if not folder.is_dir():
         raise ValueError(f"{path!r} is neither 'adam', 'random' nor an artifact folder")
-    target = load_artifact(folder)
-    if target.rule.kind != KIND:
-        raise ValueError(f"{folder}: an artifact of kind {target.rule.kind!r}, not {KIND!r}")
+    target = artifact_start(path, KIND)
     have = features_of(target.rule)
     if have != features:
         diff = [f"{f.name} {getattr(have, f.name)!r} (the config: {getattr(features, f.name)!r})"
