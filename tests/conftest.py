@@ -10,9 +10,11 @@ The example plugin (``examples/kind_plugin``) is registered the way an installed
 
 from __future__ import annotations
 
+import atexit
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -42,16 +44,26 @@ def _plugin_path() -> Path:
 
 
 PLUGIN_PATH = _plugin_path()
+atexit.register(shutil.rmtree, PLUGIN_PATH, ignore_errors=True)  # each process made its own
 sys.path[:0] = [str(PLUGIN_PATH), str(PLUGIN_SOURCE)]
 DEVICES = 8
 # One persistent compile cache for the session, shared with the ``lab`` subprocesses: they run
 # with as many CPU devices and the same XLA flags, so what this process compiled (a kind's launch,
 # say) they load instead of compiling again.
-# With pytest-xdist every worker imports this module: the run's id names one folder for them all.
-_RUN = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-COMPILE_CACHE = (Path(tempfile.gettempdir()) / f"lab-jax-cache-{_RUN}" if _RUN
-                 else Path(tempfile.mkdtemp(prefix="lab-jax-cache-")))
+# The first process to import this module (pytest-xdist's controller, or pytest alone) makes the
+# folder and names it in the environment its workers inherit; it removes it when the session ends.
+_CACHE_ENV = "LAB_TEST_COMPILE_CACHE"
+_OWNS_CACHE = _CACHE_ENV not in os.environ
+if _OWNS_CACHE:
+    os.environ[_CACHE_ENV] = tempfile.mkdtemp(prefix="lab-jax-cache-")
+COMPILE_CACHE = Path(os.environ[_CACHE_ENV])
 COMPILE_CACHE.mkdir(exist_ok=True)
+
+
+def pytest_sessionfinish(session):
+    """The compile cache goes with the session (the workers have finished by then)."""
+    if _OWNS_CACHE:
+        shutil.rmtree(COMPILE_CACHE, ignore_errors=True)
 
 import jax  # noqa: E402
 
