@@ -10,7 +10,15 @@ import numpy as np
 import pytest
 
 from lab.core.evaluate import task_keys
-from lab.core.fitness import CLIP, EPS, EvalContext, SuiteScorer, anchored_lrs, task_fitness
+from lab.core.fitness import (
+    CLIP,
+    EPS,
+    EvalContext,
+    SuiteScorer,
+    anchored_lrs,
+    suite_fitness,
+    task_fitness,
+)
 from lab.core.optimizers import make_baseline
 from lab.core.rule import stack_genomes
 
@@ -200,3 +208,28 @@ def test_suite_scorer_runs_each_task_at_its_anchored_rate(one_device_mesh):
     slow = SuiteScorer("tiny", "v0", [b], rule, lr=2e-6, **kw).score(genomes)["tasks"]
     np.testing.assert_allclose(an["tiny_b"]["final_loss"], slow["tiny_b"]["final_loss"])
     assert an["tiny_b"]["fitness"][0] > pa["tiny_b"]["fitness"][0]
+
+
+def test_suite_fitness_adds_the_worst_task_behind_the_reference():
+    per_task = [np.array([-1.0, 0.5, -0.2]), np.array([0.4, 2.0, -0.6])]
+    np.testing.assert_allclose(suite_fitness(per_task), [-0.3, 1.25, -0.4])
+    np.testing.assert_allclose(suite_fitness(per_task, 0.5), [-0.3 + 0.2, 1.25 + 1.0, -0.4])
+
+
+def test_suite_scorer_weighs_its_worst_task(one_device_mesh):
+    from tests.tiny import make_tiny_task
+    a, b = make_tiny_task(name="tiny_a"), make_tiny_task(name="tiny_b")
+    rule = make_baseline("sgd")
+    genomes = stack_genomes([make_baseline("sgd", {"learning_rate": lr}).genome
+                             for lr in (0.5, 1e-6)])
+    kw = dict(budget=0, seeds=2, refs={"tiny_a": 0.05, "tiny_b": 0.05}, mesh=one_device_mesh,
+              task_lr={"tiny_a": 1.0, "tiny_b": 1e-3})  # tiny_b behind the reference
+    plain = SuiteScorer("tiny", "v0", [a, b], rule, **kw)
+    worst = SuiteScorer("tiny", "v0", [a, b], rule, worst_task=2.0, **kw)
+    assert worst.context.key() != plain.context.key() and plain.context.worst_task == 0.0
+    out, ref = worst.score(genomes), plain.score(genomes)
+    fa, fb = (out["tasks"][t]["fitness"] for t in ("tiny_a", "tiny_b"))
+    np.testing.assert_allclose(ref["fitness"], (fa + fb) / 2)
+    assert fb[0] > 0 and fa[0] < 0
+    behind = np.maximum(np.maximum(fa, fb), 0.0)
+    np.testing.assert_allclose(out["fitness"], (fa + fb) / 2 + 2.0 * behind)

@@ -4,6 +4,8 @@ run with a kill and a resume is in ``test_kinds``."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -308,6 +310,8 @@ def test_lr_per_task_counts_each_tasks_best_multiplier(store, monkeypatch):
     # task a is best at multiplier 1, task b at 3; on the mean 3 is best (0.2 against 0.55)
     table = {"a": {1.0: 0.2, 3.0: 0.3}, "b": {1.0: 0.9, 3.0: 0.1}}
     class Fake:  # rows come program by program, each at every multiplier of the grid
+        worst_task = 0.0
+
         def __init__(self, context, grid):
             self.context, self.grid = context, grid
 
@@ -336,6 +340,10 @@ def test_lr_per_task_counts_each_tasks_best_multiplier(store, monkeypatch):
         [row] = finalize._funnel(cfg, setup, evo, {"k": (load_seed("adamw"), "k", "search")},
                                  {"k": 0.0}, 1)
         funnel[per_task] = row["funnel"]
+        if per_task:  # search.worst_task: the worst task's best (a, 0.2) counts once more
+            fake.worst_task = 1.0
+            [worst] = evo.score_programs(evo.scorer, [load_seed("adamw")], [0], 1)
+            assert worst["fitness"] == pytest.approx((0.2 + 0.1) / 2 + 0.2)
     assert validation[True] == funnel[True] == pytest.approx((0.2 + 0.1) / 2)
     assert validation[False] == funnel[False] == pytest.approx((0.2 + 0.9) / 2)  # as baked
     assert out[True]["fitness"] == pytest.approx((0.2 + 0.1) / 2)
@@ -344,6 +352,24 @@ def test_lr_per_task_counts_each_tasks_best_multiplier(store, monkeypatch):
     assert "lr_multiplier" not in out[False]["metrics"]["a"]
     assert out[True]["metrics"]["lr_multiplier"] == out[False]["metrics"]["lr_multiplier"] == 3.0
     assert contexts[True] != contexts[False]  # cached scores of one never serve the other
+
+
+def test_worst_task_weighs_the_task_most_behind_tuned_adam(store):
+    """``search.worst_task``: every scored function's fitness is its task's score plus the
+    weight times that score above zero (one task: ``f + max(f, 0)``), and its cache context is
+    another one than the plain mean's."""
+    cfg = load_config(None, [*SMALL, "search.worst_task=1", "search.generations=2"])
+    run_id = launch(cfg, store, name="worst")
+    rows = store.conn.execute("SELECT fitness, metrics FROM evaluations WHERE first_run = ?",
+                              (run_id,)).fetchall()
+    task = [(float(f), json.loads(m)["tiny_quadratic"]["fitness"]) for f, m in rows
+            if "tiny_quadratic" in json.loads(m)]
+    assert len(task) >= 4
+    for fitness, f in task:
+        assert fitness == pytest.approx(f + max(f, 0.0))
+    assert any(f > 0 for _, f in task) and any(f < 0 for _, f in task)
+    plain = build_setup(load_config(None, SMALL), store).scorer.context.key()
+    assert build_setup(cfg, store).scorer.context.key() != plain
 
 
 # Pinned collisions of the 6-step, one-lr probe (fingerprint fp2, issue 13): AdamW's first-moment

@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -37,6 +38,15 @@ def normalized_score(loss: np.ndarray, diverged: np.ndarray, ref: float,
     with np.errstate(all="ignore"):
         f = np.log((np.maximum(loss - floor, 0.0) + EPS) / (max(ref - floor, 0.0) + EPS))
     return np.where(bad, CLIP, np.clip(np.nan_to_num(f, nan=CLIP), -CLIP, CLIP))
+
+
+def suite_fitness(per_task: Sequence[np.ndarray], worst_task: float = 0.0) -> np.ndarray:
+    """A suite's [pop] fitness from its tasks' [pop] fitnesses: their mean, plus ``worst_task`` x
+    the largest of them above zero (the task most behind the reference), so a rule that fails
+    one task pays for it beyond that task's share of the mean."""
+    f = np.asarray(per_task, np.float64)
+    mean = f.mean(axis=0)
+    return mean + worst_task * np.maximum(f.max(axis=0), 0.0) if worst_task else mean
 
 
 def task_fitness(final_loss: np.ndarray, diverged: np.ndarray, ref: float,
@@ -69,12 +79,13 @@ class EvalContext:
     repeat: int = 0  # the j-th evaluation of a candidate (fresh data for each j)
     scale: int = 1  # budget multiplier (the funnel's larger runs)
     task_lr: str = ""  # digest of per-task factors on ``lr`` (``anchored_lrs``); "" if none
+    worst_task: float = 0.0  # weight of the worst task in the suite's fitness (``suite_fitness``)
 
     def to_json(self) -> dict:
         doc = dataclasses.asdict(self)
         # absent when unused, so that earlier context keys (and their cached scores) hold
         for key, unused in (("lr_multipliers", ()), ("lr_per_task", False), ("repeat", 0),
-                            ("scale", 1), ("task_lr", "")):
+                            ("scale", 1), ("task_lr", ""), ("worst_task", 0.0)):
             if doc[key] == unused:
                 del doc[key]
         return doc
@@ -95,6 +106,7 @@ class Scorer(Protocol):
       context: the evaluation context (its ``key()`` keys the cache with the candidate's hash).
       tasks: the suite's tasks; ``trains``: their train functions by task name.
       zero, label: what fitness 0 is, and the fitness axis' label (logs and plots).
+      worst_task: the weight of the worst task in ``score``'s suite fitness (``suite_fitness``).
     """
 
     context: EvalContext
@@ -102,6 +114,7 @@ class Scorer(Protocol):
     trains: dict
     zero: str
     label: str
+    worst_task: float
 
     def score(self, genomes: Any, generation: int | None = None,
               slots: np.ndarray | None = None, stream: int = 0) -> dict[str, Any]:
@@ -131,23 +144,25 @@ class SuiteScorer:
       mesh, chunk, unroll: evaluator settings.
       task_lr: task name -> factor on ``lr`` for that task (``anchored_lrs``); None: ``lr``
         on every task.
+      worst_task: weight of the worst task in the suite's fitness (``suite_fitness``).
     """
 
     def __init__(self, suite: str, suite_version: str, tasks: list[Task], rule: UpdateRule,
                  budget: int, seeds: int, refs: dict[str, float], lr: float = 1.0,
                  mesh: Mesh | None = None, chunk: int = 0, unroll: int = 1,
                  lr_grid: tuple[float, ...] = (), scale: int = 1,
-                 task_lr: dict[str, float] | None = None):
+                 task_lr: dict[str, float] | None = None, worst_task: float = 0.0):
         self.tasks, self.rule, self.seeds, self.refs = tasks, rule, seeds, refs
         self.mesh, self.chunk = mesh, chunk
-        self.budget, self.scale = budget, scale
+        self.budget, self.scale, self.worst_task = budget, scale, worst_task
         factor = task_lr or {}
         self.lrs = {t.name: lr * factor.get(t.name, 1.0) for t in tasks}
         self.trains = {t.name: make_train(t, rule, self.steps(t), self.lrs[t.name], unroll)
                        for t in tasks}
         self.context = EvalContext(suite, suite_version, budget, seeds, lr, tuple(lr_grid),
                                    refs=_digest(refs), scale=scale,
-                                   task_lr=_digest(task_lr) if task_lr else "")
+                                   task_lr=_digest(task_lr) if task_lr else "",
+                                   worst_task=worst_task)
         self.zero, self.label = "tuned Adam", FITNESS_LABEL
 
     def steps(self, task: Task) -> int:
@@ -170,7 +185,7 @@ class SuiteScorer:
             m["fitness"] = task_fitness(m["final_loss"], m["diverged"], self.refs[task.name],
                                         task.floor)
             per_task[task.name] = m
-        fitness = np.mean([m["fitness"] for m in per_task.values()], axis=0)
+        fitness = suite_fitness([m["fitness"] for m in per_task.values()], self.worst_task)
         return {"fitness": fitness, "tasks": per_task, "seconds": time.perf_counter() - start}
 
     def row_metrics(self, result: dict, i: int) -> dict:
@@ -213,11 +228,12 @@ def row_metrics(result: dict, i: int) -> dict:
 
 def suite_scorer(cfg, rule: UpdateRule, store=None, mesh: Mesh | None = None,
                  budget: int | None = None, scale: int = 1,
-                 anchor: bool = False) -> SuiteScorer:
+                 anchor: bool = False, worst_task: float = 0.0) -> SuiteScorer:
     """The supervised scorer of a run config (``suite``, ``budget``, ``seeds``, ``rule.lr``,
     ``evaluator``) for ``rule``; ``budget`` and ``scale`` change the inner steps (the
     references are tuned Adam's at those steps); ``anchor``: each task's outer rate scaled by
-    ``anchored_lrs`` of tuned Adam's rates at those steps."""
+    ``anchored_lrs`` of tuned Adam's rates at those steps; ``worst_task``: ``suite_fitness``'s
+    weight of the worst task."""
     import tasks as registry
     from lab.core.references import LR_GRID, References
     budget = cfg.budget if budget is None else budget
@@ -229,4 +245,4 @@ def suite_scorer(cfg, rule: UpdateRule, store=None, mesh: Mesh | None = None,
     return SuiteScorer(cfg.suite, registry.suite_version(cfg.suite), suite, rule, budget,
                        cfg.seeds, ref_loss, lr=cfg.rule.lr, mesh=mesh, chunk=cfg.evaluator.chunk,
                        unroll=cfg.evaluator.unroll, lr_grid=LR_GRID, scale=scale,
-                       task_lr=task_lr)
+                       task_lr=task_lr, worst_task=worst_task)

@@ -35,7 +35,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lab.core.evaluate import evaluate, task_keys
-from lab.core.fitness import CLIP, EvalContext
+from lab.core.fitness import CLIP, EvalContext, suite_fitness
 from lab.core.references import Family, References, register_family
 from lab.core.rule import population_size, stack_genomes
 from lab.kinds.drift.objectives import Objective, check, ppo_clip
@@ -139,17 +139,18 @@ class DriftScorer:
     def __init__(self, suite: str, suite_version: str, tasks: list[EnvTask],
                  objective: Objective, budget: int, seeds: int, refs: dict[str, dict],
                  fitness: str = "ppo_normalized", mesh: Mesh | None = None, chunk: int = 0,
-                 scale: int = 1):
+                 scale: int = 1, worst_task: float = 0.0):
         if fitness not in FITNESS:
             raise ValueError(f"unknown RL fitness {fitness!r} (one of {', '.join(FITNESS)})")
         self.tasks, self.rule, self.seeds, self.refs = tasks, objective, seeds, refs
         self.fitness, self.chunk, self.budget, self.scale = fitness, chunk, budget, scale
+        self.worst_task = worst_task
         self.mesh = mesh
         self.trains = {t.name: make_train(t, objective, self.steps(t)) for t in tasks}
         refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
         self.context = EvalContext(suite, suite_version, budget, seeds, 0.0, (),
                                    meta_loss=f"rl-{fitness}", evaluator=f"rl-{RL_VERSION}",
-                                   refs=refs_digest, scale=scale)
+                                   refs=refs_digest, scale=scale, worst_task=worst_task)
         self.zero = ("PPO-clip" if fitness == "ppo_normalized" else
                      f"minus the {fitness.replace('_', ' ')}")
         self.label = f"fitness ({fitness}; lower is better, 0 = {self.zero})"
@@ -191,7 +192,7 @@ class DriftScorer:
             full["fitness"] = np.where(valid, full["fitness"],
                                        worst(self.fitness, self.refs[task.name]))
             per_task[task.name] = full
-        fitness = np.mean([m["fitness"] for m in per_task.values()], axis=0)
+        fitness = suite_fitness([m["fitness"] for m in per_task.values()], self.worst_task)
         return {"fitness": fitness, "tasks": per_task, "rejected": ~valid, "reasons": reasons,
                 "seconds": time.perf_counter() - start}
 
@@ -220,7 +221,8 @@ def drift_scorer(cfg, objective: Objective, store=None, mesh: Mesh | None = None
     """The scorer of a run config on an RL suite: PPO with each member's drift on the suite's
     environments, normalized by PPO-clip's and a random policy's returns (``search.fitness``,
     default ``ppo_normalized``); ``budget`` and ``scale`` change the environment steps (the
-    references are PPO-clip's and the random policy's at those steps)."""
+    references are PPO-clip's and the random policy's at those steps); ``search.worst_task``,
+    where the search has it, weighs the worst environment (``suite_fitness``)."""
     import tasks as registry
     budget = cfg.budget if budget is None else budget
     refs = References(store, mesh)
@@ -229,7 +231,7 @@ def drift_scorer(cfg, objective: Objective, store=None, mesh: Mesh | None = None
              for t in suite}
     return DriftScorer(cfg.suite, registry.suite_version(cfg.suite), suite, objective,
                        budget, cfg.seeds, pairs, getattr(cfg.search, "fitness", FITNESS[0]),
-                       mesh, cfg.evaluator.chunk, scale)
+                       mesh, cfg.evaluator.chunk, scale, getattr(cfg.search, "worst_task", 0.0))
 
 
 def scatter(m: dict | None, order: np.ndarray, pop: int, seeds: int) -> dict:

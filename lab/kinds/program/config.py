@@ -81,6 +81,10 @@ class EvolutionConfig:
     # mean on the suite (``fitness.anchored_lrs``, at each scorer's budget): every task starts
     # near its tuned rate, and the grid's multipliers set the overall scale
     lr_anchor: bool = False
+    # the suite's fitness is the mean over its tasks plus worst_task x the largest task score
+    # above 0 (the task most behind the reference: tuned Adam, or PPO-clip for drift programs),
+    # in the search, the ES on constants, the funnel and meta-validation alike; 0: the mean
+    worst_task: float = field(0.0, ge=0)
     retries: int = field(3, ge=0)  # re-mutations while the cache knows a child's function
     evaluations: int = field(1, ge=1)  # evaluations averaged per function (noisy fitness)
     confirm: bool = True  # a new best-so-far is scored again on fresh data before it counts

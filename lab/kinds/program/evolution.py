@@ -38,7 +38,7 @@ from lab.core.checkpoints import (
     set_generator_state,
     strings_to_array,
 )
-from lab.core.fitness import CLIP, Scorer
+from lab.core.fitness import CLIP, Scorer, suite_fitness
 from lab.kinds.program.cache import FunctionCache
 from lab.kinds.program.ir import Program, simplify, symbolic_hash
 from lab.kinds.program.mutate import mutate
@@ -145,7 +145,8 @@ class Evolution:
                 rm, tasks = {r: scorer.row_metrics(result, r) for r in idx}, result["tasks"]
                 per = {t: min(idx, key=lambda r: m["fitness"][r]) for t, m in tasks.items()}
                 metrics = {t: {**rm[r][t], "lr_multiplier": rows[r][1]} for t, r in per.items()}
-                fitness = float(np.mean([m["fitness"] for m in metrics.values()]))
+                fitness = float(suite_fitness([m["fitness"] for m in metrics.values()],
+                                              scorer.worst_task))
             metrics["lr_multiplier"] = rows[best][1]
             out.append({"fitness": fitness, "metrics": metrics,
                         "diverged": any(m["diverged"] for m in metrics.values()

@@ -60,7 +60,8 @@ class UpdateSpace:
     def scorer(self, cfg, rule, store=None, mesh=None, budget: int | None = None,
                scale: int = 1):
         from lab.core.fitness import suite_scorer
-        return suite_scorer(cfg, rule, store, mesh, budget, scale, cfg.search.lr_anchor)
+        return suite_scorer(cfg, rule, store, mesh, budget, scale, cfg.search.lr_anchor,
+                            cfg.search.worst_task)
 
 
 class DriftSpace:
@@ -126,7 +127,8 @@ class ScheduleSpace:
     def scorer(self, cfg, rule, store=None, mesh=None, budget: int | None = None,
                scale: int = 1):
         from lab.core.fitness import suite_scorer
-        return suite_scorer(cfg, rule, store, mesh, budget, scale, cfg.search.lr_anchor)
+        return suite_scorer(cfg, rule, store, mesh, budget, scale, cfg.search.lr_anchor,
+                            cfg.search.worst_task)
 
 
 class JointSpace(UpdateSpace):
