@@ -284,6 +284,50 @@ def test_funnel_selects_the_answer_among_finalists_and_validated_programs(store,
     assert run["best"] == pytest.approx(ranked[0]["final"])
 
 
+def test_finalists_are_scored_again_on_final_seeds_each_task_at_its_own_rate(store):
+    """``search.final_seeds`` with ``lr_per_task``: every finalist's final score is on that many
+    fixed seeds, each task at its best multiplier of the grid around the baked one (computed
+    here from the suite scorer task by task), its score at the baked multiplier kept beside;
+    ``select: both`` ranks the funnel's programs by the mean of that score and the funnel's."""
+    import dataclasses
+
+    from lab.core.config import ConfigError
+    from lab.kinds.program.programs import parse as parse_program
+    with pytest.raises(ConfigError, match="select: both.*search.funnel"):
+        load_config(None, [*SMALL, "search.select=both"])
+    cfg = load_config(None, [*SMALL, "search.lr_per_task=true", "search.final_seeds=2",
+                             "search.funnel=2", "search.funnel_scale=2", "search.select=both"])
+    run_id = launch(cfg, store, name="final-seeds")
+    report = json.loads((store.run_dir(run_id) / "finalists.json").read_text())
+    space = spaces.space_of(cfg)
+    final_scorer = build_setup(dataclasses.replace(cfg, seeds=2), store).scorer
+    funnel_scorer = spaces.scorer_at(cfg, build_setup(cfg, store), space, cfg.budget, scale=2)
+    funnel = {r["hash"]: r["funnel"] for r in report["funnel"]}
+
+    def tuned(scorer, source, multiplier):  # each task at its best of the search's grid
+        genomes = [space.genome(parse_program(source), cfg.rule.max_len, m / multiplier)
+                   for m in cfg.search.lr_grid]
+        result = scorer.score({k: np.stack([g[k] for g in genomes]) for k in genomes[0]})
+        return np.mean([min(m["fitness"]) for m in result["tasks"].values()])
+
+    assert {f["multiplier"] for f in report["finalists"]} == {1.0, 3.0}  # baked, divided out
+    for f in report["finalists"]:
+        assert f["final"] == pytest.approx(tuned(final_scorer, f["source"], f["multiplier"]),
+                                           abs=1e-5)
+        assert np.isfinite(f["baked"])
+        if f["hash"] in funnel:
+            assert funnel[f["hash"]] == pytest.approx(
+                tuned(funnel_scorer, f["source"], f["multiplier"]), abs=1e-5)
+    finals = {m["hash"]: m for m in store.best_members(run_id, k=50) if m["final"] is not None}
+    for f in report["finalists"]:
+        assert finals[f["hash"]]["final"] == pytest.approx(f["final"])
+    selection = {r["hash"]: (r["final"] + r["funnel"]) / 2 for r in report["funnel"]}
+    assert report["selection"]["by"] == "both"
+    assert report["selection"]["hash"] == min(selection, key=selection.get)
+    assert store.get_run(run_id)["best_hash"] == report["selection"]["hash"]
+    assert [finals[h]["selection"] for h in selection] == pytest.approx(list(selection.values()))
+
+
 def test_noisy_fitness_is_averaged_over_repeats(store):
     cfg = load_config(None, [*SMALL, "search.evaluations=2"])
     setup = build_setup(cfg, store)
@@ -337,8 +381,8 @@ def test_lr_per_task_counts_each_tasks_best_multiplier(store, monkeypatch):
         monkeypatch.setattr(finalize, "scorer_at", lambda *a, fake=fake, **k: fake)
         evo.best = evolution.Member(load_seed("adamw"), "k", 0.0, 0)
         validation[per_task] = finalize.MetaValidation(cfg, setup, evo).check(0)
-        [row] = finalize._funnel(cfg, setup, evo, {"k": (load_seed("adamw"), "k", "search")},
-                                 {"k": 0.0}, 1)
+        finals = {"k": (load_seed("adamw"), "k", "search", 1.0)}
+        [row] = finalize._funnel(cfg, setup, evo, finals, {"k": 0.0}, 1)
         funnel[per_task] = row["funnel"]
         if per_task:  # search.worst_task: the worst task's best (a, 0.2) counts once more
             fake.worst_task = 1.0

@@ -103,8 +103,13 @@ class EvolutionConfig:
     # what ranks the run's finalists: "final", their score on the fixed evaluation seeds at the
     # budget (the search's proxy); "funnel", their score at funnel_scale x the budget, among the
     # funnel's finalists and the programs meta-validation scored (train-side tasks, a longer
-    # horizon: against the proxy's winner's curse)
-    select: str = field("final", choices=lambda: ("final", "funnel"), what="selection")
+    # horizon: against the proxy's winner's curse); "both", the mean of the two
+    select: str = field("final", choices=lambda: ("final", "funnel", "both"), what="selection")
+    # the finalists' scores on this many fixed evaluation seeds (0: the run's seeds); they rank
+    # the run, choose the funnel's finalists and the ablation's drops; with lr_per_task each task
+    # counts at its own multiplier of the grid around the baked one, as the held-out replay
+    # tunes it
+    final_seeds: int = field(0, ge=0)
     simplify: bool = True  # knock-out ablation of the best program after the search
     simplify_tolerance: float = field(0.02, ge=0)  # fitness a dropped statement may cost
 
@@ -112,7 +117,7 @@ class EvolutionConfig:
         if self.children > self.population:
             return [("children", f"{self.children} children per generation, more than the "
                                  f"population {self.population}")]
-        if self.select == "funnel" and not self.funnel:
-            return [("select", "select: funnel ranks the finalists by the funnel's scores: set "
-                               "search.funnel (how many finalists it scores) above 0")]
+        if self.select != "final" and not self.funnel:
+            return [("select", f"select: {self.select} ranks the finalists by the funnel's "
+                               "scores: set search.funnel (how many finalists it scores) above 0")]
         return []

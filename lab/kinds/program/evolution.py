@@ -114,14 +114,16 @@ class Evolution:
     # ---- scoring ------------------------------------------------------------------------------
     def score_programs(self, scorer: Scorer, programs: list[Program], repeats: list[int],
                batch: int, fixed: bool = False, rows_to: int | None = None,
-               tuned: bool = False) -> list[dict]:
+               tuned: bool = False, baked: list[float] | None = None) -> list[dict]:
         """Scores ``programs`` at every lr multiplier (``fixed``: at 1 on the fixed seeds, or with
-        ``tuned`` at every one) in one call per task, padded to ``batch`` (or ``rows_to``)
-        programs: per program ``{"fitness", "diverged", "metrics"}`` at the suite-best multiplier
-        (the one it bakes in), or with ``search.lr_per_task`` each task at its own (their mean)."""
+        ``tuned`` at every one, ``baked`` ones divided out) in one call per task, padded to
+        ``batch`` (or ``rows_to``) programs: per program ``{"fitness", "diverged", "metrics"}``
+        at the suite-best multiplier (the one it bakes in), or with ``search.lr_per_task`` each
+        task at its own (their mean)."""
         grid = (1.0,) if fixed and not tuned else self.grid
         rows = [(i, m) for i in range(len(programs)) for m in grid]
-        genomes = [self.space.genome(programs[i], self.length, m) for i, m in rows]
+        carried = [1.0] * len(programs) if baked is None else baked
+        genomes = [self.space.genome(programs[i], self.length, m / carried[i]) for i, m in rows]
         slots = [repeats[i] for i, _ in rows]
         size = (rows_to or batch) * len(grid if rows_to else self.grid)  # one shape: one compile
         if len(rows) > size:

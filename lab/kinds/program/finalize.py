@@ -6,7 +6,10 @@ seeds, a knock-out ablation of the best, the funnel to larger runs, meta-validat
   vmapped over constants).
 * **Finalists**: the ``output.top_k`` best programs, each with the lr multiplier the search
   picked baked into it (``bake_lr``), plus the ES-tuned and the ablated programs, scored on the
-  fixed evaluation seeds without the grid; these scores rank the run.
+  fixed evaluation seeds without the grid; these scores rank the run. With
+  ``search.lr_per_task`` or ``search.final_seeds`` they are scored again (``final_scoring``):
+  on ``final_seeds`` seeds, each task at its own multiplier of the grid around the baked one
+  (with ``lr_per_task``, as the held-out replay tunes a program's rate per task).
 * **Knock-out ablation**: every live statement of the best finalist dropped in turn (its readers
   read its first argument), all variants scored in one batched call; the drop that costs least
   is kept while it costs at most ``simplify_tolerance``; repeated.
@@ -15,9 +18,10 @@ seeds, a knock-out ablation of the best, the funnel to larger runs, meta-validat
   the held-out replay tunes a program's learning rate per task), else as baked.
 * **Meta-validation** (``search.meta_validate_every``): the best-so-far at the funnel's budget
   during the search, so meta-overfitting (search fitness improving, validation not) shows.
-* **Selection** (``search.select: funnel``): the programs meta-validation scored join the
-  finalists and the funnel, and the funnel's scores rank them: the run's answer is the best at
-  the longer horizon, on train-side tasks, not the proxy's winner.
+* **Selection** (``search.select: funnel`` or ``both``): the programs meta-validation scored
+  join the finalists and the funnel, and the funnel's scores (or the mean of the final and the
+  funnel's) rank them: the run's answer is the best at the longer horizon (or at both), on
+  train-side tasks, not the proxy's winner.
 
 References: Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms" (arXiv 2302.06675).
 """
@@ -117,20 +121,46 @@ def knock_out(p: Program, i: int) -> Program | None:
     return simplify(q) if is_valid(q) else None
 
 
-def ablate(evo: Evolution, p: Program, score: float, tolerance: float,
-           rounds: int = 8) -> tuple[Program, float, list[dict]]:
-    """Greedy knock-out ablation on the fixed evaluation seeds, one batched call per round."""
+def fixed_scores(evo: Evolution, programs: list[Program], scorer=None, tuned: bool = False,
+                 baked: list[float] | None = None) -> list[float]:
+    """``programs``' fitness on the fixed evaluation seeds (``scorer``'s, default the run's): at
+    their baked multiplier, or ``tuned``, each task at its best of the search's grid (``baked``:
+    the multiplier each program carries, divided out); in calls of one shape, the one the
+    finalists are scored in."""
+    scorer = scorer or evo.scorer
+    per = evo.full_batch if tuned else evo.full_batch * len(evo.grid)
+    out: list[float] = []
+    for at in range(0, len(programs), per):
+        part = programs[at:at + per]
+        out += [r["fitness"] for r in evo.score_programs(
+            scorer, part, [0] * len(part), evo.full_batch, fixed=True, tuned=tuned,
+            baked=None if baked is None else baked[at:at + per])]
+    return out
+
+
+def final_scoring(cfg, setup, evo: Evolution) -> tuple[Any, bool] | None:
+    """The scorer the finalists are scored again with and whether each task counts at its own
+    multiplier (``search.lr_per_task``); None when the core's scores stand (at the baked
+    multiplier, on the run's seeds)."""
+    s = cfg.search
+    if not (s.lr_per_task or s.final_seeds):
+        return None
+    return scorer_at(cfg, setup, evo.space, cfg.budget, seeds=s.final_seeds), s.lr_per_task
+
+
+def ablate(evo: Evolution, p: Program, score: float, tolerance: float, rounds: int = 8,
+           scoring: tuple[Any, bool] | None = None,
+           baked: float = 1.0) -> tuple[Program, float, list[dict]]:
+    """Greedy knock-out ablation on the fixed evaluation seeds (``scoring``: ``final_scoring``'s
+    scorer and tuning; ``baked``: the multiplier ``p`` carries), one batched call per round."""
+    scorer, tuned = scoring or (None, False)
     steps = []
     for _ in range(rounds):
         variants = [(i, q) for i in live_statements(p) if (q := knock_out(p, i)) is not None]
         if not variants:
             break
-        scores = []
-        batch = evo.full_batch * len(evo.grid)
-        for at in range(0, len(variants), batch):
-            part = [q for _, q in variants[at:at + batch]]
-            scores += [r["fitness"] for r in evo.score_programs(evo.scorer, part, [0] * len(part),
-                                                        evo.full_batch, fixed=True)]
+        scores = fixed_scores(evo, [q for _, q in variants], scorer, tuned,
+                              [baked] * len(variants))
         best = int(np.argmin(scores))
         if scores[best] > score + tolerance:
             break
@@ -155,7 +185,8 @@ class MetaValidation:
         if self.last is None or self.last[0] != best.key:
             p = bake_lr(simplify(best.program), _multiplier(self.evo, best.key))
             r = self.evo.score_programs(self.scorer, [p], [0], 1, fixed=True, rows_to=1,
-                                        tuned=self.evo.s.lr_per_task)[0]
+                                        tuned=self.evo.s.lr_per_task,
+                                        baked=[_multiplier(self.evo, best.key)])[0]
             self.last = (best.key, r["fitness"])
         self.history.append({"generation": generation, "hash": best.key,
                              "search_fitness": best.fitness, "validation": self.last[1]})
@@ -163,11 +194,11 @@ class MetaValidation:
 
 
 def finalists(cfg, store, run_id: str, setup, evo: Evolution, validated: list[str] = ()
-              ) -> dict[str, tuple[Program, str, str]]:
+              ) -> dict[str, tuple[Program, str, str, float]]:
     """The ``output.top_k`` best programs of the run with the lr multiplier the search picked
     baked in, the warm start (so the report says what the search added), the ES-tuned
     structures and the ``validated`` search keys (those meta-validation scored, when the funnel
-    selects): final key -> (program, parent key, origin)."""
+    selects): final key -> (program, parent key, origin, the multiplier baked in)."""
     s = cfg.search
     rows = [(r, "search") for r in store.best_members(run_id, k=max(cfg.output.top_k,
                                                                       s.es.top, 1))]
@@ -178,49 +209,63 @@ def finalists(cfg, store, run_id: str, setup, evo: Evolution, validated: list[st
         genome = treeio.tree_from_npz(row["genome"])
         found.append((row["hash"], Program.from_arrays(genome, "program", evo.start.sig),
                       origin))
-    finals: dict[str, tuple[Program, str, str]] = {}
+    finals: dict[str, tuple[Program, str, str, float]] = {}
     known = [k for k, _, _ in found] + evo.keys([evo.start])
     for stage in ("full", "short") if evo.short is not None else ("full",):
         evo.cache.load_metrics(known, stage)  # a resumed run has not seen every key here
 
     def add(p: Program, parent: str, origin: str) -> None:
-        finals.setdefault(evo.keys([p])[0], (p, parent, origin))
+        m = _multiplier(evo, parent)
+        q = bake_lr(p, m)
+        finals.setdefault(evo.keys([q])[0], (q, parent, origin, m))
 
     for n, (key, p, origin) in enumerate(found):
         if n < cfg.output.top_k or key in validated:
-            add(bake_lr(simplify(p), _multiplier(evo, key)), key, origin)
-    start_key = evo.keys([evo.start])[0]
-    add(bake_lr(simplify(evo.start), _multiplier(evo, start_key)), start_key, "start")
+            add(simplify(p), key, origin)
+    add(simplify(evo.start), evo.keys([evo.start])[0], "start")
     for n, (key, p, _) in enumerate([f for f in found if f[2] == "search"][:s.es.top]):
         log(f"ES on the constants of structure {n + 1}/{s.es.top} ({key[:10]})")
         tuned = tune_constants(cfg, setup, evo, simplify(p), _multiplier(evo, key), n)
         if tuned is not None:
-            add(bake_lr(tuned, _multiplier(evo, key)), key, "es")
+            add(tuned, key, "es")
     return finals
 
 
-def after_search(cfg, setup, evo: Evolution, finals: dict[str, tuple[Program, str, str]],
+def after_search(cfg, setup, evo: Evolution, finals: dict[str, tuple[Program, str, str, float]],
                  scores: dict[str, float], validation: MetaValidation | None
-                 ) -> tuple[dict[str, tuple[Program, str, str]], dict[str, float], dict,
+                 ) -> tuple[dict[str, tuple[Program, str, str, float]], dict[str, float], dict,
                             dict[str, float]]:
-    """The knock-out ablation of the best finalist, the funnel and the report: (new finalists,
-    their scores, the report of ``finalists.json``, the selection scores: the funnel's when it
-    selects, else none)."""
+    """The finalists scored again (``final_scoring``), the knock-out ablation of the best, the
+    funnel and the report: (new finalists and the finalists scored again, their scores, the
+    report of ``finalists.json``, the selection scores: the funnel's, or its mean with the
+    final score, when it selects, else none)."""
     s = cfg.search
-    report: dict[str, Any] = {"finalists": [
-        {"hash": k, "parent": parent, "origin": origin, "final": scores[k],
-         "source": to_source(p)} for k, (p, parent, origin) in finals.items()]}
-    more: dict[str, tuple[Program, str, str]] = {}
+    more: dict[str, tuple[Program, str, str, float]] = {}
     more_scores: dict[str, float] = {}
+    baked = scores
+    scoring = final_scoring(cfg, setup, evo)
+    if scoring is not None:
+        keys = list(finals)
+        scores = dict(zip(keys, fixed_scores(evo, [finals[k][0] for k in keys], *scoring,
+                                             [finals[k][3] for k in keys]), strict=True))
+        more_scores = dict(scores)  # the core's scores at the baked multiplier give way
+        log(f"finalists scored again ({scoring[0].seeds} seeds"
+            f"{', each task at its own multiplier' if scoring[1] else ''}): best "
+            f"{min(scores.values()):+.4f}")
+    report: dict[str, Any] = {"finalists": [
+        {"hash": k, "parent": parent, "origin": origin, "multiplier": m, "final": scores[k],
+         **({"baked": baked[k]} if scoring is not None else {}), "source": to_source(p)}
+        for k, (p, parent, origin, m) in finals.items()]}
     if s.simplify:
         best_key = min(scores, key=scores.get)
-        p, parent, _ = finals[best_key]
-        q, q_score, steps = ablate(evo, p, scores[best_key], s.simplify_tolerance)
+        p, parent, _, m = finals[best_key]
+        q, q_score, steps = ablate(evo, p, scores[best_key], s.simplify_tolerance,
+                                   scoring=scoring, baked=m)
         report["ablation"] = {"from": best_key, "steps": steps, "source": to_source(q)}
         if steps:
             key = evo.keys([q])[0]
             if key not in finals:
-                more[key] = (q, best_key, "ablation")
+                more[key] = (q, best_key, "ablation", m)
                 more_scores[key] = q_score
             report["ablation"]["hash"] = key
             log(f"ablation: {len(steps)} statement(s) dropped, score {scores[best_key]:.4f} -> "
@@ -229,21 +274,23 @@ def after_search(cfg, setup, evo: Evolution, finals: dict[str, tuple[Program, st
     if s.funnel:
         every = {**finals, **more}
         seen = {v["hash"] for v in validation.history} if validation is not None else set()
-        validated = [k for k, (_, parent, origin) in every.items()
-                     if s.select == "funnel" and origin in ("search", "validation")
+        validated = [k for k, (_, parent, origin, _) in every.items()
+                     if s.select != "final" and origin in ("search", "validation")
                      and parent in seen]
         report["funnel"] = _funnel(cfg, setup, evo, every, {**scores, **more_scores}, s.funnel,
                                    validated)
-        if s.select == "funnel":
-            selection = {r["hash"]: r["funnel"] for r in report["funnel"]
-                         if np.isfinite(r["funnel"])}
+        if s.select != "final":
+            selection = {r["hash"]: r["funnel"] if s.select == "funnel"
+                         else (r["final"] + r["funnel"]) / 2 for r in report["funnel"]
+                         if np.isfinite(r["funnel"]) and np.isfinite(r["final"])}
         if selection:
             best = min(selection, key=selection.get)
-            report["selection"] = {"by": "funnel", "scale": s.funnel_scale, "hash": best,
-                                   "funnel": selection[best], "final": scores.get(
-                                       best, more_scores.get(best))}
-            log(f"selected by the funnel (x{s.funnel_scale}): {best[:10]} "
-                f"{selection[best]:+.4f}")
+            row = next(r for r in report["funnel"] if r["hash"] == best)
+            report["selection"] = {"by": s.select, "scale": s.funnel_scale, "hash": best,
+                                   "score": selection[best], "funnel": row["funnel"],
+                                   "final": row["final"]}
+            log(f"selected by {'the funnel' if s.select == 'funnel' else 'final and funnel'} "
+                f"(x{s.funnel_scale}): {best[:10]} {selection[best]:+.4f}")
     if validation is not None:
         report["meta_validation"] = validation.history
     return more, more_scores, report, selection
@@ -256,7 +303,8 @@ def _funnel(cfg, setup, evo: Evolution, finals: dict, scores: dict, top: int,
     scorer = scorer_at(cfg, setup, evo.space, cfg.budget, scale=cfg.search.funnel_scale)
     keys = list(dict.fromkeys(sorted(scores, key=scores.get)[:top] + list(also)))
     res = evo.score_programs(scorer, [finals[k][0] for k in keys], [0] * len(keys), len(keys),
-                     fixed=True, rows_to=len(keys), tuned=cfg.search.lr_per_task)
+                             fixed=True, rows_to=len(keys), tuned=cfg.search.lr_per_task,
+                             baked=[finals[k][3] for k in keys])
     out = [{"hash": k, "final": scores[k], "funnel": r["fitness"],
             "scale": cfg.search.funnel_scale} for k, r in zip(keys, res, strict=True)]
     for row in out:

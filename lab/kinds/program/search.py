@@ -77,14 +77,15 @@ class ProgramDriver:
 
     def finalists(self) -> dict[str, Finalist]:
         """The best programs (their lr multipliers baked in), the start and the ES-tuned
-        structures, each run once at multiplier 1 on the fixed seeds."""
+        structures, each run once at multiplier 1 on the fixed seeds (the core scores them;
+        ``after_search`` scores them again with ``lr_per_task`` or ``final_seeds``)."""
         setup, evo = self.setup, self.evo
         validated = ([v["hash"] for v in self.validation.history]
-                     if self.validation is not None and self.cfg.search.select == "funnel"
+                     if self.validation is not None and self.cfg.search.select != "final"
                      else [])
         self.programs = finalize.finalists(self.cfg, setup.store, setup.run_id, setup, evo,
                                            validated)
-        return {k: self._finalist(k, p, parent) for k, (p, parent, _) in self.programs.items()}
+        return {k: self._finalist(k, p, parent) for k, (p, parent, *_) in self.programs.items()}
 
     def _finalist(self, key: str, p, parent: str) -> Finalist:
         evo = self.evo
@@ -92,11 +93,12 @@ class ProgramDriver:
                         program_row(p, key, parent, evo.length, row=self.space.row))
 
     def after_search(self, finals: dict[str, Finalist], scores: dict[str, float]) -> AfterSearch:
-        """Ablation of the best finalist, the funnel (the selection, with ``select: funnel``),
-        the meta-validation history."""
+        """The finalists scored again (``finalize.final_scoring``), the ablation of the best,
+        the funnel (the selection, with ``select: funnel`` or ``both``), the meta-validation
+        history."""
         more, more_scores, report, selection = finalize.after_search(
             self.cfg, self.setup, self.evo, self.programs, scores, self.validation)
-        return AfterSearch({k: self._finalist(k, p, parent) for k, (p, parent, _) in
+        return AfterSearch({k: self._finalist(k, p, parent) for k, (p, parent, *_) in
                             more.items()}, more_scores, [], report, selection)
 
 

@@ -27,6 +27,7 @@ horizons).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -165,9 +166,13 @@ def _padded_stack(genomes: list, size: int) -> dict:
     return {k: np.stack([np.asarray(g[k]) for g in padded]) for k in padded[0]}
 
 
-def scorer_at(cfg, setup, space, budget: int, scale: int = 1, rule=None) -> Scorer:
+def scorer_at(cfg, setup, space, budget: int, scale: int = 1, rule=None,
+              seeds: int = 0) -> Scorer:
     """A scorer like the run's at another budget, or ``scale`` times its budget (references at
-    that budget), or for another rule family (the hurdle, the funnel, the ES on constants)."""
+    that budget), or for another rule family (the hurdle, the funnel, the ES on constants), or
+    on ``seeds`` seeds (0: the run's; references on as many)."""
+    if seeds and seeds != cfg.seeds:
+        cfg = dataclasses.replace(cfg, seeds=seeds)
     return space.scorer(cfg, rule or setup.rule, setup.store, setup.mesh, budget, scale)
 
 
