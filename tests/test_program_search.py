@@ -224,7 +224,7 @@ def test_stages_after_the_search(store):
     cfg = load_config(None, [*SMALL, "search.es.top=1", "search.es.generations=2",
                              "search.es.population=4", "search.funnel=1",
                              "search.funnel_scale=2", "search.meta_validate_every=1",
-                             "search.simplify=true"])
+                             "search.simplify=true", "search.lr_grid=[0.5, 2.0]"])
     run_id = launch(cfg, store, name="stages")
     report = json.loads((store.run_dir(run_id) / "finalists.json").read_text())
     origins = {f["origin"] for f in report["finalists"]}
@@ -232,6 +232,15 @@ def test_stages_after_the_search(store):
     assert [v["generation"] for v in report["meta_validation"]] == [0, 1, 2]
     (funnel,) = report["funnel"]
     assert funnel["scale"] == 2 and np.isfinite(funnel["funnel"])
+    # without lr_per_task the funnel scores the program as baked (its multiplier, not 1, kept)
+    from lab.kinds.program.programs import parse as parse_program
+    sources = {f["hash"]: f["source"] for f in [*report["finalists"], report["ablation"]]
+               if "hash" in f}
+    space = spaces.space_of(cfg)
+    at_2x = spaces.scorer_at(cfg, build_setup(cfg, store), space, cfg.budget, scale=2)
+    g = space.genome(parse_program(sources[funnel["hash"]]), cfg.rule.max_len)
+    assert funnel["funnel"] == pytest.approx(
+        float(at_2x.score({k: v[None] for k, v in g.items()})["fitness"][0]), abs=1e-5)
     assert "steps" in report["ablation"]
     finals = [m for m in store.best_members(run_id, k=20) if m["final"] is not None]
     assert store.get_run(run_id)["best"] == min(m["final"] for m in finals)

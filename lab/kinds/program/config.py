@@ -74,7 +74,8 @@ class EvolutionConfig:
     seed: int = 0
     lr_grid: tuple[float, ...] = field((0.3, 1.0, 3.0), gt=0, nonempty=True)  # x ctx.lr
     # true: each task counts at its own best multiplier of the grid (the references' learning
-    # rate is tuned per task), in the funnel and meta-validation too (around the baked one);
+    # rate is tuned per task), in the finalists, funnel and meta-validation too (on the same
+    # grid: the multiplier a finalist carries divided out);
     # false: the multiplier best on the suite's mean counts for all
     lr_per_task: bool = False
     # true: each task's outer rate is rule.lr times tuned Adam's rate on it over their geometric
@@ -107,8 +108,7 @@ class EvolutionConfig:
     select: str = field("final", choices=lambda: ("final", "funnel", "both"), what="selection")
     # the finalists' scores on this many fixed evaluation seeds (0: the run's seeds); they rank
     # the run, choose the funnel's finalists and the ablation's drops; with lr_per_task each task
-    # counts at its own multiplier of the grid around the baked one, as the held-out replay
-    # tunes it
+    # counts at its own multiplier of the search's grid, as the held-out replay tunes it
     final_seeds: int = field(0, ge=0)
     simplify: bool = True  # knock-out ablation of the best program after the search
     simplify_tolerance: float = field(0.02, ge=0)  # fitness a dropped statement may cost

@@ -122,7 +122,7 @@ class Evolution:
         task at its own (their mean)."""
         grid = (1.0,) if fixed and not tuned else self.grid
         rows = [(i, m) for i in range(len(programs)) for m in grid]
-        carried = [1.0] * len(programs) if baked is None else baked
+        carried = baked if tuned and baked is not None else [1.0] * len(programs)
         genomes = [self.space.genome(programs[i], self.length, m / carried[i]) for i, m in rows]
         slots = [repeats[i] for i, _ in rows]
         size = (rows_to or batch) * len(grid if rows_to else self.grid)  # one shape: one compile

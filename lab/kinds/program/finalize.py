@@ -8,14 +8,14 @@ seeds, a knock-out ablation of the best, the funnel to larger runs, meta-validat
   picked baked into it (``bake_lr``), plus the ES-tuned and the ablated programs, scored on the
   fixed evaluation seeds without the grid; these scores rank the run. With
   ``search.lr_per_task`` or ``search.final_seeds`` they are scored again (``final_scoring``):
-  on ``final_seeds`` seeds, each task at its own multiplier of the grid around the baked one
-  (with ``lr_per_task``, as the held-out replay tunes a program's rate per task).
+  on ``final_seeds`` seeds, each task at its own multiplier of the search's grid (with
+  ``lr_per_task``; the multiplier a finalist carries divided out, so its grid is the search's).
 * **Knock-out ablation**: every live statement of the best finalist dropped in turn (its readers
   read its first argument), all variants scored in one batched call; the drop that costs least
   is kept while it costs at most ``simplify_tolerance``; repeated.
 * **Funnel** (``search.funnel``): the best finalists at ``funnel_scale`` x the budget; with
-  ``search.lr_per_task`` each task at its own multiplier of the grid around the baked one (as
-  the held-out replay tunes a program's learning rate per task), else as baked.
+  ``search.lr_per_task`` each task at its own multiplier of the search's grid (as the
+  held-out replay tunes a program's learning rate per task), else as baked.
 * **Meta-validation** (``search.meta_validate_every``): the best-so-far at the funnel's budget
   during the search, so meta-overfitting (search fitness improving, validation not) shows.
 * **Selection** (``search.select: funnel`` or ``both``): the programs meta-validation scored
@@ -183,10 +183,10 @@ class MetaValidation:
     def check(self, generation: int) -> float:
         best = self.evo.best
         if self.last is None or self.last[0] != best.key:
-            p = bake_lr(simplify(best.program), _multiplier(self.evo, best.key))
-            r = self.evo.score_programs(self.scorer, [p], [0], 1, fixed=True, rows_to=1,
-                                        tuned=self.evo.s.lr_per_task,
-                                        baked=[_multiplier(self.evo, best.key)])[0]
+            m = _multiplier(self.evo, best.key)
+            r = self.evo.score_programs(self.scorer, [bake_lr(simplify(best.program), m)], [0],
+                                        1, fixed=True, rows_to=1, tuned=self.evo.s.lr_per_task,
+                                        baked=[m])[0]
             self.last = (best.key, r["fitness"])
         self.history.append({"generation": generation, "hash": best.key,
                              "search_fitness": best.fitness, "validation": self.last[1]})
