@@ -147,6 +147,9 @@ def test_wrong_types(tmp_path, text, key, expect):
     ("rule.init.b1=1.5", r"rule.init.b1: must be in \(0, 1\)"),
     ("rule.init.beta1=0.5", r"rule.init.beta1: baseline 'adam' does not search 'beta1'"),
     ("rule.fixed.nesterv=true", r"rule.fixed.nesterv: optax.adam has no keyword 'nesterv'; did"),
+    ("task_seeds.rosenbrock_4d=8", r"task_seeds.rosenbrock_4d: no task 'rosenbrock_4d' in suite "
+                                   r"'train' \(its tasks: quadratic_ill_16, "),
+    ("task_seeds.rosenbrock_2d=0", r"task_seeds.rosenbrock_2d: must be >= 1"),
 ])
 def test_bad_values(override, expect):
     with pytest.raises(ConfigError, match=rf"^--set {override}: {expect}"):
@@ -198,6 +201,13 @@ def test_override_text_named_over_file_line(tmp_path):
         load_config(path, ["search.population=1"])
     with pytest.raises(ConfigError, match=r"run\.yaml:2: search.population: must be >= 2"):
         load_config(write(tmp_path, "search:\n  population: 1\n"))
+
+
+def test_task_seeds_name_their_line(tmp_path):
+    cfg = load_config(write(tmp_path, "suite: train\ntask_seeds:\n  rosenbrock_2d: 8\n"))
+    assert cfg.task_seeds == {"rosenbrock_2d": 8} and cfg.seeds == 2
+    with pytest.raises(ConfigError, match=r"run\.yaml:3: task_seeds.rosenbrok_2d: no task "):
+        load_config(write(tmp_path, "suite: train\ntask_seeds:\n  rosenbrok_2d: 8\n"))
 
 
 def test_missing_file(tmp_path):

@@ -450,6 +450,36 @@ def test_drift_scorer_all_rejected_trains_nothing(one_device_mesh, monkeypatch):
     assert all("r=1" in r for r in result["reasons"])
 
 
+def test_drift_scorer_trains_a_named_environment_on_its_own_seed_count(one_device_mesh,
+                                                                      monkeypatch):
+    import lab.kinds.drift.scoring as S
+    other = make_env_task("cp_other", "CartPole-v1", steps=1024, num_envs=4, num_steps=32,
+                          epochs=1, minibatches=2)
+    calls = {}
+
+    def evaluate(train, genomes, keys, mesh, chunk):  # the returns are each seed's index
+        rows, n = keys.shape
+        calls[n] = calls.get(n, 0) + 1
+        seed = np.broadcast_to(np.arange(n, dtype=np.float64), (rows, n))
+        return {"final_return": seed, "mean_return": seed, "episodes": seed + 1,
+                "curve": seed[..., None], "diverged": np.zeros((rows, n), bool)}
+    monkeypatch.setattr(S, "evaluate", evaluate)
+    refs = {t: {"ppo": 20.0, "random": 10.0} for t in (TASK.name, other.name)}
+    kw = dict(fitness="final_return", mesh=one_device_mesh)
+    scorer = DriftScorer("test-rl", "0", [TASK, other], ppo_clip(), 0, 2, refs,
+                         task_seeds={"cp_other": 5}, **kw)
+    plain = DriftScorer("test-rl", "0", [TASK, other], ppo_clip(), 0, 2, refs, **kw)
+    assert (scorer.seeds_of(TASK.name), scorer.seeds_of("cp_other")) == (2, 5)
+    assert scorer.context.key() != plain.context.key()
+    result = scorer.score(stack([{"eps": np.float32(e)} for e in (0.2, -0.1, 0.1)]))
+    assert calls == {2: 1, 5: 1}
+    mine, theirs = result["tasks"][TASK.name], result["tasks"]["cp_other"]
+    assert mine["final_return"].shape == (3, 2) and theirs["final_return"].shape == (3, 5)
+    assert np.isnan(theirs["final_return"][1]).all()  # the violator, rejected before training
+    np.testing.assert_allclose(theirs["fitness"][[0, 2]], -2.0)  # minus the mean of 0..4
+    np.testing.assert_allclose(mine["fitness"][[0, 2]], -0.5)
+
+
 # ---- configs -------------------------------------------------------------------------------------
 
 def write(tmp_path, text: str) -> Path:

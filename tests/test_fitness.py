@@ -233,3 +233,31 @@ def test_suite_scorer_weighs_its_worst_task(one_device_mesh):
     assert fb[0] > 0 and fa[0] < 0
     behind = np.maximum(np.maximum(fa, fb), 0.0)
     np.testing.assert_allclose(out["fitness"], (fa + fb) / 2 + 2.0 * behind)
+
+
+def test_suite_scorer_scores_named_tasks_on_their_own_seed_counts(one_device_mesh):
+    from tests.tiny import make_tiny_task
+    a, b = make_tiny_task(name="tiny_a"), make_tiny_task(name="tiny_b")
+    rule = make_baseline("sgd")
+    genomes = stack_genomes([make_baseline("sgd", {"learning_rate": lr}).genome
+                             for lr in (0.5, 0.05)])
+    kw = dict(budget=0, seeds=2, refs={"tiny_a": 0.05, "tiny_b": 0.05}, mesh=one_device_mesh)
+    plain = SuiteScorer("tiny", "v0", [a, b], rule, **kw)
+    more = SuiteScorer("tiny", "v0", [a, b], rule, task_seeds={"tiny_b": 5, "elsewhere": 9}, **kw)
+    assert (more.seeds_of("tiny_a"), more.seeds_of("tiny_b")) == (2, 5)
+    assert more.context.key() != plain.context.key()
+    # an override equal to seeds is no override: the context (and the cache) are the plain ones
+    same = SuiteScorer("tiny", "v0", [a, b], rule, task_seeds={"tiny_a": 2}, **kw)
+    assert same.context.key() == plain.context.key() and "task_seeds" not in same.context.to_json()
+    for generation, slots in ((None, None), (3, np.array([0, 1], np.int32))):
+        out = more.score(genomes, generation, slots)["tasks"]
+        ref = plain.score(genomes, generation, slots)["tasks"]
+        assert out["tiny_a"]["final_loss"].shape == (2, 2)
+        assert out["tiny_b"]["final_loss"].shape == (2, 5)
+        np.testing.assert_array_equal(out["tiny_a"]["final_loss"], ref["tiny_a"]["final_loss"])
+        # the first two of five seeds are the two-seed run's; the fitness is the 5-seed mean's
+        np.testing.assert_array_equal(out["tiny_b"]["final_loss"][:, :2],
+                                      ref["tiny_b"]["final_loss"])
+        np.testing.assert_allclose(out["tiny_b"]["fitness"], np.log(
+            (out["tiny_b"]["final_loss"].astype(np.float64).mean(axis=1) + EPS) / (0.05 + EPS)),
+            rtol=1e-9)

@@ -190,6 +190,23 @@ def test_a_pbt_run_compiles_once_and_stores_the_lineage(store, monkeypatch):
         assert min(abs(ratio - 0.8), abs(ratio - 1.2)) < 1e-5
 
 
+def test_a_pbt_task_trains_on_its_own_seed_count(store, monkeypatch):
+    from lab.core.loop import launch
+    from lab.kinds.pbt import driver as D
+    shapes = []
+    real_step = D.PBTDriver.step
+
+    def step(self, g):
+        shapes.append({k: m.key.shape[:2] for k, m in self.members.items()})
+        return real_step(self, g)
+    monkeypatch.setattr(D.PBTDriver, "step", step)
+    sets = [s for s in SMALL if not s.startswith("search.generations")]
+    run_id = launch(load_config(None, [*sets, "search.generations=2",
+                                       "task_seeds.tiny_quadratic=3"]), store, name="pbt-seeds")
+    assert store.get_run(run_id)["status"] == "done"
+    assert shapes == [{"tiny_quadratic": (8, 3)}] * 2  # members x seeds, not seeds=1
+
+
 def test_members_are_sharded_over_the_mesh_and_train_as_on_one_device(store, monkeypatch):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P

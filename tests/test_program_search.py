@@ -517,3 +517,23 @@ def test_cache_hits_do_not_change_results(tmp_path, monkeypatch):
     for first, other in pairs[:4]:
         a, b = evo.score_programs(evo.scorer, [first, other], [0, 0], evo.full_batch)
         assert abs(a["fitness"] - b["fitness"]) <= 1e-3, (first, other, a, b)
+
+
+def test_task_seeds_reach_every_scorer_of_a_search_with_references_at_that_count(store):
+    from lab.core.references import References
+    cfg = load_config(None, [*SMALL, "task_seeds.tiny_quadratic=3"])
+    setup, space = build_setup(cfg, store), spaces.space_of(cfg)
+    task = setup.scorer.tasks[0]
+    assert setup.scorer.seeds_of(task.name) == 3 and cfg.seeds == 1
+    refs = References(store)
+    assert setup.scorer.refs[task.name] == refs.value(task, "adam", 8, 3)
+    assert refs.value(task, "adam", 8, 3) != refs.value(task, "adam", 8, 1)
+    at_2x = spaces.scorer_at(cfg, setup, space, cfg.budget, scale=2)
+    assert at_2x.seeds_of(task.name) == 3
+    assert at_2x.refs[task.name] == refs.value(task, "adam", 16, 3)
+    # final_seeds: the larger of the task's count and the finalists' seeds
+    assert spaces.scorer_at(cfg, setup, space, cfg.budget, seeds=2).seeds_of(task.name) == 3
+    assert spaces.scorer_at(cfg, setup, space, cfg.budget, seeds=5).seeds_of(task.name) == 5
+    g = space.genome(load_seed("adamw"), cfg.rule.max_len)
+    out = setup.scorer.score({k: v[None] for k, v in g.items()}, generation=0)
+    assert out["tasks"][task.name]["final_loss"].shape == (1, 3)

@@ -300,8 +300,8 @@ class ESDriver:
         if cfg.evaluator.memory_mb > 0:
             probe = self.flat.population(np.asarray(self.flat.flat)[None])
             self.scorer.chunk = min(
-                chunk_for_memory(t, probe, task_keys(cfg.seeds, 1), setup.mesh,
-                                 cfg.evaluator.memory_mb) for t in self.scorer.trains.values())
+                chunk_for_memory(t, probe, task_keys(self.scorer.seeds_of(name), 1), setup.mesh,
+                                 cfg.evaluator.memory_mb) for name, t in self.scorer.trains.items())
 
     def state(self, generation: int):
         return self.es

@@ -80,12 +80,14 @@ class EvalContext:
     scale: int = 1  # budget multiplier (the funnel's larger runs)
     task_lr: str = ""  # digest of per-task factors on ``lr`` (``anchored_lrs``); "" if none
     worst_task: float = 0.0  # weight of the worst task in the suite's fitness (``suite_fitness``)
+    task_seeds: str = ""  # digest of the tasks scored on other than ``seeds`` seeds; "" if none
 
     def to_json(self) -> dict:
         doc = dataclasses.asdict(self)
         # absent when unused, so that earlier context keys (and their cached scores) hold
         for key, unused in (("lr_multipliers", ()), ("lr_per_task", False), ("repeat", 0),
-                            ("scale", 1), ("task_lr", ""), ("worst_task", 0.0)):
+                            ("scale", 1), ("task_lr", ""), ("worst_task", 0.0),
+                            ("task_seeds", "")):
             if doc[key] == unused:
                 del doc[key]
         return doc
@@ -107,6 +109,8 @@ class Scorer(Protocol):
       tasks: the suite's tasks; ``trains``: their train functions by task name.
       zero, label: what fitness 0 is, and the fitness axis' label (logs and plots).
       worst_task: the weight of the worst task in ``score``'s suite fitness (``suite_fitness``).
+
+    ``seeds_of(name)`` is the number of seeds task ``name`` is scored on.
     """
 
     context: EvalContext
@@ -145,14 +149,18 @@ class SuiteScorer:
       task_lr: task name -> factor on ``lr`` for that task (``anchored_lrs``); None: ``lr``
         on every task.
       worst_task: weight of the worst task in the suite's fitness (``suite_fitness``).
+      task_seeds: task name -> seeds on that task instead of ``seeds`` (the references are at
+        that count); names outside the suite are ignored.
     """
 
     def __init__(self, suite: str, suite_version: str, tasks: list[Task], rule: UpdateRule,
                  budget: int, seeds: int, refs: dict[str, float], lr: float = 1.0,
                  mesh: Mesh | None = None, chunk: int = 0, unroll: int = 1,
                  lr_grid: tuple[float, ...] = (), scale: int = 1,
-                 task_lr: dict[str, float] | None = None, worst_task: float = 0.0):
+                 task_lr: dict[str, float] | None = None, worst_task: float = 0.0,
+                 task_seeds: dict[str, int] | None = None):
         self.tasks, self.rule, self.seeds, self.refs = tasks, rule, seeds, refs
+        self.task_seeds, other = seed_counts(tasks, seeds, task_seeds)
         self.mesh, self.chunk = mesh, chunk
         self.budget, self.scale, self.worst_task = budget, scale, worst_task
         factor = task_lr or {}
@@ -160,14 +168,19 @@ class SuiteScorer:
         self.trains = {t.name: make_train(t, rule, self.steps(t), self.lrs[t.name], unroll)
                        for t in tasks}
         self.context = EvalContext(suite, suite_version, budget, seeds, lr, tuple(lr_grid),
-                                   refs=_digest(refs), scale=scale,
-                                   task_lr=_digest(task_lr) if task_lr else "",
-                                   worst_task=worst_task)
+                                   refs=values_digest(refs), scale=scale,
+                                   task_lr=values_digest(task_lr) if task_lr else "",
+                                   worst_task=worst_task,
+                                   task_seeds=values_digest(other) if other else "")
         self.zero, self.label = "tuned Adam", FITNESS_LABEL
 
     def steps(self, task: Task) -> int:
         """Inner steps on ``task``: the budget (0: the task's default) times ``scale``."""
         return (self.budget or task.steps) * self.scale
+
+    def seeds_of(self, name: str) -> int:
+        """Seeds task ``name`` is scored on."""
+        return self.task_seeds[name]
 
     def score(self, genomes: Any, generation: int | None = None,
               slots: np.ndarray | None = None, stream: int = 0) -> dict[str, Any]:
@@ -178,10 +191,11 @@ class SuiteScorer:
           "eval_loss", "mean_loss", "curve": [pop, seeds, K], "diverged"}}, "seconds": float}``.
         """
         pop = population_size(genomes)
-        keys = task_keys(self.seeds, pop, generation, slots, stream)
+        keys = seed_keys(self.task_seeds, pop, generation, slots, stream)
         start, per_task = time.perf_counter(), {}
         for task in self.tasks:
-            m = evaluate(self.trains[task.name], genomes, keys, self.mesh, self.chunk)
+            m = evaluate(self.trains[task.name], genomes, keys[self.task_seeds[task.name]],
+                         self.mesh, self.chunk)
             m["fitness"] = task_fitness(m["final_loss"], m["diverged"], self.refs[task.name],
                                         task.floor)
             per_task[task.name] = m
@@ -192,7 +206,25 @@ class SuiteScorer:
         return row_metrics(result, i)
 
 
-def _digest(values: dict[str, float]) -> str:
+def seed_counts(tasks, seeds: int, task_seeds: dict[str, int] | None
+                ) -> tuple[dict[str, int], dict[str, int]]:
+    """``(seeds by task name, the tasks whose count is not seeds)`` for ``task_seeds``
+    (``Config.task_seeds``: counts by name; names outside ``tasks`` are ignored)."""
+    counts = {t.name: int((task_seeds or {}).get(t.name, seeds)) for t in tasks}
+    return counts, {k: v for k, v in counts.items() if v != seeds}
+
+
+def seed_keys(counts: dict[str, int], population: int, generation: int | None = None,
+              slots: np.ndarray | None = None, stream: int = 0) -> dict:
+    """``task_keys`` for each seed count in ``counts`` (by count): a task on n seeds trains on
+    the first n of any larger count's keys, so its seeds are the same ones whatever the
+    count."""
+    return {n: task_keys(n, population, generation, slots, stream)
+            for n in sorted(set(counts.values()))}
+
+
+def values_digest(values: dict) -> str:
+    """12 hex digits of a mapping's sorted items (the context's digests of references, rates)."""
     return hashlib.sha256(json.dumps(sorted(values.items())).encode()).hexdigest()[:12]
 
 
@@ -229,8 +261,8 @@ def row_metrics(result: dict, i: int) -> dict:
 def suite_scorer(cfg, rule: UpdateRule, store=None, mesh: Mesh | None = None,
                  budget: int | None = None, scale: int = 1,
                  anchor: bool = False, worst_task: float = 0.0) -> SuiteScorer:
-    """The supervised scorer of a run config (``suite``, ``budget``, ``seeds``, ``rule.lr``,
-    ``evaluator``) for ``rule``; ``budget`` and ``scale`` change the inner steps (the
+    """The supervised scorer of a run config (``suite``, ``budget``, ``seeds``, ``task_seeds``,
+    ``rule.lr``, ``evaluator``) for ``rule``; ``budget`` and ``scale`` change the inner steps (the
     references are tuned Adam's at those steps); ``anchor``: each task's outer rate scaled by
     ``anchored_lrs`` of tuned Adam's rates at those steps; ``worst_task``: ``suite_fitness``'s
     weight of the worst task."""
@@ -239,10 +271,12 @@ def suite_scorer(cfg, rule: UpdateRule, store=None, mesh: Mesh | None = None,
     budget = cfg.budget if budget is None else budget
     refs = References(store, mesh)
     suite = registry.get_suite(cfg.suite)
-    tuned = {t.name: refs.get(t, "adam", (budget or t.steps) * scale, cfg.seeds) for t in suite}
+    counts, _ = seed_counts(suite, cfg.seeds, cfg.task_seeds)
+    tuned = {t.name: refs.get(t, "adam", (budget or t.steps) * scale, counts[t.name])
+             for t in suite}
     ref_loss = {k: float(v["value"]) for k, v in tuned.items()}
     task_lr = anchored_lrs({k: v["lr"] for k, v in tuned.items()}) if anchor else None
     return SuiteScorer(cfg.suite, registry.suite_version(cfg.suite), suite, rule, budget,
                        cfg.seeds, ref_loss, lr=cfg.rule.lr, mesh=mesh, chunk=cfg.evaluator.chunk,
                        unroll=cfg.evaluator.unroll, lr_grid=LR_GRID, scale=scale,
-                       task_lr=task_lr, worst_task=worst_task)
+                       task_lr=task_lr, worst_task=worst_task, task_seeds=cfg.task_seeds)

@@ -73,6 +73,7 @@ class Config:
     suite: str = field("train", choices=_suites, what="suite")  # tasks.SUITES
     budget: int = field(0, ge=0)  # inner steps (RL: environment steps) per task; 0: default
     seeds: int = field(2, ge=1)
+    task_seeds: dict[str, int] = field({})  # seeds on named tasks instead: {rosenbrock_4d: 8}
     rule: Any = None  # the kind's rule_config
     search: Any = None  # the kind's search_config
     evaluator: EvaluatorConfig = dataclasses.field(default_factory=EvaluatorConfig)
@@ -88,6 +89,13 @@ class Config:
         domain = kind.domain
         if kind.config_domain is not None and self.rule is not None:
             domain = kind.config_domain(self)
+        bad = [(f"task_seeds.{k}", f"no task {k!r} in suite {self.suite!r} (its tasks: "
+                                   f"{', '.join(tasks.SUITES[self.suite])})")
+               for k in self.task_seeds if k not in tasks.SUITES[self.suite]]
+        bad += [(f"task_seeds.{k}", "must be >= 1")
+                for k, n in self.task_seeds.items() if n < 1]
+        if bad:
+            return bad
         if tasks.domain_of(self.suite) != domain:
             want = [s for s in _suites() if tasks.domain_of(s) == domain]
             what = f"kind {self.kind!r}" + (f" ({domain})" if domain != kind.domain else "")

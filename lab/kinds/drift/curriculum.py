@@ -173,7 +173,8 @@ class CurriculumDriver(ESDriver):
         evaluation seeds), in shapes that do not depend on how many levels are fresh (so no
         generation compiles): PPO-clip in calls of half a generation's slots, the random
         policy on a whole generation's, padded by repeating the last level."""
-        n, seeds_n, size = len(seeds), self.cfg.seeds, max(1, self.n_slots // 2)
+        n, seeds_n = len(seeds), self.scorer.seeds_of(task.name)
+        size = max(1, self.n_slots // 2)
         calls = -(-n // size)
         padded = np.concatenate([seeds, np.repeat(seeds[-1:], calls * size - n)])
         genomes = stack_genomes([ppo_clip().genome] * size)

@@ -24,8 +24,6 @@ final return per (environment, budget, seeds) on the fixed evaluation seeds; shi
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 import warnings
 from typing import Any
@@ -35,7 +33,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from lab.core.evaluate import evaluate, task_keys
-from lab.core.fitness import CLIP, EvalContext, suite_fitness
+from lab.core.fitness import CLIP, EvalContext, seed_counts, seed_keys, suite_fitness, values_digest
 from lab.core.references import Family, References, register_family
 from lab.core.rule import population_size, stack_genomes
 from lab.kinds.drift.objectives import Objective, check, ppo_clip
@@ -139,24 +137,30 @@ class DriftScorer:
     def __init__(self, suite: str, suite_version: str, tasks: list[EnvTask],
                  objective: Objective, budget: int, seeds: int, refs: dict[str, dict],
                  fitness: str = "ppo_normalized", mesh: Mesh | None = None, chunk: int = 0,
-                 scale: int = 1, worst_task: float = 0.0):
+                 scale: int = 1, worst_task: float = 0.0,
+                 task_seeds: dict[str, int] | None = None):
         if fitness not in FITNESS:
             raise ValueError(f"unknown RL fitness {fitness!r} (one of {', '.join(FITNESS)})")
         self.tasks, self.rule, self.seeds, self.refs = tasks, objective, seeds, refs
         self.fitness, self.chunk, self.budget, self.scale = fitness, chunk, budget, scale
         self.worst_task = worst_task
+        self.task_seeds, other = seed_counts(tasks, seeds, task_seeds)
         self.mesh = mesh
         self.trains = {t.name: make_train(t, objective, self.steps(t)) for t in tasks}
-        refs_digest = hashlib.sha256(json.dumps(sorted(refs.items())).encode()).hexdigest()[:12]
         self.context = EvalContext(suite, suite_version, budget, seeds, 0.0, (),
                                    meta_loss=f"rl-{fitness}", evaluator=f"rl-{RL_VERSION}",
-                                   refs=refs_digest, scale=scale, worst_task=worst_task)
+                                   refs=values_digest(refs), scale=scale, worst_task=worst_task,
+                                   task_seeds=values_digest(other) if other else "")
         self.zero = ("PPO-clip" if fitness == "ppo_normalized" else
                      f"minus the {fitness.replace('_', ' ')}")
         self.label = f"fitness ({fitness}; lower is better, 0 = {self.zero})"
 
     def steps(self, task: EnvTask) -> int:
         return int((self.budget or task.steps) * self.scale)
+
+    def seeds_of(self, name: str) -> int:
+        """Seeds environment ``name`` is scored on."""
+        return self.task_seeds[name]
 
     def score(self, genomes: Any, generation: int | None = None,
               slots: np.ndarray | None = None, stream: int = 0,
@@ -177,7 +181,7 @@ class DriftScorer:
         pop = population_size(genomes)
         genomes = jax.tree.map(np.asarray, genomes)
         valid, reasons = check(self.rule, genomes)
-        keys = task_keys(self.seeds, pop, generation, slots, stream)
+        keys = seed_keys(self.task_seeds, pop, generation, slots, stream)
         order = np.flatnonzero(valid)
         per_task = {}
         for task in self.tasks:
@@ -185,8 +189,9 @@ class DriftScorer:
             train, inputs = self.trains[task.name], genomes
             if level is not None:
                 train, inputs = level[0], (genomes, level[1])
-            m = self.evaluate_valid(train, inputs, keys, order, pop) if order.size else None
-            full = scatter(m, order, pop, self.seeds)
+            n = self.task_seeds[task.name]
+            m = self.evaluate_valid(train, inputs, keys[n], order, pop) if order.size else None
+            full = scatter(m, order, pop, n)
             full["fitness"] = (task_fitness(full, self.fitness, self.refs[task.name])
                                if level is None else level_fitness(full, level[2], level[3]))
             full["fitness"] = np.where(valid, full["fitness"],
@@ -227,11 +232,13 @@ def drift_scorer(cfg, objective: Objective, store=None, mesh: Mesh | None = None
     budget = cfg.budget if budget is None else budget
     refs = References(store, mesh)
     suite = registry.get_suite(cfg.suite)
-    pairs = {t.name: reference_pair(refs, t, (budget or t.steps) * scale, cfg.seeds)
+    counts, _ = seed_counts(suite, cfg.seeds, cfg.task_seeds)
+    pairs = {t.name: reference_pair(refs, t, (budget or t.steps) * scale, counts[t.name])
              for t in suite}
     return DriftScorer(cfg.suite, registry.suite_version(cfg.suite), suite, objective,
                        budget, cfg.seeds, pairs, getattr(cfg.search, "fitness", FITNESS[0]),
-                       mesh, cfg.evaluator.chunk, scale, getattr(cfg.search, "worst_task", 0.0))
+                       mesh, cfg.evaluator.chunk, scale, getattr(cfg.search, "worst_task", 0.0),
+                       cfg.task_seeds)
 
 
 def scatter(m: dict | None, order: np.ndarray, pop: int, seeds: int) -> dict:

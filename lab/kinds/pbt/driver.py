@@ -74,9 +74,11 @@ class PBTDriver:
         self.copied_from = np.full((pop, g), -1, np.int64)  # member id copied after interval
         self.scores = np.zeros((pop, g), np.float64)
         self.last_hash = [NO_PARENT] * pop  # the trajectory each member continues
-        keys = task_keys(cfg.seeds, pop, 0, self.ids.astype(np.int32), s.seed)
-        self.members = {t.name: init_members(t, base.rule, self._genomes(), self._put(keys),
-                                             self.shard) for t in self.scorer.tasks}
+        ids = self.ids.astype(np.int32)
+        self.members = {t.name: init_members(
+            t, base.rule, self._genomes(),
+            self._put(task_keys(self.scorer.seeds_of(t.name), pop, 0, ids, s.seed)), self.shard)
+            for t in self.scorer.tasks}
 
     def _put(self, tree):
         """Host values (the same in every process) on the members' layout: one device, or

@@ -170,9 +170,11 @@ def scorer_at(cfg, setup, space, budget: int, scale: int = 1, rule=None,
               seeds: int = 0) -> Scorer:
     """A scorer like the run's at another budget, or ``scale`` times its budget (references at
     that budget), or for another rule family (the hurdle, the funnel, the ES on constants), or
-    on ``seeds`` seeds (0: the run's; references on as many)."""
+    on ``seeds`` seeds (0: the run's; references on as many; a task of ``task_seeds`` on the
+    larger of its count and ``seeds``)."""
     if seeds and seeds != cfg.seeds:
-        cfg = dataclasses.replace(cfg, seeds=seeds)
+        cfg = dataclasses.replace(cfg, seeds=seeds, task_seeds={
+            k: max(n, seeds) for k, n in cfg.task_seeds.items()})
     return space.scorer(cfg, rule or setup.rule, setup.store, setup.mesh, budget, scale)
 
 
