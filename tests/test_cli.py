@@ -84,6 +84,7 @@ def test_relaunch_hits_cache(run, lab):
     assert best == pytest.approx(run["best"], rel=1e-12)
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_replay_rows_and_intervals(run, lab):
     doc = strict_json(lab("replay", run["id"], "--suite", "tiny", "--seeds", "3", "--json")[1])
     assert {r["task"] for r in doc["rows"]} == {"tiny_quadratic"}

@@ -83,6 +83,7 @@ def _tiny_task():
     return tasks.get_task("cartpole_smoke")
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_level_train_at_no_overrides_is_the_task_bit_for_bit():
     task, o = _tiny_task(), ppo_clip()
     keys = task_keys(2, 1)

@@ -104,6 +104,7 @@ def test_batched_drift_fingerprints_equal_one_by_one():
     assert batched[0][1] == batched[2][1] != batched[1][1]
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_inspect_finds_a_stored_lpo_network_computing_the_same_drift(store, tmp_path):
     """``lab inspect`` of a drift program names the stored candidates of its kind with the same
     fingerprint, whatever their representation (here an LPO network with one tanh unit)."""

@@ -284,6 +284,7 @@ def test_a_programs_hyperparameters_are_its_constants_and_the_rest_stay_its_own(
     assert set(every.start) == {"lr", "k0", "k2", "k3", "k5", "k6", "k8", "k12", "k14", "k17"}
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_a_program_members_intervals_are_the_steps_of_a_whole_run_of_its_trajectory(tiny_task):
     from lab.kinds.pbt.base import program_base
     from lab.kinds.program.programs import load_seed, program_rule

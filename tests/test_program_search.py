@@ -218,6 +218,7 @@ def test_bad_start_file_names_line(tmp_path):
         load_config(None, ["kind=program", f"rule.file={bad}"])
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_stages_after_the_search(store):
     """ES on constants, finalists on fixed seeds, ablation, funnel and meta-validation."""
     import json
@@ -293,6 +294,7 @@ def test_funnel_selects_the_answer_among_finalists_and_validated_programs(store,
     assert run["best"] == pytest.approx(ranked[0]["final"])
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_finalists_are_scored_again_on_final_seeds_each_task_at_its_own_rate(store):
     """``search.final_seeds`` with ``lr_per_task``: every finalist's final score is on that many
     fixed seeds, each task at its best multiplier of the grid around the baked one (computed
@@ -519,6 +521,7 @@ def test_cache_hits_do_not_change_results(tmp_path, monkeypatch):
         assert abs(a["fitness"] - b["fitness"]) <= 1e-3, (first, other, a, b)
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_task_seeds_reach_every_scorer_of_a_search_with_references_at_that_count(store):
     from lab.core.references import References
     cfg = load_config(None, [*SMALL, "task_seeds.tiny_quadratic=3"])
