@@ -564,6 +564,7 @@ def test_lab_replay_refuses_update_rule_on_rl_suite(cli):
     assert "supervised suites" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_rl_replay_has_suite_statistics_and_a_self_difference_of_zero(tmp_path):
     """PPO-clip replayed against itself on the same seeds: every seed's score is the baseline's,
     so the paired difference is 0 with a zero-width interval and no environment differs; the

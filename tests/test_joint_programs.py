@@ -108,6 +108,7 @@ def test_interpreter_equals_compiled_on_random_joint_programs():
                                    atol=1e-6 * max(1.0, np.abs(want[ok]).max(initial=0)))
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_the_joint_fingerprint_tells_late_schedules_apart_and_names_adam():
     rule = joint_rule()
     late = parse("def late(t, T):\n    z = div(t, T)\n    a = neg(z)\n    b = add_k(a, 1.0)\n"

@@ -475,6 +475,7 @@ def es_mean(mt):
     return es.mean_of(mt.spec, mt.tree["es"])
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_tune_lr_scales_the_rules_rate_through_its_log_step(tiny_task, one_device_mesh):
     """``--tune-lr`` for a learned rule: each multiplier is a shift of ``log_step``, the same
     run as the rule at that multiple of its rate; the pick is the best mean final loss, so it is

@@ -58,6 +58,7 @@ def test_three_generations_with_hurdles_compile_before_generation_0(store, monke
     assert store.get_run(run_id)["status"] == "done"
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_cache_hits_skip_evaluation_and_children_join(store, monkeypatch):
     cfg = load_config(None, SMALL)
     calls = []
@@ -123,6 +124,7 @@ def test_children_the_cache_knows_are_mutated_again(store):
     assert replaced > 0
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_without_the_cache_every_child_is_scored(store):
     """``search.cache: false``: one mutation per child, symbolically new or not, and a child
     whose function was scored before is scored again, one the hurdle cut too."""

@@ -66,6 +66,7 @@ def test_speedup_definition():
     assert speedup(ramp[None], np.ones(1, bool), ref) == (None, None)
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_cli_replay_speedups(cli):
     """``baseline:adam`` runs at optax's default rate, 1e-3: 20x to 200x below tuned Adam's on
     every smoke task, so it is the slower rule; tuned Adam's own speedup is 1."""
