@@ -57,6 +57,8 @@ TASKS: dict[str, Callable[[], Task]] = {
     "markov_transformer": _p(make_markov_transformer, "markov_transformer", context=16,
                              width=16, mlp=32, batch_size=16, steps=200),
     "rosenbrock_4d": _p(make_rosenbrock, "rosenbrock_4d", dim=4, steps=200),
+    # train-wide-chain: a 6-D chain at the held-out chain's 300 steps (no held-out task has 6-D)
+    "rosenbrock_6d": _p(make_rosenbrock, "rosenbrock_6d", dim=6, steps=300),
     # train-wide-mnist1d: a wider two-layer MLP and a narrow 1-D CNN on MNIST-1D (train's
     # mnist1d_mlp's data; neither is a held-out task's model): a data set no train-wide network
     # memorizes in 800 steps, where a rule that stalls at long horizons shows it
@@ -115,6 +117,9 @@ SUITES: dict[str, tuple[str, ...]] = {
     "train-wide": _TRAIN_WIDE,
     # train-wide plus two MNIST-1D networks (learned optimizers at long horizons)
     "train-wide-mnist1d": (*_TRAIN_WIDE, "mnist1d_mlp_wide", "mnist1d_cnn_narrow"),
+    # train-wide plus a longer chain at a longer horizon (program search: the 4-D chain at 200
+    # steps lets rules through that fail the held-out 8-D one at 300)
+    "train-wide-chain": (*_TRAIN_WIDE, "rosenbrock_6d"),
     # train plus two of its tasks at 1000x the loss scale (program search against rules whose
     # steps grow with the gradient)
     "train-scaled": ("quadratic_ill_16", "quadratic_noisy_16", "rosenbrock_2d",

@@ -256,7 +256,8 @@ def test_kind_selects_rule_section(tmp_path, monkeypatch):
 def test_kind_trains_on_the_suites_of_its_domain():
     with pytest.raises(ConfigError, match=r"suite: kind 'baseline' cannot train on suite "
                                           r"'rl-smoke'; use one of smoke, train, train-wide, "
-                                          r"train-wide-mnist1d, train-scaled, heldout"):
+                                          r"train-wide-mnist1d, train-wide-chain, train-scaled, "
+                                          r"heldout"):
         load_config(None, ["suite=rl-smoke"])
     with pytest.raises(ConfigError, match=r"kind 'drift' cannot train on suite 'smoke'"):
         load_config(None, ["kind=drift", "suite=smoke"])

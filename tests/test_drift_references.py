@@ -151,7 +151,8 @@ def test_shipped_tuned_references_match_the_registered_tasks():
         assert e["lr"] in references.LR_GRID and e["metric"] == "final_loss"
         by_task.setdefault(e["task"], set()).add(e["which"])
     # every suite a search trains on (a config on a fresh machine finds its references)
-    for suite in ("smoke", "train", "train-wide", "train-wide-mnist1d", "train-scaled"):
+    for suite in ("smoke", "train", "train-wide", "train-wide-mnist1d", "train-wide-chain",
+                  "train-scaled"):
         for name in tasks.SUITES[suite]:
             assert by_task.get(name) == set(references.OPTIMIZERS), (suite, name)
     # held out: every baseline of the held-out tables, so an export on a fresh store tunes none

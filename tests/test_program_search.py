@@ -321,16 +321,20 @@ def test_finalists_are_scored_again_on_final_seeds_each_task_at_its_own_rate(sto
         genomes = [space.genome(parse_program(source), cfg.rule.max_len, m / multiplier)
                    for m in cfg.search.lr_grid]
         result = scorer.score({k: np.stack([g[k] for g in genomes]) for k in genomes[0]})
-        return np.mean([min(m["fitness"]) for m in result["tasks"].values()])
+        return {t: min(m["fitness"]) for t, m in result["tasks"].items()}
 
     assert {f["multiplier"] for f in report["finalists"]} == {1.0, 3.0}  # baked, divided out
+    funnel_tasks = {r["hash"]: r["tasks"] for r in report["funnel"]}
     for f in report["finalists"]:
-        assert f["final"] == pytest.approx(tuned(final_scorer, f["source"], f["multiplier"]),
-                                           abs=1e-5)
+        per_task = tuned(final_scorer, f["source"], f["multiplier"])
+        assert f["final"] == pytest.approx(np.mean(list(per_task.values())), abs=1e-5)
+        assert f["tasks"] == pytest.approx(per_task, abs=1e-5)  # which task it fails
         assert np.isfinite(f["baked"])
         if f["hash"] in funnel:
-            assert funnel[f["hash"]] == pytest.approx(
-                tuned(funnel_scorer, f["source"], f["multiplier"]), abs=1e-5)
+            per_task = tuned(funnel_scorer, f["source"], f["multiplier"])
+            assert funnel[f["hash"]] == pytest.approx(np.mean(list(per_task.values())),
+                                                      abs=1e-5)
+            assert funnel_tasks[f["hash"]] == pytest.approx(per_task, abs=1e-5)
     finals = {m["hash"]: m for m in store.best_members(run_id, k=50) if m["final"] is not None}
     for f in report["finalists"]:
         assert finals[f["hash"]]["final"] == pytest.approx(f["final"])

@@ -284,6 +284,24 @@ def test_train_wide_mnist1d_adds_two_mnist1d_networks_no_held_out_task_has():
                        for k in ("model", "hidden", "channels", "kernel")), (task.name, h.name)
 
 
+def test_train_wide_chain_adds_a_chain_at_the_held_out_horizon_of_a_size_no_held_out_task_has():
+    """train-wide-chain is train-wide plus a 6-D Rosenbrock chain at the held-out chain's 300
+    steps: the held-out family and horizon on the train side, at a dimension no held-out task
+    has; its minimum is 0 at all ones, and the start is the classic chained one."""
+    wide, plus = tasks.SUITES["train-wide"], tasks.SUITES["train-wide-chain"]
+    assert plus[:len(wide)] == wide and plus[len(wide):] == ("rosenbrock_6d",)
+    chain = tasks.get_task("rosenbrock_6d")
+    held = [t for t in tasks.get_suite("heldout") if t.family == "rosenbrock"]
+    assert held and chain.family == "rosenbrock" and chain.config["dim"] == 6
+    assert chain.steps == max(t.steps for t in held)
+    assert all(t.config["dim"] != 6 for t in held)
+    assert chain.config["start"] == pytest.approx([-1.2, 1.0] * 3)
+    assert float(chain.loss({"x": jnp.ones(6)}, None)) == 0.0
+    # the 5 links at the classic start: three (-1.2, 1) and two (1, -1.2)
+    assert float(chain.loss({"x": jnp.asarray(chain.config["start"])}, None)) == \
+        pytest.approx(3 * (100 * 0.44 ** 2 + 2.2 ** 2) + 2 * 100 * 2.2 ** 2, rel=1e-5)
+
+
 def test_markov_corpus_is_deterministic_and_has_its_copies():
     from tasks.charlm import markov_corpus
     markov_corpus.cache_clear()

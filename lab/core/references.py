@@ -35,7 +35,14 @@ from lab.core.optimizers import is_baseline, make_baseline
 from lab.core.rule import stack_genomes
 from tasks import task_version
 
-LR_GRID = tuple(float(x) for x in 10.0 ** np.linspace(-5, 0, 16))
+# 10^(k/3 - 5), k = 0..15: 1e-5 to 1.0, a third of a decade apart. Written out, not computed:
+# the grid's digest keys every shipped and stored reference, and numpy 2.4's 10.0 ** linspace(-5,
+# 0, 16) gives 1e-05 where earlier numpy gave 9.999999999999999e-06, a new digest that orphaned
+# tasks/references.json and re-tuned every reference on first use.
+LR_GRID = (9.999999999999999e-06, 2.1544346900318823e-05, 4.641588833612782e-05, 0.0001,
+           0.00021544346900318823, 0.00046415888336127773, 0.001, 0.002154434690031882,
+           0.004641588833612777, 0.01, 0.021544346900318822, 0.046415888336127774, 0.1,
+           0.21544346900318823, 0.46415888336127725, 1.0)
 OPTIMIZERS = ("adam", "adamw", "lion")
 FORMAT = 2  # of tasks/references.json; format 1 files are read too (``upgrade``)
 

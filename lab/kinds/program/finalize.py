@@ -122,20 +122,25 @@ def knock_out(p: Program, i: int) -> Program | None:
 
 
 def fixed_scores(evo: Evolution, programs: list[Program], scorer=None, tuned: bool = False,
-                 baked: list[float] | None = None) -> list[float]:
-    """``programs``' fitness on the fixed evaluation seeds (``scorer``'s, default the run's): at
+                 baked: list[float] | None = None) -> list[dict]:
+    """``programs``' scores on the fixed evaluation seeds (``scorer``'s, default the run's): at
     their baked multiplier, or ``tuned``, each task at its best of the search's grid (``baked``:
     the multiplier each program carries, divided out); in calls of one shape, the one the
-    finalists are scored in."""
+    finalists are scored in. Per program ``score_programs``' row (``fitness``, ``metrics``)."""
     scorer = scorer or evo.scorer
     per = evo.full_batch if tuned else evo.full_batch * len(evo.grid)
-    out: list[float] = []
+    out: list[dict] = []
     for at in range(0, len(programs), per):
         part = programs[at:at + per]
-        out += [r["fitness"] for r in evo.score_programs(
-            scorer, part, [0] * len(part), evo.full_batch, fixed=True, tuned=tuned,
-            baked=None if baked is None else baked[at:at + per])]
+        out += evo.score_programs(scorer, part, [0] * len(part), evo.full_batch, fixed=True,
+                                  tuned=tuned, baked=None if baked is None else baked[at:at + per])
     return out
+
+
+def task_scores(row: dict) -> dict[str, float]:
+    """Each task's score in a ``score_programs`` row (at its own multiplier with
+    ``lr_per_task``): which task a finalist fails, beside the suite's fitness."""
+    return {t: m["fitness"] for t, m in row["metrics"].items() if isinstance(m, dict)}
 
 
 def final_scoring(cfg, setup, evo: Evolution) -> tuple[Any, bool] | None:
@@ -159,8 +164,8 @@ def ablate(evo: Evolution, p: Program, score: float, tolerance: float, rounds: i
         variants = [(i, q) for i in live_statements(p) if (q := knock_out(p, i)) is not None]
         if not variants:
             break
-        scores = fixed_scores(evo, [q for _, q in variants], scorer, tuned,
-                              [baked] * len(variants))
+        scores = [r["fitness"] for r in fixed_scores(evo, [q for _, q in variants], scorer,
+                                                     tuned, [baked] * len(variants))]
         best = int(np.argmin(scores))
         if scores[best] > score + tolerance:
             break
@@ -244,17 +249,21 @@ def after_search(cfg, setup, evo: Evolution, finals: dict[str, tuple[Program, st
     more_scores: dict[str, float] = {}
     baked = scores
     scoring = final_scoring(cfg, setup, evo)
+    per_task: dict[str, dict[str, float]] = {}
     if scoring is not None:
         keys = list(finals)
-        scores = dict(zip(keys, fixed_scores(evo, [finals[k][0] for k in keys], *scoring,
-                                             [finals[k][3] for k in keys]), strict=True))
+        rows = fixed_scores(evo, [finals[k][0] for k in keys], *scoring,
+                            [finals[k][3] for k in keys])
+        scores = {k: r["fitness"] for k, r in zip(keys, rows, strict=True)}
+        per_task = {k: task_scores(r) for k, r in zip(keys, rows, strict=True)}
         more_scores = dict(scores)  # the core's scores at the baked multiplier give way
         log(f"finalists scored again ({scoring[0].seeds} seeds"
             f"{', each task at its own multiplier' if scoring[1] else ''}): best "
             f"{min(scores.values()):+.4f}")
     report: dict[str, Any] = {"finalists": [
         {"hash": k, "parent": parent, "origin": origin, "multiplier": m, "final": scores[k],
-         **({"baked": baked[k]} if scoring is not None else {}), "source": to_source(p)}
+         **({"baked": baked[k], "tasks": per_task[k]} if scoring is not None else {}),
+         "source": to_source(p)}
         for k, (p, parent, origin, m) in finals.items()]}
     if s.simplify:
         best_key = min(scores, key=scores.get)
@@ -306,7 +315,8 @@ def _funnel(cfg, setup, evo: Evolution, finals: dict, scores: dict, top: int,
                              fixed=True, rows_to=len(keys), tuned=cfg.search.lr_per_task,
                              baked=[finals[k][3] for k in keys])
     out = [{"hash": k, "final": scores[k], "funnel": r["fitness"],
-            "scale": cfg.search.funnel_scale} for k, r in zip(keys, res, strict=True)]
+            "scale": cfg.search.funnel_scale, "tasks": task_scores(r)}
+           for k, r in zip(keys, res, strict=True)]
     for row in out:
         log(f"funnel x{row['scale']}: {row['hash'][:10]} {row['final']:+.4f} -> "
             f"{row['funnel']:+.4f}")
