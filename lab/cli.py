@@ -160,6 +160,8 @@ def cmd_references(args) -> int:
         seeds = tuple(int(s) for s in args.seeds.split(","))
     except ValueError:
         raise UsageError(f"--seeds {args.seeds!r}: expected counts like 2,5") from None
+    if args.horizon_scale < 1:
+        raise UsageError(f"--horizon-scale {args.horizon_scale}: must be at least 1")
     if args.out is None:
         if not (Path("tasks") / "suites.py").exists():
             raise UsageError("run from the lab's checkout to update tasks/references.json, or "
@@ -169,7 +171,8 @@ def cmd_references(args) -> int:
 
     def progress(task, which, n, metric, r):
         lr = f"  lr={r['lr']:.3g}" if r.get("lr") is not None else ""
-        log(f"{task:28s} {which:8s} seeds={n}{lr}  {metric.replace('_', ' ')}="
+        at = f" x{args.horizon_scale}" if args.horizon_scale > 1 else ""
+        log(f"{task:28s} {which:8s} seeds={n}{at}{lr}  {metric.replace('_', ' ')}="
             f"{r['value']:.4g}")
     which = None
     if args.which:
@@ -180,7 +183,8 @@ def cmd_references(args) -> int:
                      for f in {family_of(w).name for w in names}}
         except ValueError as e:
             raise UsageError(f"--which: {e}") from None
-    doc = build(list(chosen.values()), seeds, out, make_mesh(0), progress, which)
+    doc = build(list(chosen.values()), seeds, out, make_mesh(0), progress, which,
+                args.horizon_scale)
     print(f"wrote {len(doc['entries'])} references to {out}")
     return 0
 
@@ -281,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--which", default="",
                    help="comma-separated references to build (e.g. lamb,schedule_free_adamw); "
                         "the file's others are kept (default: every one of each family)")
+    b.add_argument("--horizon-scale", type=int, default=1, metavar="K",
+                   help="at K times each task's default budget (the references of "
+                        "`lab replay --horizon-scale K`); the file's other budgets are kept")
     b.add_argument("--out", default=None,
                    help="default: tasks/references.json of the checkout you are in")
     b.set_defaults(fn=cmd_references)

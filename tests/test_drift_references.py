@@ -186,3 +186,39 @@ def test_references_build_builds_only_the_named_tasks(capsys, tmp_path, monkeypa
     rc = main(["references", "build", "--suites", "smoke", "--tasks", "nope", "--out", out])
     assert rc == 2 and "--tasks: nope not in the suites smoke" in capsys.readouterr().err
     assert len(built) == 1 and not (tmp_path / "r.json").exists()
+
+
+def test_build_at_a_horizon_scale_adds_that_budget_and_the_replay_reads_it(tmp_path, counted,
+                                                                           monkeypatch, capsys):
+    """``lab references build --horizon-scale K``: the references at K times each task's budget
+    join the file, the default budget's stay (a stale version's go), and a lookup at that
+    budget is answered by the file, nothing computed."""
+    from lab.cli import main
+    path = tmp_path / "references.json"
+    stale = {"family": "rl", "task": TINY.name, "context": "old", "budget": 1024, "seeds": 1,
+             "which": "ppo_clip", "metric": "final_return", "value": 9.0, "values": [9.0]}
+    path.write_text(json.dumps({"format": references.FORMAT, "entries": [stale]}))
+    references.build([(TINY, "rl")], (1,), path=path)
+    references.build([(TINY, "rl")], (1,), path=path, scale=4)
+    back = json.loads(path.read_text())["entries"]
+    assert sorted((e["which"], e["budget"], e["context"]) for e in back) == [
+        ("ppo_clip", 256, reference_context(TINY)), ("ppo_clip", 1024, reference_context(TINY)),
+        ("random", 256, reference_context(TINY)), ("random", 1024, reference_context(TINY))]
+    assert counted[-2:] == [(TINY.name, "ppo_clip", 1024, 1), (TINY.name, "random", 1024, 1)]
+    # built again at 4x: its entries are replaced, the 1x ones kept
+    references.build([(TINY, "rl")], (1,), path=path, scale=4)
+    assert len(json.loads(path.read_text())["entries"]) == 4
+    monkeypatch.setattr(references, "shipped_text", lambda: path.read_text())
+    references.shipped.cache_clear()
+    try:
+        before = len(counted)
+        assert reference_pair(References(), TINY, 1024, 1) == {"ppo": 21.0, "random": 11.0}
+        assert len(counted) == before
+    finally:
+        references.shipped.cache_clear()
+    with pytest.raises(ValueError, match="horizon scale 0: must be at least 1"):
+        references.build([(TINY, "rl")], (1,), path=path, scale=0)
+    rc = main(["references", "build", "--suites", "smoke", "--horizon-scale", "0",
+               "--out", str(tmp_path / "r.json")])
+    assert rc == 2 and "--horizon-scale 0: must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()

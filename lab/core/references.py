@@ -216,17 +216,22 @@ class References:
 
 
 def build(tasks: Iterable, seeds: tuple[int, ...] = (2,), path: Path | None = None,
-          mesh: Mesh | None = None, progress=None, which: dict[str, tuple[str, ...]] | None = None
-          ) -> dict:
-    """Regenerates the references of ``tasks`` at their default budgets, each task by the
-    family of its domain (``domain(task)``), and writes them to ``path``: the entries the file
-    already holds that were not rebuilt (another task, seed count, family or which) are kept.
+          mesh: Mesh | None = None, progress=None, which: dict[str, tuple[str, ...]] | None = None,
+          scale: int = 1) -> dict:
+    """Regenerates the references of ``tasks`` at ``scale`` times their default budgets, each
+    task by the family of its domain (``domain(task)``), and writes them to ``path``: the
+    entries the file already holds that were not rebuilt (another task, seed count, family or
+    which, or another budget of the task's version) are kept.
 
     Args:
       tasks: (task, domain) pairs.
       which: family name -> the references to build (default: all of the family's); e.g.
         ``{"tuned": ("lamb",)}`` adds tuned LAMB and keeps the other tuned optimizers.
+      scale: the budget's multiple: 4 ships the references ``lab replay --horizon-scale 4``
+        (and an export's ``heldout_4x``) would otherwise tune on first use.
     """
+    if scale < 1:
+        raise ValueError(f"horizon scale {scale}: must be at least 1")
     old = {}
     if path is not None and Path(path).exists():
         try:
@@ -234,27 +239,30 @@ def build(tasks: Iterable, seeds: tuple[int, ...] = (2,), path: Path | None = No
         except json.JSONDecodeError:
             old = {}
     by_domain = {f.domain: f for f in _FAMILIES.values()}
-    entries, rebuilt = [], set()
+    entries, rebuilt = [], {}
     for task, domain in tasks:
         if domain not in by_domain:
             raise ValueError(f"no reference family for domain {domain!r} (task {task.name}); "
                              f"known: {', '.join(sorted(by_domain))}")
         family = by_domain[domain]
         built = (which or {}).get(family.name, family.which)
-        rebuilt.update((family.name, w, task.name, n) for w in built for n in seeds)
+        budget = task.steps * scale
+        rebuilt.update({(family.name, w, task.name, n): (budget, family.context(task))
+                        for w in built for n in seeds})
         for n in seeds:
             for w in built:
-                r = family.compute(task, w, task.steps, n, mesh)
+                r = family.compute(task, w, budget, n, mesh)
                 entries.append({"family": family.name, "task": task.name,
                                 "context": family.context(task),
-                                "budget": task.steps, "seeds": n, "which": w,
+                                "budget": budget, "seeds": n, "which": w,
                                 "metric": family.metric, **r})
                 if progress is not None:
                     progress(task.name, w, n, family.metric, r)
-    if old.get("format") == FORMAT:
+    if old.get("format") == FORMAT:  # an entry at another budget stays, unless it is stale
         entries += [e for e in old.get("entries", [])
-                    if (e.get("family"), e.get("which"), e.get("task"), e.get("seeds"))
-                    not in rebuilt]
+                    if (at := rebuilt.get((e.get("family"), e.get("which"), e.get("task"),
+                                           e.get("seeds")))) is None
+                    or (e.get("budget") != at[0] and e.get("context") == at[1])]
     doc = {"format": FORMAT, "grid_id": grid_id(), "evaluator": EVALUATOR_VERSION,
            "lr_grid": list(LR_GRID), "seed_base": SEED_BASE, "entries": entries}
     if path is not None:
