@@ -159,6 +159,13 @@ def test_shipped_tuned_references_match_the_registered_tasks():
     from lab.core.kind import HELDOUT_BASELINES
     for name in tasks.SUITES["heldout"]:
         assert by_task.get(name) == set(HELDOUT_BASELINES), name
+    # and at 4x on 8 seeds, those of an export's 4x replays (an update program's and a learned
+    # optimizer's, tuned Adam), so that part of an export tunes none either
+    from lab.kinds.program import LONGER, LONGER_BASELINES
+    for name in tasks.SUITES["heldout"]:
+        at = {e["which"] for e in tuned if e["task"] == name and e["seeds"] == 8
+              and e["budget"] == LONGER * tasks.get_task(name).steps}
+        assert at == {*LONGER_BASELINES, "adam"}, name
 
 
 def test_references_build_names_an_unknown_reference(capsys, tmp_path):
