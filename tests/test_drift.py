@@ -37,6 +37,7 @@ from lab.kinds.drift.objectives import (
 from lab.kinds.drift.ppo import (
     ActorCritic,
     Transition,
+    episode_returns,
     gae,
     make_train,
     orthogonal,
@@ -276,6 +277,43 @@ def test_gae_by_hand(end):
         assert a1 == pytest.approx(-1.0)
     elif end == "truncated":
         assert a1 == pytest.approx(3.5)
+
+
+def episodes_step_by_step(reward, done, running):
+    """What PPO's rollout used to count at each step: (sum of ended returns, count, running)."""
+    running, total, count = np.array(running, np.float64), 0.0, 0
+    for r, d in zip(reward, done, strict=True):
+        running = running + r
+        total += float(np.where(d, running, 0.0).sum())
+        count += int(d.sum())
+        running = np.where(d, 0.0, running)
+    return total, count, running
+
+
+@pytest.mark.parametrize("integers", [True, False])
+def test_episode_returns_equal_counting_step_by_step(integers):
+    """The rollout's bookkeeping, done once on the whole ``[T, envs]`` rollout, equals summing
+    step by step: episodes that started in an earlier rollout (``running``), several ends in one
+    environment, one that ends on the last step, one that never ends. Integer rewards (every
+    gymnax task the lab runs) give the very same numbers."""
+    rng = np.random.default_rng(0)
+    steps, envs = 40, 5
+    reward = (rng.integers(-2, 3, (steps, envs)) if integers else rng.normal(size=(steps, envs)))
+    done = rng.random((steps, envs)) < 0.15
+    done[:, 3] = False                 # never ends
+    done[-1, 2], done[0, 1] = True, True  # ends on the last step; on the first
+    running = np.asarray([3.0, -1.0, 0.0, 7.0, 2.0])
+    total, count, after = episode_returns(jnp.asarray(reward, jnp.float32), jnp.asarray(done),
+                                          jnp.asarray(running, jnp.float32))
+    want = episodes_step_by_step(reward.astype(np.float32), done, running)
+    assert int(count) == want[1] == done.sum()
+    if integers:
+        assert float(total) == want[0]
+        np.testing.assert_array_equal(np.asarray(after), want[2])
+    else:
+        np.testing.assert_allclose(float(total), want[0], rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(after), want[2], rtol=1e-5, atol=1e-5)
+    assert after[2] == 0.0 and after[3] == pytest.approx(running[3] + reward[:, 3].sum(), 1e-5)
 
 
 # ---- PPO on a tiny CartPole -------------------------------------------------------------------
