@@ -70,6 +70,16 @@ def inspect_view(doc: dict) -> None:
         _OUT.print(f"[bold]run {r['id']}[/bold] {r['name']}  {r['kind']} on {doc['suite']}  "
                    f"{r['status']}  best {_f(r['best'])}  {r['generations']} generations  "
                    f"cache hit rate {_f(doc['cache']['hit_rate'], '{:.0%}')}")
+        search = doc.get("search") or {}
+        if search.get("functions_per_hour") is not None:
+            causes = search.get("cache_hits_by_cause")
+            why = (" (" + ", ".join(f"{n} {c.replace('_', ' ')}" for c, n in causes.items())
+                   + ")") if causes else ""
+            _OUT.print(f"{search['children_generated']} children, "
+                       f"{search['functions_evaluated']} functions evaluated "
+                       f"({search['functions_per_hour']:.0f} per hour of generations); "
+                       f"cache hits {search['children_generated'] - search['functions_evaluated']}"
+                       f"{why}", markup=False, highlight=False)
         for c in doc["best"]:
             _OUT.print(f"#{c['rank']}", end=" ")
             _candidate(c)

@@ -66,6 +66,22 @@ def test_inspect_run_shows_parseable_sources_and_hit_rate(run, lab, tmp_path):  
     again = strict_json(lab("inspect", f"program:{src}", "--json")[1])
     assert again["hash"] == best["hash"]
     assert "finalists" in doc["after_search"]
+    # what the cache bought: hits by cause (the counts metrics.jsonl keeps per generation),
+    # functions evaluated and their rate per hour of generation time
+    search, gens = doc["search"], doc["generations"]
+    assert search["generations"] == len(gens) == 3
+    assert search["cache_hit_rate"] == pytest.approx(doc["cache_hit_rate"])
+    assert search["children_generated"] == doc["cache"]["lookups"]
+    hits = search["children_generated"] - search["functions_evaluated"]
+    assert hits == doc["cache"]["hits"]
+    causes = search["cache_hits_by_cause"]
+    assert set(causes) == {"same_as_parent_symbolic", "same_as_parent_function",
+                           "known_function"}
+    assert all(isinstance(n, int) and n >= 0 for n in causes.values())
+    assert sum(causes.values()) <= hits
+    assert search["seconds"] == pytest.approx(sum(g["seconds"] for g in gens))
+    assert search["functions_per_hour"] == pytest.approx(
+        3600 * search["functions_evaluated"] / search["seconds"])
 
 
 @pytest.mark.slow  # replays with lr tuning and an export (~13 s); the search above stays fast

@@ -201,3 +201,16 @@ def test_matches_within_rounding():
     assert not hashing.matches(fp, fp * (1 + 2.0 ** -8))
     assert not hashing.matches(fp, fp[:-1])
     assert distance(fp, fp) == 0.0
+
+
+def test_distance_past_float64_range_is_infinite_without_a_warning():
+    """A rule whose probe steps reach 1e200 is infinitely far from one at 1e-3 (``lab inspect``'s
+    closest known rule): no overflow warning on the way."""
+    import warnings
+    big, small = np.full(8, 1e200), np.full(8, 1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert distance(big, small) == float("inf")
+        assert distance(big, -big) == float("inf")
+        assert distance(small, 2 * small) == pytest.approx(1e-3)
+    assert distance(np.asarray([np.nan, 1.0]), np.asarray([np.nan, 1.0])) == 0.0

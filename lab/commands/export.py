@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lab import __version__
 from lab.commands.artifacts import provenance, write_artifact
-from lab.commands.inspection import function_info
+from lab.commands.inspection import function_info, search_summary
 from lab.commands.targets import resolve
 from lab.console import log
 from lab.core.kind import get
@@ -42,22 +41,3 @@ def export(text: str, name: str, out: Path, store: Store, seeds: int | None = No
     elif target.artifact is not None:  # an artifact exported again (more seeds, baselines)
         metrics.update(provenance(Path(target.artifact)))
     return write_artifact(out, name, target, info, metrics)
-
-
-def search_summary(store: Store, run_id: str) -> dict:
-    """The search behind a candidate: generations, evaluations, cache hit rate, time saved, and
-    what the search wrote after its generations (finalists, ablation, funnel, validation)."""
-    gens = store.generations(run_id)
-    hits = sum(g["hits"] or 0 for g in gens)
-    misses = sum(g["misses"] or 0 for g in gens)
-    out = {"generations": len(gens), "children_generated": hits + misses,
-           "functions_evaluated": misses,
-           "cache_hit_rate": hits / (hits + misses) if hits + misses else None,
-           "seconds": float(sum(g["seconds"] or 0.0 for g in gens))}
-    folder = store.run_dir(run_id)
-    if (folder / "metrics.jsonl").exists():
-        lines = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines()]
-        out["cache_time_saved_s"] = float(sum(ln.get("time_saved_s") or 0.0 for ln in lines))
-    if (folder / "finalists.json").exists():
-        out["after_search"] = json.loads((folder / "finalists.json").read_text())
-    return out

@@ -99,6 +99,8 @@ def run_doc(run: dict, store: Store, top: int) -> dict:
                                             f"{run['name']} ({run['id']})"))
     hits = sum(g["hits"] or 0 for g in gens)
     total = hits + sum(g["misses"] or 0 for g in gens)
+    summary = search_summary(store, run["id"])
+    reports = {k: summary.pop(k) for k in ("after_search", "cache_time_saved_s") if k in summary}
     return {"run": {k: run[k] for k in ("id", "name", "kind", "status", "best", "generations",
                                         "config_hash", "code_version", "context")},
             "hash": best[0]["hash"] if best else None,
@@ -107,22 +109,37 @@ def run_doc(run: dict, store: Store, top: int) -> dict:
             "cache_hit_rate": hits / total if total else 0.0,
             "generations": [{k: g[k] for k in ("idx", "best", "mean", "hit_rate", "seconds",
                                                "candidates_per_s", "diverged")} for g in gens],
-            "plot": plot, **_run_reports(store, run["id"])}
+            "search": summary, "plot": plot, **reports}
 
 
-def _run_reports(store: Store, run_id: str) -> dict:
-    """What a program search wrote after its generations (finalists, ablation, funnel,
-    meta-validation) and the time its cache saved."""
-    out = {}
+# the per-generation counts of a program search's cache hits, by cause (metrics.jsonl)
+HIT_CAUSES = ("same_as_parent_symbolic", "same_as_parent_function", "known_function")
+
+
+def search_summary(store: Store, run_id: str) -> dict:
+    """The search behind a run: generations, children generated, functions evaluated (and per
+    hour of generation time), cache hit rate, hits by cause and time saved (where the search
+    counts them), and what the search wrote after its generations (finalists, ablation,
+    funnel, validation)."""
+    gens = store.generations(run_id)
+    hits = sum(g["hits"] or 0 for g in gens)
+    misses = sum(g["misses"] or 0 for g in gens)
+    seconds = float(sum(g["seconds"] or 0.0 for g in gens))
+    out = {"generations": len(gens), "children_generated": hits + misses,
+           "functions_evaluated": misses,
+           "functions_per_hour": 3600.0 * misses / seconds if seconds > 0 else None,
+           "cache_hit_rate": hits / (hits + misses) if hits + misses else None,
+           "seconds": seconds}
     folder = store.run_dir(run_id)
-    report = folder / "finalists.json"
-    if report.exists():
-        out["after_search"] = json.loads(report.read_text())
-    metrics = folder / "metrics.jsonl"
-    if metrics.exists():
-        saved = [json.loads(ln).get("time_saved_s") for ln in metrics.read_text().splitlines()]
-        if any(s is not None for s in saved):
-            out["cache_time_saved_s"] = float(sum(s or 0.0 for s in saved))
+    if (folder / "metrics.jsonl").exists():
+        lines = [json.loads(ln) for ln in (folder / "metrics.jsonl").read_text().splitlines()]
+        out["cache_time_saved_s"] = float(sum(ln.get("time_saved_s") or 0.0 for ln in lines))
+        causes = {c: sum(int(ln.get(c) or 0) for ln in lines) for c in HIT_CAUSES
+                  if any(c in ln for ln in lines)}
+        if causes:
+            out["cache_hits_by_cause"] = causes
+    if (folder / "finalists.json").exists():
+        out["after_search"] = json.loads((folder / "finalists.json").read_text())
     return out
 
 
