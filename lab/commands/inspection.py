@@ -97,16 +97,16 @@ def run_doc(run: dict, store: Store, top: int) -> dict:
     if gens:
         plot = str(fitness_over_generations(gens, store.run_dir(run["id"]) / "fitness.png",
                                             f"{run['name']} ({run['id']})"))
-    hits = sum(g["hits"] or 0 for g in gens)
-    total = hits + sum(g["misses"] or 0 for g in gens)
     summary = search_summary(store, run["id"])
+    total = summary["children_generated"]
+    hits = total - summary["functions_evaluated"]
     reports = {k: summary.pop(k) for k in ("after_search", "cache_time_saved_s") if k in summary}
     return {"run": {k: run[k] for k in ("id", "name", "kind", "status", "best", "generations",
                                         "config_hash", "code_version", "context")},
             "hash": best[0]["hash"] if best else None,
             "best": best, "suite": run["config"].get("suite"),
-            "cache": {"hits": hits, "lookups": total, "hit_rate": hits / total if total else None},
-            "cache_hit_rate": hits / total if total else 0.0,
+            "cache": {"hits": hits, "lookups": total, "hit_rate": summary["cache_hit_rate"]},
+            "cache_hit_rate": summary["cache_hit_rate"] or 0.0,
             "generations": [{k: g[k] for k in ("idx", "best", "mean", "hit_rate", "seconds",
                                                "candidates_per_s", "diverged")} for g in gens],
             "search": summary, "plot": plot, **reports}

@@ -355,19 +355,15 @@ def _random_fn(task: EnvTask, steps: int):
                                                           env_params)
 
         def body(carry, _):
-            state, ep_ret, key = carry
+            state, key = carry
             key, k_a, k_s = jax.random.split(key, 3)
             action = jax.random.randint(k_a, (n_envs,), 0, n_actions)
             _, state, reward, term, trunc, _ = step_envs(jax.random.split(k_s, n_envs), state,
                                                          action, env_params)
-            done = term | trunc
-            ep_ret = ep_ret + reward
-            out = (jnp.where(done, ep_ret, 0.0).sum(), done.sum())
-            return (state, jnp.where(done, 0.0, ep_ret), key), out
+            return (state, key), (reward, term | trunc)
 
-        (_, ep_ret, _), (s, n) = jax.lax.scan(body, (state, jnp.zeros(n_envs), k_run), None,
-                                              length)
-        total = jnp.sum(n)
-        return jnp.where(total > 0, jnp.sum(s) / jnp.maximum(total, 1), jnp.mean(ep_ret))
+        _, (reward, done) = jax.lax.scan(body, (state, k_run), None, length)
+        s, total, running = episode_returns(reward, done, jnp.zeros(n_envs))
+        return jnp.where(total > 0, s / jnp.maximum(total, 1), jnp.mean(running))
 
     return jax.jit(jax.vmap(run))
