@@ -180,6 +180,7 @@ def test_config_refuses_inconsistent_meta_training(tmp_path):
         load_config(SMOKE, ["rule.hiden=3"])
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_slots_reset_together_on_divergence_and_at_their_horizon(store):
     cfg = load_config(SMOKE, FAST)
     mt = LearnedDriver(cfg, build_setup(cfg, store))

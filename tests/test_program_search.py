@@ -251,6 +251,7 @@ def test_stages_after_the_search(store):
         assert parse(f["source"])
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_funnel_selects_the_answer_among_finalists_and_validated_programs(store, monkeypatch):
     """``search.select: funnel``: the programs meta-validation scored are finalists and enter
     the funnel beside the best finalists; the funnel's scores rank the run (its answer, rank 0
