@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "ppo_clip,dpo (drift)")
     s.add_argument("--tune-lr", action="store_true",
                    help="also tune the target's learning rate per task (programs, learned "
-                        "optimizers)")
+                        "optimizers, optax optimizers)")
     s.add_argument("--horizon-scale", type=int, default=1, metavar="K",
                    help="run every task for K times its default steps, against baselines "
                    "tuned at that budget (tuned on the learning-rate grid on first use and "

@@ -148,7 +148,7 @@ def test_bad_config_exits_2(lab, tmp_path, text, expect):
     (["replay", "baseline:adam", "--suite", "heldot"], "heldout"),
     (["replay", "baseline:adam", "--suite", "rl-smoke"], "supervised"),
     (["replay", "baseline:adam", "--baselines", "adma"], "adam"),
-    (["replay", "baseline:adam", "--tune-lr", "--suite", "tiny"], "--tune-lr"),
+    (["replay", "discovered/lpo-rl-train", "--tune-lr", "--suite", "rl-smoke"], "--tune-lr"),
     (["replay", "baseline:adam", "--seeds", "0"], "--seeds"),
     (["export", "baseline:adam", "--name", "x", "--suite", "rl-smoke"], "supervised"),
     (["bench", "populaton"], "population"),

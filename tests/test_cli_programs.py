@@ -162,6 +162,7 @@ def test_program_search_config_errors_exit_2(lab, tmp_path):  # noqa: F811
     assert rc == 2 and "search.sigma: unknown key" in err
 
 
-def test_tune_lr_is_for_programs(lab):  # noqa: F811
-    rc, _, err = lab("replay", "baseline:adam", "--suite", "tiny", "--seeds", "1", "--tune-lr")
-    assert rc == 2 and "--tune-lr" in err
+def test_tune_lr_is_for_update_rules(lab):  # noqa: F811
+    rc, _, err = lab("replay", "discovered/lpo-rl-train", "--suite", "rl-smoke", "--seeds", "1",
+                     "--tune-lr")
+    assert rc == 2 and "--tune-lr" in err and "drift" in err

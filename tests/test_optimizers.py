@@ -114,18 +114,54 @@ def test_unknown_optimizers_are_named_with_the_closest():
     assert "lamb" in BASELINES
 
 
+def test_tune_lr_scales_an_optimizers_learning_rate_through_its_log(tiny_task, one_device_mesh):
+    """``--tune-lr`` for an optax optimizer (the hyperparameters-only baseline held out as the
+    discoveries are): each multiplier is a shift of the genome's log learning rate, the same
+    optimizer built at that multiple of its rate with its other hyperparameters as found; the
+    pick is the best mean final loss over the seeds."""
+    from lab.core.evaluate import evaluate, task_keys
+    from lab.core.replay import TUNE_MULTIPLIERS, replay_train
+    from lab.core.rule import stack_genomes
+    from lab.kinds.baseline import tune_lr
+    found = {"learning_rate": 1e-4, "b1": 0.8, "b2": 0.99}  # too small a rate to start
+    rule = make_baseline("adam", found, "baseline")
+    keys = task_keys(2, 1)
+    m, lr = tune_lr(tiny_task, rule, rule.genome, 1.0, 30, keys, one_device_mesh)
+    built = stack_genomes([make_baseline("adam", {**found, "learning_rate": 1e-4 * k}).genome
+                           for k in TUNE_MULTIPLIERS])
+    every = evaluate(replay_train(tiny_task, rule, 30), built,
+                     jnp.repeat(keys, len(TUNE_MULTIPLIERS), 0), one_device_mesh)
+    loss = np.where(every["diverged"].any(-1), np.inf, every["final_loss"].mean(-1))
+    best = int(np.argmin(loss))
+    assert lr == pytest.approx(1e-4 * TUNE_MULTIPLIERS[best]) and lr > 1e-4  # the rate run
+    np.testing.assert_allclose(m["final_loss"], every["final_loss"][best:best + 1], rtol=1e-5)
+    with pytest.raises(ValueError, match="no 'learning_rate'"):
+        tune_lr(tiny_task, rule, {"b1": rule.genome["b1"]}, 1.0, 30, keys, one_device_mesh)
+
+
 def test_references_tune_any_optimizer_on_the_grid():
     assert family_of("lamb").name == "tuned" == family_of("schedule_free_adamw").name
     with pytest.raises(ValueError, match="no reference 'nope'"):
         family_of("nope")
 
 
-@pytest.mark.slow  # tunes two optimizers on the grid for three tasks (~20 s)
+@pytest.mark.slow  # tunes three optimizers on the grid for three tasks (~30 s)
 def test_replay_rows_for_named_optax_and_contrib_baselines(cli):
+    """Named baselines tuned on the grid; ``--tune-lr`` of ``baseline:adam`` lands on tuned
+    Adam where its multipliers of 1e-3 reach tuned Adam's grid point: the same runs."""
     rc, out, err = cli("replay", "baseline:adam", "--suite", "smoke", "--seeds", "2",
-                       "--baselines", "lamb,schedule_free_adamw", "--json")
+                       "--baselines", "adam,lamb,schedule_free_adamw", "--tune-lr", "--json")
     assert rc == 0, err
     doc = json.loads(out)
     rules = {r["rule"] for r in doc["rows"]}
-    assert {"tuned lamb", "tuned schedule_free_adamw"} <= rules
+    assert {"tuned lamb", "tuned schedule_free_adamw", "baseline:adam (lr tuned)"} <= rules
     assert all(r["lr"] in LR_GRID for r in doc["rows"] if r["rule"].startswith("tuned "))
+    by = {(r["task"], r["rule"]): r for r in doc["rows"]}
+    reached = 0
+    for task in {r["task"] for r in doc["rows"]}:
+        mine, adam = by[task, "baseline:adam (lr tuned)"], by[task, "tuned adam"]
+        if adam["lr"] < 1e-3 * 10 ** (8 / 3):  # within the multipliers' span
+            reached += 1
+            assert mine["lr"] == pytest.approx(adam["lr"], rel=1e-4)
+            assert mine["final_loss"] == pytest.approx(adam["final_loss"], rel=1e-5)
+    assert reached

@@ -138,6 +138,25 @@ def tune_over(task, rule, population, lr: float, steps: int, keys, mesh) -> tupl
     return {k: v[best:best + 1] for k, v in m.items()}, lr * TUNE_MULTIPLIERS[best]
 
 
+def log_rate_tuner(leaf: str, absolute: bool = False) -> Tuner:
+    """The ``Tuner`` of a kind whose step is linear in ``exp(genome[leaf])`` (a learned rule's
+    ``log_step``, an optax optimizer's log learning rate): each multiplier of
+    ``TUNE_MULTIPLIERS`` is the shift ``log(multiplier)`` of that leaf. The tuned row's rate is
+    the multiplier times the candidate's outer rate, as a program's is, and with ``absolute``
+    (the leaf is the learning rate itself) times ``exp`` of the leaf: the rate the optimizer ran
+    at, as the tuned baselines' rows give theirs."""
+    def tune(task, rule, genome, lr: float, steps: int, keys, mesh) -> tuple[dict, float]:
+        if leaf not in genome:
+            raise ValueError(f"--tune-lr: {rule.name} has no {leaf!r} in its genome to scale "
+                             f"(it has {', '.join(sorted(genome))})")
+        n = len(TUNE_MULTIPLIERS)
+        pop = {k: np.repeat(np.asarray(v)[None], n, 0) for k, v in genome.items()}
+        pop[leaf] = (pop[leaf] + np.log(TUNE_MULTIPLIERS)).astype(np.float32)
+        m, rate = tune_over(task, rule, pop, lr, steps, keys, mesh)
+        return m, rate * float(np.exp(genome[leaf])) if absolute else rate
+    return tune
+
+
 def replay_update_rule(target: Target, req: ReplayRequest, form: tuple | None = None,
                        tuner: Tuner | None = None) -> dict:
     """``Kind.replay`` of update-rule kinds: ``replay`` with the request's settings.

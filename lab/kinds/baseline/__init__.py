@@ -17,6 +17,7 @@ from lab.core.conformance import update_rule_case
 from lab.core.es import ESDriver, SearchConfig
 from lab.core.kind import Conformance, LaunchCase, register
 from lab.core.optimizers import BASELINES, baseline_from_target, decode, make_baseline
+from lab.core.replay import log_rate_tuner, replay, replay_update_rule
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
 from lab.kinds.baseline.config import BaselineRuleConfig
@@ -42,6 +43,23 @@ def artifact_fields(target: Target) -> dict:
     genome = jax.tree.map(np.asarray, target.genome)
     base = target.rule.name.split("(")[0]
     return {"hyperparameters": {k: float(v) for k, v in decode(base, genome).items()}}
+
+
+# ``--tune-lr``: the optimizer at every multiplier of its learning rate, as the shift
+# ``log(multiplier)`` of its genome's log learning rate, the other hyperparameters as found (the
+# hyperparameters-only baseline held out with its rate tuned per task, as the discoveries'); the
+# row gives the learning rate it ran at
+tune_lr = log_rate_tuner("learning_rate", absolute=True)
+
+
+def replay_baseline(target: Target, req) -> dict:
+    return replay_update_rule(target, req, tuner=tune_lr)
+
+
+def export(target: Target, store, suite: str, seeds: int) -> dict:
+    """Held-out scores at the optimizer's own learning rate and with it tuned per task on the
+    baselines' grid step."""
+    return {"heldout": replay(target, suite, seeds, store=store, tuner=tune_lr)}
 
 
 def _known():
@@ -74,6 +92,8 @@ KIND = register(update_rule_kind(
     make_driver=ESDriver,
     conformance=conformance,
     artifact_fields=artifact_fields,
+    replay=replay_baseline,
+    export=export,
     prefix=NAME,
     resolve=resolve,
 ))

@@ -13,11 +13,10 @@ References: Metz et al. 2019 (arXiv 1810.10180); Metz et al. 2022, VeLO (arXiv 2
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from lab.core.conformance import update_rule_case
 from lab.core.kind import Conformance, LaunchCase, register
-from lab.core.replay import TUNE_MULTIPLIERS, replay, replay_update_rule, tune_over
+from lab.core.replay import log_rate_tuner, replay, replay_update_rule
 from lab.core.rule_kind import update_rule_kind
 from lab.core.target import Target
 from lab.kinds.learned.config import INITS, LearnedRuleConfig, LearnedSearchConfig
@@ -42,13 +41,9 @@ def rule_from_name(name: str):
     return learned_rule(Features.parse(name))
 
 
-def tune_lr(task, rule, genome, lr: float, steps: int, keys, mesh) -> tuple[dict, float]:
-    """``--tune-lr``: the learned rule at every multiplier of its rate, as the shift
-    ``log(multiplier)`` of its ``log_step`` (the step is linear in ``exp(log_step)``)."""
-    n = len(TUNE_MULTIPLIERS)
-    pop = {k: np.repeat(np.asarray(v)[None], n, 0) for k, v in genome.items()}
-    pop["log_step"] = (pop["log_step"] + np.log(TUNE_MULTIPLIERS)).astype(np.float32)
-    return tune_over(task, rule, pop, lr, steps, keys, mesh)
+# ``--tune-lr``: the learned rule at every multiplier of its rate, as the shift
+# ``log(multiplier)`` of its ``log_step`` (the step is linear in ``exp(log_step)``)
+tune_lr = log_rate_tuner("log_step")
 
 
 def replay_learned(target: Target, req) -> dict:
