@@ -1,5 +1,5 @@
-"""The ``lab`` command: launch | runs | inspect | replay | export | tasks | kinds | references |
-bench.
+"""The ``lab`` command: launch | runs | inspect | replay | compare | export | tasks | kinds |
+references | bench.
 
 Reading commands take ``--json``: exactly one strict JSON document on stdout; progress, warnings
 and logs go to stderr. Bad input exits 2 with one line naming what is wrong and where.
@@ -98,6 +98,17 @@ def cmd_replay(args) -> int:
     def human(doc):
         from lab.tables import replay_table
         replay_table(doc)
+    _emit(args, doc, human)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from lab.commands.compare import compare
+    doc = compare(args.a, args.b)
+
+    def human(doc):
+        from lab.tables import compare_tables
+        compare_tables(doc)
     _emit(args, doc, human)
     return 0
 
@@ -255,6 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--devices", type=int, default=0, help="devices in the mesh (0 = all)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_replay)
+
+    s = common(sub.add_parser("compare", help="two candidates' stored replays (artifacts' "
+                              "metrics.json or `lab replay --json` files), paired seed by seed"))
+    s.add_argument("a", metavar="A", help="an artifact folder or a replay JSON file")
+    s.add_argument("b", metavar="B", help="the same, compared against: A minus B")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_compare)
 
     s = common(sub.add_parser("export", help="write a candidate to discovered/NAME"))
     s.add_argument("target", help="RUN or RUN:RANK (or any target form)")

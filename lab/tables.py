@@ -137,3 +137,41 @@ def rl_replay_table(doc: dict) -> None:
         _OUT.print(f"mean score {rule}: {s:+.3f}")
     if doc.get("plot"):
         _OUT.print(f"return curves: {doc['plot']}")
+
+
+def _ci(ci) -> str:
+    lo, hi = ci if ci else (None, None)
+    return "-" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
+
+
+def compare_tables(doc: dict) -> None:
+    """``lab compare``: per paired replay, the suite's paired differences and the per-task ones."""
+    for c in doc["comparisons"]:
+        scale = c.get("horizon_scale", 1)
+        where = (f"{c['suite']} ({c['seeds']} seeds" + (f", {scale}x steps" if scale != 1
+                                                        else "") + ")")
+        t = Table(title=f"{doc['a']} minus {doc['b']} on {where}: suite means paired seed by "
+                        "seed, below zero A is better")
+        for col in ("A", "B", "A mean", "B mean", "difference", "95% interval", "better on",
+                    "worse on"):
+            t.add_column(col)
+        for a, diffs in c["differences"].items():
+            for b, d in diffs.items():
+                t.add_row(a, b, f"{c['summary'][a]:+.3f}", f"{c['summary'][b]:+.3f}",
+                          f"{d['mean']:+.3f}", _ci(d["ci95"]), ", ".join(d["better"]) or "none",
+                          ", ".join(d["worse"]) or "none")
+        _OUT.print(t)
+        t = Table(title=f"per task on {where}, like with like")
+        for col in ("task", "A", "B", "A score", "B score", "difference", "95% interval"):
+            t.add_column(col)
+        for r in c["tasks"]:
+            t.add_row(r["task"], r["a"], r["b"], f"{r['a_score']:+.3f}", f"{r['b_score']:+.3f}",
+                      f"{r['difference']:+.3f}", _ci(r["ci95"]))
+        _OUT.print(t)
+        checked = ", ".join(c["checked"]) or "none shared"
+        _OUT.print(f"same seeds and references, checked on: {checked} (largest gap "
+                   f"{c['agreement']:.2g})")
+    for u in doc["unpaired"]:
+        whose = {"a": "A's replay", "b": "B's replay"}.get(u["side"], "the replays")
+        _OUT.print(f"not compared: {whose} on {u['suite']} ({u['seeds']} seeds, "
+                   f"{u['horizon_scale']}x): {u['reason']}")
