@@ -171,6 +171,12 @@ def compare_tables(doc: dict) -> None:
         checked = ", ".join(c["checked"]) or "none shared"
         _OUT.print(f"same seeds and references, checked on: {checked} (largest gap "
                    f"{c['agreement']:.2g})")
+        for s in c.get("skipped", []):
+            _OUT.print(f"not checked: {s['rule']} on {s['task']}, tuned to another rate since "
+                       f"({_f(s['lr'][0], '{:.3g}')} in A, {_f(s['lr'][1], '{:.3g}')} in B)")
+        if c.get("unchecked"):
+            _OUT.print(f"warning: no shared baseline checks the pairing on "
+                       f"{', '.join(c['unchecked'])}")
     for u in doc["unpaired"]:
         whose = {"a": "A's replay", "b": "B's replay"}.get(u["side"], "the replays")
         _OUT.print(f"not compared: {whose} on {u['suite']} ({u['seeds']} seeds, "

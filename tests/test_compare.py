@@ -84,6 +84,17 @@ def test_replays_of_other_seeds_or_references_are_not_paired(cli, tmp_path):
     rc, _, err = cli("compare", PROGRAM, _write(tmp_path, moved))
     assert rc == 2 and "disagree on tuned adam on mnist1d_cnn" in err
     assert "Traceback" not in err
+    # a baseline tuned to another rate since: skipped, not a disagreement (the normalizer
+    # every row of the task shares is checked by the rows that kept their rate)
+    retuned = json.loads(json.dumps(held))
+    for r in retuned["rows"]:
+        if r["rule"] == "tuned lion" and r["task"] == "mnist1d_cnn":
+            r["lr"], r["scores"] = r["lr"] * 10, [s + 1.0 for s in r["scores"]]
+    rc, out, err = cli("compare", PROGRAM, _write(tmp_path, retuned, "d.json"), "--json")
+    assert rc == 0, err
+    c = strict_json(out)["comparisons"][0]
+    assert [(x["rule"], x["task"]) for x in c["skipped"]] == [("tuned lion", "mnist1d_cnn")]
+    assert c["unchecked"] == [] and "tuned adam" in c["checked"]
     # another seed count: no counterpart at all
     fewer = json.loads(json.dumps(held))
     fewer["seeds"] = 4

@@ -87,22 +87,31 @@ def _pair(a: dict, b: dict, where: str) -> dict:
         if len(r["scores"]) != a["seeds"]:
             raise ValueError(f"{where}: {r['rule']} on {r['task']} has {len(r['scores'])} "
                              f"scores for {a['seeds']} seeds")
-    # the baselines both replays ran: the same seeds against the same references give the same
-    # scores, so they check that the pairing is real
-    shared = {(r["task"], r["rule"]): r["scores"] for r in a["rows"]
+    # the baselines both replays ran at the same rate: the same seeds against the same
+    # references give the same scores, so they check that the pairing is real. A baseline tuned
+    # to another rate since is skipped (its own tuning moved, not the seeds); every row of a
+    # task shares its normalizer (tuned Adam's reference loss, PPO-clip's return), so a moved
+    # normalizer shows in the rows that kept their rate
+    shared = {(r["task"], r["rule"]): r for r in a["rows"]
               if r["rule"] not in a_rules and r["rule"] not in b_rules}
-    worst, checked = 0.0, set()
+    worst, checked, skipped, seen = 0.0, set(), [], set()
     for r in b["rows"]:
         mine = shared.get((r["task"], r["rule"]))
-        if mine is None or len(mine) != len(r["scores"]):
+        if mine is None or len(mine["scores"]) != len(r["scores"]):
             continue
-        gap = float(np.nanmax(np.abs(np.asarray(mine, np.float64)
+        if mine.get("lr") != r.get("lr"):
+            skipped.append({"task": r["task"], "rule": r["rule"], "lr": [mine.get("lr"),
+                                                                          r.get("lr")]})
+            continue
+        gap = float(np.nanmax(np.abs(np.asarray(mine["scores"], np.float64)
                                      - np.asarray(r["scores"], np.float64)), initial=0.0))
         checked.add(r["rule"])
+        seen.add(r["task"])
         if gap > AGREEMENT_TOL:
             raise ValueError(f"{where}: A and B disagree on {r['rule']} on {r['task']} (scores "
-                             f"up to {gap:.3g} apart): they did not run on the same seeds and "
-                             "references; replay both with this code to compare them")
+                             f"up to {gap:.3g} apart at the same rate): they did not run on the "
+                             "same seeds and references; replay both with this code to compare "
+                             "them")
         worst = max(worst, gap)
     stats = suite_statistics(a_rows + b_rows, a_rules, b_labels)
     by = {(r["task"], r["rule"]): np.asarray(r["scores"], np.float64) for r in a_rows + b_rows}
@@ -124,7 +133,8 @@ def _pair(a: dict, b: dict, where: str) -> dict:
     return {"suite": suite, "suite_version": version, "seeds": seeds, "horizon_scale": scale,
             "a": a_rules, "b": b_labels, "summary": {k: float(np.mean(v))
                                                      for k, v in summary.items()},
-            **stats, "tasks": tasks, "checked": sorted(checked), "agreement": worst}
+            **stats, "tasks": tasks, "checked": sorted(checked), "agreement": worst,
+            "skipped": skipped, "unchecked": sorted(tasks_a - seen)}
 
 
 def compare(a: str, b: str) -> dict:
@@ -135,7 +145,9 @@ def compare(a: str, b: str) -> dict:
       the compared rules (a label and its ``(lr tuned)`` row), summary, intervals,
       differences (A's rules minus B's, seed by seed: mean, ci95, the tasks where A lies
       beyond B's interval), "tasks": per task, like with like, "checked": the shared baselines
-      whose scores agreed, "agreement": their largest gap}], "unpaired": the replays not
+      whose scores agreed at the same rate, "agreement": their largest gap, "skipped": the
+      shared baselines tuned to another rate since, "unchecked": tasks no shared baseline
+      checked}], "unpaired": the replays not
       compared, each with its side (a, b or both) and the reason (no counterpart, or not the
       same seeds and references)}``.
     """
