@@ -117,7 +117,8 @@ def _pair(a: dict, b: dict, where: str) -> dict:
     by = {(r["task"], r["rule"]): np.asarray(r["scores"], np.float64) for r in a_rows + b_rows}
     tasks = []
     for x in a_rules:  # per task: like with like (own rate with own, tuned with tuned)
-        y = rename.get(x.replace(a["label"], b["label"]), x.replace(a["label"], b["label"]))
+        y = b["label"] + x[len(a["label"]):]
+        y = rename.get(y, y)
         if y not in b_labels:
             continue
         for task in sorted(tasks_a):
@@ -126,9 +127,9 @@ def _pair(a: dict, b: dict, where: str) -> dict:
             tasks.append({"task": task, "a": x, "b": y, "a_score": float(np.mean(by[task, x])),
                           "b_score": float(np.mean(by[task, y])),
                           "difference": float(np.mean(diff)), "ci95": [lo, hi]})
-    summary = {}
-    for r in a_rows + b_rows:
-        summary.setdefault(r["rule"], []).append(float(np.mean(r["scores"])))
+    summary: dict[str, list] = {}
+    for (_, rule), scores in by.items():
+        summary.setdefault(rule, []).append(float(np.mean(scores)))
     suite, version, seeds, scale = _key(a)
     return {"suite": suite, "suite_version": version, "seeds": seeds, "horizon_scale": scale,
             "a": a_rules, "b": b_labels, "summary": {k: float(np.mean(v))
