@@ -171,6 +171,9 @@ def compare_tables(doc: dict) -> None:
         checked = ", ".join(c["checked"]) or "none shared"
         _OUT.print(f"same seeds and references, checked on: {checked} (largest gap "
                    f"{c['agreement']:.2g})")
+        for m in c.get("moved", []):
+            _OUT.print(f"moved: {m['rule']} on {m['task']} by up to {m['gap']:.3g} at the same "
+                       "rate (a few rows move across code versions)")
         for s in c.get("skipped", []):
             _OUT.print(f"not checked: {s['rule']} on {s['task']}, tuned to another rate since "
                        f"({_f(s['lr'][0], '{:.3g}')} in A, {_f(s['lr'][1], '{:.3g}')} in B)")

@@ -33,22 +33,23 @@ def test_two_artifacts_paired_seed_by_seed(cli):
         "horizon_scale"] == 4
     assert (c["suite"], c["seeds"], c["horizon_scale"]) == ("heldout", 8, 1)
     assert c["a"] == ["program-search-train", "program-search-train (lr tuned)"]
-    assert c["b"] == ["adam-es-train"]
-    assert "tuned adam" in c["checked"] and c["agreement"] == 0.0
+    assert c["b"] == ["adam-es-train", "adam-es-train (lr tuned)"]
+    assert "tuned adam" in c["checked"] and len(c["moved"]) <= 2  # exported on other days
     a, b = _heldout(PROGRAM), _heldout(HPARAMS)
-    for rule in c["a"]:  # the suite mean per seed, then the difference, then its interval
-        mine, theirs = _scores(a, rule), _scores(b, "adam-es-train")
+    for rule, other in zip(c["a"], c["b"], strict=True):  # suite mean per seed, difference
+        mine, theirs = _scores(a, rule), _scores(b, other)
         diff = np.mean([mine[t] for t in mine], 0) - np.mean([theirs[t] for t in mine], 0)
-        d = c["differences"][rule]["adam-es-train"]
+        d = c["differences"][rule][other]
         assert d["mean"] == pytest.approx(diff.mean()) and d["ci95"] == pytest.approx(
             list(interval(diff)))
-    rows = {r["task"]: r for r in c["tasks"]}  # like with like: the own-rate rows
-    assert set(rows) == set(_scores(a, "program-search-train"))
-    chain = rows["rosenbrock_chain_8"]
-    assert (chain["a"], chain["b"]) == ("program-search-train", "adam-es-train")
-    per = _scores(a, "program-search-train")["digits_mlp_long"] - _scores(
-        b, "adam-es-train")["digits_mlp_long"]
-    assert rows["digits_mlp_long"]["difference"] == pytest.approx(per.mean())
+    # like with like: own rate with own, tuned with tuned, on every task
+    pairs = {(r["a"], r["b"]) for r in c["tasks"]}
+    assert pairs == set(zip(c["a"], c["b"], strict=True)) and len(c["tasks"]) == 2 * 7
+    rows = {(r["task"], r["a"]): r for r in c["tasks"]}
+    per = _scores(a, "program-search-train (lr tuned)")["digits_mlp_long"] - _scores(
+        b, "adam-es-train (lr tuned)")["digits_mlp_long"]
+    assert rows["digits_mlp_long", "program-search-train (lr tuned)"]["difference"] == (
+        pytest.approx(per.mean()))
     rc, out, err = cli("compare", PROGRAM, HPARAMS)  # the human form
     assert rc == 0 and "minus" in out and "rosenbrock_chain_8" in out
 
@@ -74,33 +75,61 @@ def _write(tmp_path: Path, held: dict, name: str = "b.json") -> str:
     return str(path)
 
 
+def _edit(held: dict, change) -> dict:
+    out = json.loads(json.dumps(held))
+    for r in out["rows"]:
+        change(r)
+    return out
+
+
 def test_replays_of_other_seeds_or_references_are_not_paired(cli, tmp_path):
-    held = _heldout(HPARAMS)
-    # other references: the shared baseline's scores move (here tuned adam on one task)
-    moved = json.loads(json.dumps(held))
-    for r in moved["rows"]:
-        if r["rule"] == "tuned adam" and r["task"] == "mnist1d_cnn":
+    held = _heldout(PROGRAM)
+    targets = {"program-search-train", "program-search-train (lr tuned)"}
+
+    def relabel(r):  # B: the same replay under another name
+        if r["rule"] in targets:
+            r["rule"] = r["rule"].replace("program-search-train", "other")
+    base = _edit({**held, "label": "other"}, relabel)
+
+    # other references: every baseline on one task moves by one constant (the normalizer)
+    def moved_ref(r):
+        if r["task"] == "mnist1d_cnn" and r["rule"].startswith("tuned "):
             r["scores"] = [s + 0.5 for s in r["scores"]]
-    rc, _, err = cli("compare", PROGRAM, _write(tmp_path, moved))
-    assert rc == 2 and "disagree on tuned adam on mnist1d_cnn" in err
+    rc, _, err = cli("compare", PROGRAM, _write(tmp_path, _edit(base, moved_ref)))
+    assert rc == 2 and "every baseline on mnist1d_cnn is -0.5 apart" in err
     assert "Traceback" not in err
-    # a baseline tuned to another rate since: skipped, not a disagreement (the normalizer
-    # every row of the task shares is checked by the rows that kept their rate)
-    retuned = json.loads(json.dumps(held))
-    for r in retuned["rows"]:
+
+    # other seeds: the baselines' scores belong to other seeds (here rolled by one)
+    def other_seeds(r):
+        r["scores"] = r["scores"][1:] + r["scores"][:1]
+    rc, _, err = cli("compare", PROGRAM, _write(tmp_path, _edit(base, other_seeds), "c.json"))
+    assert rc == 2 and "did not run on the same seeds" in err
+
+    # a row or two moved (another code version): compared, the row listed
+    def one_row(r):
+        if r["rule"] == "tuned lamb" and r["task"] == "quadratic_ill_64":
+            r["scores"] = [s + 0.3 for s in r["scores"]]
+    rc, out, err = cli("compare", PROGRAM, _write(tmp_path, _edit(base, one_row), "d.json"),
+                       "--json")
+    assert rc == 0, err
+    c = strict_json(out)["comparisons"][0]
+    assert [(m["rule"], m["task"]) for m in c["moved"]] == [("tuned lamb", "quadratic_ill_64")]
+    assert c["differences"]["program-search-train"]["other"]["mean"] == 0.0
+
+    # a baseline tuned to another rate since: skipped, not a disagreement
+    def retuned(r):
         if r["rule"] == "tuned lion" and r["task"] == "mnist1d_cnn":
             r["lr"], r["scores"] = r["lr"] * 10, [s + 1.0 for s in r["scores"]]
-    rc, out, err = cli("compare", PROGRAM, _write(tmp_path, retuned, "d.json"), "--json")
+    rc, out, err = cli("compare", PROGRAM, _write(tmp_path, _edit(base, retuned), "e.json"),
+                       "--json")
     assert rc == 0, err
     c = strict_json(out)["comparisons"][0]
     assert [(x["rule"], x["task"]) for x in c["skipped"]] == [("tuned lion", "mnist1d_cnn")]
-    assert c["unchecked"] == [] and "tuned adam" in c["checked"]
+    assert c["unchecked"] == [] and c["moved"] == [] and c["agreement"] == 0.0
+
     # another seed count: no counterpart at all
-    fewer = json.loads(json.dumps(held))
-    fewer["seeds"] = 4
-    for r in fewer["rows"]:
-        r["scores"] = r["scores"][:4]
-    rc, _, err = cli("compare", PROGRAM, _write(tmp_path, fewer, "c.json"))
+    fewer = _edit({**base, "seeds": 4}, lambda r: r.update(scores=r["scores"][:4]))
+    rc, _, err = cli("compare", PROGRAM, _write(tmp_path, fewer, "f.json"))
     assert rc == 2 and "share no comparable replay" in err and "4 seeds" in err
 
 
