@@ -121,10 +121,10 @@ def _pair(a: dict, b: dict, where: str) -> dict:
                              "A and B: they were scored against another reference; replay both "
                              "with this code to compare them")
     if len(moved) > MOVED_SHARE * rows_checked:
-        worst = max(moved, key=lambda m: m["gap"])
+        most = max(moved, key=lambda m: m["gap"])
         raise ValueError(f"{where}: A and B disagree on {len(moved)} of the {rows_checked} "
-                         f"baseline rows both ran at the same rate (e.g. {worst['rule']} on "
-                         f"{worst['task']}, scores up to {worst['gap']:.3g} apart): they did not "
+                         f"baseline rows both ran at the same rate (e.g. {most['rule']} on "
+                         f"{most['task']}, scores up to {most['gap']:.3g} apart): they did not "
                          "run on the same seeds; replay both with this code to compare them")
     worst = max((float(np.nanmax(np.abs(d), initial=0.0)) for ds in deltas.values()
                  for d in ds), default=0.0)
@@ -162,11 +162,10 @@ def compare(a: str, b: str) -> dict:
       differences (A's rules minus B's, seed by seed: mean, ci95, the tasks where A lies
       beyond B's interval), "tasks": per task, like with like, "checked": the shared baselines
       whose scores agreed at the same rate, "agreement": their largest gap, "moved": the rows
-      beyond ``AGREEMENT_TOL`` (a few, from code versions), "skipped": the
-      shared baselines tuned to another rate since, "unchecked": tasks no shared baseline
-      checked}], "unpaired": the replays not
-      compared, each with its side (a, b or both) and the reason (no counterpart, or not the
-      same seeds and references)}``.
+      beyond ``AGREEMENT_TOL`` (a few, from code versions), "skipped": the shared baselines
+      tuned to another rate since, "unchecked": tasks no shared baseline checked}],
+      "unpaired": the replays not compared, each with its side (a, b or both) and the reason
+      (no counterpart, or not the same seeds and references)}``.
     """
     ra, rb = _replays(a), _replays(b)
     by_b = {_key(h): h for h in rb}
