@@ -392,7 +392,9 @@ def test_make_train_metrics_and_determinism(ppo_run):
     assert not np.array_equal(other["curve"], m["curve"])
 
 
-@pytest.mark.parametrize("spec", [SMALL, LPOSpec(hidden=16, progress=True)],
+# the plain network's case is slow (make test's time): the progress features' takes its path
+@pytest.mark.parametrize("spec", [pytest.param(SMALL, marks=pytest.mark.slow),
+                                  LPOSpec(hidden=16, progress=True)],
                          ids=lambda s: s.name)
 def test_lpo_at_ppo_start_trains_like_ppo(spec, ppo_run):
     _, run = ppo_run

@@ -92,6 +92,7 @@ def test_joint_text_round_trips_and_its_header_picks_the_signature():
         load_seed("adam+cosin", "joint")
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_interpreter_equals_compiled_on_random_joint_programs():
     rng = np.random.default_rng(1)
     progs = [compose(load_seed("adam"), load_seed("cosine", "schedule"))]

@@ -149,6 +149,7 @@ def test_horizons_are_log_uniform_and_offsets_whole_unrolls_only_at_the_start():
     assert sample_horizon(0, 3, 1, cfg) == sample_horizon(0, 3, 1, cfg)  # reproducible
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_a_run_stops_at_its_horizon_inside_an_unroll(tiny_task, one_device_mesh):
     """Whole runs of sampled horizons in one static unroll: steps past the horizon change
     nothing and count for nothing."""
@@ -207,6 +208,7 @@ def test_slots_reset_together_on_divergence_and_at_their_horizon(store):
     assert st["reset"].all()
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_persistent_es_accumulates_perturbations_until_the_slot_resets(store, monkeypatch):
     from lab.core import es
     cfg = load_config(SMOKE, [*FAST, "search.persistent=true", "search.horizon_min=1000",
@@ -232,7 +234,8 @@ def test_persistent_es_accumulates_perturbations_until_the_slot_resets(store, mo
                                atol=1e-6)
 
 
-@pytest.mark.parametrize("task_fitness", ["mean", "ranks"])
+# the mean's case is slow (make test's time): the ranks' case takes the same path
+@pytest.mark.parametrize("task_fitness", [pytest.param("mean", marks=pytest.mark.slow), "ranks"])
 def test_task_fitness_tells_the_es_each_tasks_centered_ranks_or_the_mean(store, monkeypatch,
                                                                         task_fitness):
     """``search.task_fitness``: the ES is told the members' meta-losses averaged over the tasks,
@@ -269,9 +272,9 @@ def test_task_fitness_tells_the_es_each_tasks_centered_ranks_or_the_mean(store, 
     assert out["stats"]["best"] == pytest.approx(losses.mean(0).min())
 
 
-# PGPE's case is slow (make test's time): SNES and CMA-ES take the same path
-@pytest.mark.parametrize("strategy", [pytest.param("PGPE", marks=pytest.mark.slow), "SNES",
-                                      "CMA_ES"])
+# PGPE's and SNES's cases are slow (make test's time): CMA-ES takes the same path
+@pytest.mark.parametrize("strategy", [pytest.param("PGPE", marks=pytest.mark.slow),
+                                      pytest.param("SNES", marks=pytest.mark.slow), "CMA_ES"])
 def test_other_strategies_meta_train(store, strategy):
     cfg = load_config(SMOKE, [*FAST, f"search.strategy={strategy}"])
     mt = LearnedDriver(cfg, build_setup(cfg, store))
@@ -282,6 +285,7 @@ def test_other_strategies_meta_train(store, strategy):
     assert not np.allclose(np.asarray(mt.mean_genome()["w0"]), mt.flat.unravel(before)["w0"])
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_validation_at_a_longer_horizon_selects_the_answer(store):
     """``validate_scale: K``: each validation is the mean of the ES mean's full-run scores at 1x
     and at K times every horizon (each a scorer's at that scale), and the run's answer is the

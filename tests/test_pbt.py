@@ -61,9 +61,9 @@ def test_the_trajectory_rule_is_optax_inject_hyperparams_with_piecewise_schedule
         np.testing.assert_allclose(ua["w"], ub["w"], rtol=2e-5)
 
 
-# Adam's case is slow (make test's time on 2 cores): schedule-free AdamW's state is the harder one
-@pytest.mark.parametrize("name", [pytest.param("adam", marks=pytest.mark.slow),
-                                  "schedule_free_adamw"])
+# slow (make test's time on 2 cores); schedule-free AdamW's state is the harder one
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["adam", "schedule_free_adamw"])
 def test_a_members_intervals_are_the_steps_of_a_whole_run_of_its_trajectory(tiny_task, name):
     """Also for a rule scored at other parameters than its iterate (schedule-free's average):
     PBT ranks members by the loss there, as the replay of its trajectory scores it."""
@@ -190,6 +190,7 @@ def test_a_pbt_run_compiles_once_and_stores_the_lineage(store, monkeypatch):
         assert min(abs(ratio - 0.8), abs(ratio - 1.2)) < 1e-5
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_a_pbt_task_trains_on_its_own_seed_count(store, monkeypatch):
     from lab.core.loop import launch
     from lab.kinds.pbt import driver as D

@@ -247,9 +247,9 @@ def _adam_run(rule, genome, steps=12, lr=20.0):
     return np.stack(out), grads
 
 
-# the constant schedule's case is slow (make test's time): cosine and REX vary over the run
+# the constant schedule's and REX's cases are slow (make test's time): cosine varies over the run
 @pytest.mark.parametrize("name", [pytest.param("constant", marks=pytest.mark.slow), "cosine",
-                                  "rex"])
+                                  pytest.param("rex", marks=pytest.mark.slow)])
 def test_schedule_rule_is_adam_times_the_schedule(name):
     import optax
     steps, lr = 12, 20.0

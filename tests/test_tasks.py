@@ -421,6 +421,7 @@ def test_data_files_are_package_data():
     assert shipped <= covered
 
 
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_scaled_task_multiplies_the_loss_and_adam_takes_the_same_steps():
     """``tasks.base.scaled``: loss, gradients, floor and held-out loss ``factor`` times the
     base task's; Adam (eps 0) follows the same trajectory on both, so a tuned reference and
