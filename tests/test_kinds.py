@@ -63,8 +63,10 @@ def rule_cases(slow: frozenset = frozenset()):
 
 # the interpreter's eager fingerprint runs its statement loop op by op (~20 s on 2 cores; pbt's
 # program trajectory runs it per segment, ~70 s); its jit and eager paths are also held equal
-# by test_program_backends
-SLOW_FINGERPRINTS = frozenset({"program:interpreted", "pbt:program"})
+# by test_program_backends. The drift program's and the learned MLP's (7 s each) are slow for
+# make test's time; the baselines' and the compiled program's keep the check in the default set
+SLOW_FINGERPRINTS = frozenset({"program:interpreted", "pbt:program", "drift:program",
+                               "learned:mlp"})
 
 
 _JITTED: dict = {}
