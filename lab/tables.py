@@ -105,10 +105,9 @@ def replay_table(doc: dict) -> None:
               "eval loss", "lr"):
         t.add_column(c)
     for r in doc["rows"]:
-        lo, hi = r["ci95"]
         speed = r.get("speedup")
         t.add_row(r["task"], r["rule"], str(r.get("steps", "-")), f"{r['score']:+.3f}",
-                  "-" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]",
+                  interval_text(r["ci95"]),
                   f"{speed:.2f}x" if speed is not None else
                   "diverged" if r["diverged"] else "never",
                   f"{r['final_loss']:.4g}", f"{r['eval_loss']:.4g}", _f(r["lr"], "{:.3g}"))
@@ -127,11 +126,9 @@ def rl_replay_table(doc: dict) -> None:
               "score", "score 95%"):
         t.add_column(c)
     for r in doc["rows"]:
-        lo, hi = r["ci95"]
-        slo, shi = r["score_ci95"]
         t.add_row(r["task"], r["rule"], str(r["steps"]), f"{r['final_return']:.4g}",
-                  "-" if lo is None else f"[{lo:.4g}, {hi:.4g}]", f"{r['mean_return']:.4g}",
-                  f"{r['score']:+.3f}", "-" if slo is None else f"[{slo:+.3f}, {shi:+.3f}]")
+                  interval_text(r["ci95"], "{:.4g}"), f"{r['mean_return']:.4g}",
+                  f"{r['score']:+.3f}", interval_text(r["score_ci95"]))
     _OUT.print(t)
     for rule, s in doc["summary"].items():
         _OUT.print(f"mean score {rule}: {s:+.3f}")
@@ -139,9 +136,10 @@ def rl_replay_table(doc: dict) -> None:
         _OUT.print(f"return curves: {doc['plot']}")
 
 
-def _ci(ci) -> str:
+def interval_text(ci, fmt: str = "{:+.3f}", missing: str = "-") -> str:
+    """A 95% interval as ``[lo, hi]``, or ``missing`` where there is none (one seed)."""
     lo, hi = ci if ci else (None, None)
-    return "-" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]"
+    return missing if lo is None else f"[{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def compare_tables(doc: dict) -> None:
@@ -158,15 +156,15 @@ def compare_tables(doc: dict) -> None:
         for a, diffs in c["differences"].items():
             for b, d in diffs.items():
                 t.add_row(a, b, f"{c['summary'][a]:+.3f}", f"{c['summary'][b]:+.3f}",
-                          f"{d['mean']:+.3f}", _ci(d["ci95"]), ", ".join(d["better"]) or "none",
-                          ", ".join(d["worse"]) or "none")
+                          f"{d['mean']:+.3f}", interval_text(d["ci95"]),
+                          ", ".join(d["better"]) or "none", ", ".join(d["worse"]) or "none")
         _OUT.print(t)
         t = Table(title=f"per task on {where}, like with like")
         for col in ("task", "A", "B", "A score", "B score", "difference", "95% interval"):
             t.add_column(col)
         for r in c["tasks"]:
             t.add_row(r["task"], r["a"], r["b"], f"{r['a_score']:+.3f}", f"{r['b_score']:+.3f}",
-                      f"{r['difference']:+.3f}", _ci(r["ci95"]))
+                      f"{r['difference']:+.3f}", interval_text(r["ci95"]))
         _OUT.print(t)
         checked = ", ".join(c["checked"]) or "none shared"
         _OUT.print(f"same seeds and references, checked on: {checked} (largest gap "

@@ -36,6 +36,7 @@ from lab.core.optimizers import make_baseline
 from lab.core.references import References
 from lab.core.rule import stack_genomes
 from lab.core.target import Target
+from lab.tables import interval_text
 
 
 def interval(x: np.ndarray) -> tuple[float | None, float | None]:
@@ -301,7 +302,7 @@ def readme_tables(metrics: dict) -> list[str]:
                   "|---|---|---|---|---|---|"]
         for r in held["rows"]:
             lines.append(f"| {r['task']} | {r['rule']} | {r['score']:+.3f} | "
-                         f"{_ci(r['ci95'])} | {_g(r['final_loss'])} | "
+                         f"{interval_text(r['ci95'], missing='n/a')} | {_g(r['final_loss'])} | "
                          f"{_x(r.get('speedup'))} |")
         lines += statistics_tables(held)
     return lines
@@ -314,7 +315,8 @@ def statistics_tables(held: dict) -> list[str]:
     if held.get("intervals"):
         lines += ["", "Suite means (each seed's mean over the tasks; 95% interval over "
                   "seeds):", "", "| rule | mean | 95% interval |", "|---|---|---|"]
-        lines += [f"| {k} | {v:+.3f} | {_ci(held['intervals'].get(k))} |"
+        lines += [f"| {k} | {v:+.3f} | "
+                  f"{interval_text(held['intervals'].get(k), missing='n/a')} |"
                   for k, v in held["summary"].items()]
     if held.get("differences"):
         lines += ["", "Paired differences of the suite mean (same seeds and tasks; below "
@@ -322,7 +324,7 @@ def statistics_tables(held: dict) -> list[str]:
                   "lies outside the baseline's interval:", "",
                   "| rule | baseline | difference | 95% interval | better on | worse on |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {t} | {b} | {d['mean']:+.3f} | {_ci(d['ci95'])} | "
+        lines += [f"| {t} | {b} | {d['mean']:+.3f} | {interval_text(d['ci95'], missing='n/a')} | "
                   f"{_tasks(d.get('better'))} | {_tasks(d.get('worse'))} |"
                   for t, diffs in held["differences"].items() for b, d in diffs.items()]
     return lines
@@ -335,8 +337,3 @@ def _g(x) -> str:
 
 def _tasks(names) -> str:
     return "n/a" if names is None else ", ".join(names) or "none"
-
-
-def _ci(ci) -> str:
-    lo, hi = ci if ci else (None, None)
-    return f"[{lo:+.3f}, {hi:+.3f}]" if lo is not None else "n/a"

@@ -27,6 +27,7 @@ from lab.core.target import Target
 from lab.kinds.drift.objectives import objective_from_name, ppo_clip
 from lab.kinds.drift.ppo import CURVE_POINTS, make_train, random_returns
 from lab.kinds.drift.scoring import normalized_return
+from lab.tables import interval_text
 
 BASELINES = ("ppo_clip", "dpo")
 LEVELS_HELDOUT = "rl-levels-heldout"  # levels (tasks.levels) whose seeds no search draws
@@ -147,8 +148,7 @@ def _table(held: dict, title: str) -> list[str]:
              "| environment | objective | env steps | final return | 95% interval | "
              "mean return | score |", "|---|---|---|---|---|---|---|"]
     for r in held["rows"]:
-        lo, hi = r["ci95"]
-        ci = f"[{lo:.4g}, {hi:.4g}]" if lo is not None else "n/a"
+        ci = interval_text(r["ci95"], "{:.4g}", "n/a")
         lines.append(f"| {r['task']} | {r['rule']} | {r['steps']} | {r['final_return']:.4g} | "
                      f"{ci} | {r['mean_return']:.4g} | {r['score']:+.3f} |")
     if held.get("intervals"):
