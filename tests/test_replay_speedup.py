@@ -159,11 +159,15 @@ def test_replay_table_shows_speedups(capsys):
            "speedup": 2.5, "steps_to_adam": 32}
     doc = {"label": "x", "suite": "smoke", "seeds": 1, "horizon_scale": 2, "plot": None,
            "rows": [row, {**row, "speedup": None, "steps_to_adam": None},
-                    {**row, "speedup": None, "diverged": True}], "summary": {"r": 0.1}}
+                    {**row, "speedup": None, "diverged": True},
+                    {**row, "ci95": [0.05, 0.15]}], "summary": {"r": 0.1}}
     replay_table(doc)
     out = capsys.readouterr().out
     assert "speedup" in out and "2.50x" in out and "never" in out and "diverged" in out
     assert "2x steps" in out
+    assert "[+0.050, +0.150]" in out  # one seed's row has no interval: "-"
+    assert sum(line.split("│")[5].strip() == "-" for line in out.splitlines()
+               if line.count("│") > 5) == 3
 
 
 def test_readme_tables_render_a_metrics_file_read_back():
