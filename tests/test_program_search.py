@@ -124,6 +124,59 @@ def test_children_the_cache_knows_are_mutated_again(store):
     assert replaced > 0
 
 
+def test_known_children_join_unevaluated_with_hits_join(store):
+    """``search.hits: join`` (the Lion search's way): a child whose function the run knows joins
+    the population at its cached fitness, unevaluated, and more children are made until B are
+    new or B x (1 + retries) were made; the batch keeps its one compiled shape."""
+    cfg = load_config(None, [*SMALL, "search.hits=join", "search.population=16"])
+    setup = build_setup(cfg, store)
+    evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adamw"))
+    evo.seed_population()  # compiles the batch's shape
+    trains = list(setup.scorer.trains.values())
+    sizes = [compiled(t, setup.mesh)._cache_size() for t in trains]
+    B, cap, joined = cfg.search.children, cfg.search.children * (1 + cfg.search.retries), 0
+    for g in range(4):
+        before = set(evo.cache.scores) | set(evo.cache.failed)
+        out = evo.step(g)
+        stats, extra, members = out["stats"], out["extra"], out["members"]
+        scored = [e["hash"] for e in out["evaluations"] if e["context"] == evo.context("full", 0)]
+        assert len(set(scored)) == len(scored) == stats["misses"] <= B
+        assert not set(scored) & before  # only new functions are trained
+        assert len(members) == extra["children"] == stats["hits"] + stats["misses"] <= cap
+        assert stats["misses"] == B or len(members) == cap
+        assert stats["hits"] == (extra["same_as_parent_symbolic"] +
+                                 extra["same_as_parent_function"] + extra["known_function"])
+        for m in members:  # a hit joins at the fitness its function has
+            assert m.fitness == evo.cache.fitness(m.key)
+            assert m.key in scored or m.key in before
+        joined += stats["hits"]
+        assert len(evo.population) == cfg.search.population
+    assert joined > 0
+    assert [compiled(t, setup.mesh)._cache_size() for t in trains] == sizes  # no recompiles
+
+
+@pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
+def test_forgotten_hits_take_a_slot_of_the_batch_with_hits_join(store):
+    """``search.forget`` with ``hits: join``: a known child drawn to be evaluated again takes a
+    slot of the generation's batch, as a new function does, so a generation still trains at
+    most B functions (here every distinct function of the generation: forget 1)."""
+    cfg = load_config(None, [*SMALL, "search.hits=join", "search.population=16",
+                             "search.forget=1.0", "search.confirm=false"])
+    setup = build_setup(cfg, store)
+    evo = evolution.Evolution(cfg, store, "r", setup.scorer, None, load_seed("adamw"))
+    evo.seed_population()
+    B, cap, again = cfg.search.children, cfg.search.children * (1 + cfg.search.retries), 0
+    for g in range(4):
+        before = set(evo.cache.scores)
+        out = evo.step(g)
+        scored = [e["hash"] for e in out["evaluations"]]
+        keys = {m.key for m in out["members"]}
+        assert len(scored) == out["stats"]["misses"] and set(scored) == keys
+        assert len(keys) == B or len(out["members"]) == cap
+        again += len(keys & before)
+    assert again > 0
+
+
 @pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_without_the_cache_every_child_is_scored(store):
     """``search.cache: false``: one mutation per child, symbolically new or not, and a child

@@ -28,6 +28,7 @@ from lab.core.checkpoints import (
     strings_to_array,
 )
 from lab.core.config import load_config
+from lab.kinds.program import evostate
 from lab.kinds.program.evolution import Evolution, Member
 from lab.kinds.program.mutate import mutate
 from lab.kinds.program.programs import load_seed
@@ -74,9 +75,9 @@ def test_evolution_state_round_trips(tmp_path):
     evo.since_best, evo.restarts = 2, 1
     evo.rng.random(11)
     ckpt = Checkpoints(tmp_path / "checkpoints")
-    ckpt.save(5, evo.state(5))
+    ckpt.save(5, evostate.state(evo, 5))
     other = Evolution(cfg, None, "r", None, None, start)
-    assert other.restore(ckpt.restore(5)) == 6
+    assert evostate.restore(other, ckpt.restore(5)) == 6
     ckpt.close()
     assert list(other.population) == list(evo.population) and other.best == evo.best
     assert other.cache.failed == evo.cache.failed and other.met == evo.met

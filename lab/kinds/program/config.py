@@ -87,6 +87,12 @@ class EvolutionConfig:
     # in the search, the ES on constants, the funnel and meta-validation alike; 0: the mean
     worst_task: float = field(0.0, ge=0)
     retries: int = field(3, ge=0)  # re-mutations while the cache knows a child's function
+    # what becomes of a child whose function the run knows: "remutate", mutated again (up to
+    # ``retries`` times) so that every child is new; "join" (the Lion search's and
+    # AutoML-Zero's way), it joins the population at its cached fitness, unevaluated, and more
+    # children are made until B are new (at most B x (1 + retries) a generation): neutral
+    # mutations drift through the population and dead statements build up
+    hits: str = field("remutate", choices=lambda: ("remutate", "join"), what="cache hits")
     evaluations: int = field(1, ge=1)  # evaluations averaged per function (noisy fitness)
     confirm: bool = True  # a new best-so-far is scored again on fresh data before it counts
     forget: float = field(0.0, ge=0, le=1)  # chance a full cache hit is evaluated again

@@ -4,14 +4,15 @@ Each generation: ``children`` tournaments pick parents from the population; each
 mutated (until valid and symbolically new); each child's evaluation key comes from its symbolic
 hash when that is known, else from a batched fingerprint; children whose function the run has
 met (their parent's, an earlier child's, or a sibling's) are mutated again, up to ``retries``
-times, so the evaluation batch holds new functions, and a child that breaks its signature's
-constraints (a drift's, checked on a grid) is mutated afresh from its parent (``search.cache:
-false`` turns all of this off, to measure what it buys); keys without enough evaluations are
-scored in one compiled call per task (each candidate at every multiplier of the lr grid, the
-best counts), padded to a fixed batch, optionally behind a hurdle (a short run for all, the full
-run for those better than a rolling quantile, both batches padded); the children join the
-population and the oldest members leave. One store transaction per generation. The signature's
-``spaces`` entry says how its programs are scored, keyed and checked.
+times, so the evaluation batch holds new functions (``search.hits: join``: they join the
+population unevaluated, and more children are made until B are new), and a child that breaks
+its signature's constraints (a drift's, checked on a grid) is mutated afresh from its parent
+(``search.cache: false`` turns all of this off, to measure what it buys); keys without enough
+evaluations are scored in one compiled call per task (each candidate at every multiplier of the
+lr grid, the best counts), padded to a fixed batch, optionally behind a hurdle (a short run for
+all, the full run for those better than a rolling quantile, both batches padded); the children
+join the population and the oldest members leave. One store transaction per generation. The
+signature's ``spaces`` entry says how its programs are scored, keyed and checked.
 
 Cache hit rate = 1 - (distinct keys evaluated / children generated); noisy fitness is averaged
 over up to ``evaluations`` runs per key (each on fresh data), and a full hit is evaluated again
@@ -31,20 +32,11 @@ from collections import deque
 
 import numpy as np
 
-from lab import treeio
-from lab.core.checkpoints import (
-    array_to_strings,
-    generator_state,
-    set_generator_state,
-    strings_to_array,
-)
 from lab.core.fitness import CLIP, Scorer, suite_fitness
 from lab.kinds.program.cache import FunctionCache
-from lab.kinds.program.ir import Program, simplify, symbolic_hash
+from lab.kinds.program.ir import Program, symbolic_hash
 from lab.kinds.program.mutate import mutate
-from lab.kinds.program.programs import genome_of
 from lab.kinds.program.spaces import space_of
-from lab.kinds.program.text import to_source
 
 ADMISSIBLE_ROUNDS = 16  # extra rounds of re-mutation for children that break the constraints
 
@@ -236,7 +228,7 @@ class Evolution:
         idx = self.rng.integers(len(self.population), size=self.s.tournament)
         return min((self.population[i] for i in idx), key=lambda m: m.fitness)
 
-    def children(self) -> tuple[list[Member], list[Program], list[str], dict]:
+    def children(self) -> tuple[list[Member], list[Program], list[str], dict, int, set]:
         """B children, and how many more were generated and recognized by the cache, then
         mutated again: symbolically their parent (``same``), or by fingerprint their parent's
         function, one this run has met, or a sibling's (``same_function``, ``known``). Every
@@ -244,7 +236,11 @@ class Evolution:
         ``retries`` re-mutations a known child joins at its cached fitness. What other runs
         stored does not count as met: a run retraces the same steps whatever the store holds
         (it is only spared their evaluations). Without the cache (``search.cache: false``)
-        none of this: each child is a single mutation."""
+        none of this: each child is a single mutation. With ``search.hits: join``, known
+        children join instead (``joining_children``). Last: how many children were made, and
+        the known functions to evaluate again (``joining_children``'s; else none)."""
+        if self.s.cache and self.s.hits == "join":
+            return self.joining_children()
         parents = [self.tournament() for _ in range(self.s.children)]
         seen = {"same": 0, "same_function": 0, "known": 0, "inadmissible": 0}
         cache, length = self.s.cache, self.cfg.rule.max_len
@@ -279,7 +275,56 @@ class Evolution:
             for i, k in zip(again, new, strict=True):
                 keys[i] = k
         self.met.update(keys)
-        return parents, kids, keys, seen
+        return (parents, kids, keys, seen,
+                len(kids) + seen["same"] + seen["same_function"] + seen["known"], set())
+
+    def joining_children(self) -> tuple[list[Member], list[Program], list[str], dict, int,
+                                        set]:
+        """``search.hits: join``: children made in rounds (parents from the population the
+        generation started with) until B take a slot of the evaluation batch, or B x (1 +
+        retries) were made. A new function takes a slot, and so does a known one with fewer
+        than ``evaluations`` scores or drawn by ``forget`` (evaluated again: the set returned
+        last). Any other known child (``same``, ``same_function``, ``known`` as in
+        ``children``) joins the population at its cached fitness, unevaluated, so neutral
+        mutations drift and dead statements build up, as in the Lion search and AutoML-Zero;
+        one that breaks the signature's constraints is mutated afresh from its parent."""
+        seen = {"same": 0, "same_function": 0, "known": 0, "inadmissible": 0}
+        parents: list[Member] = []
+        kids: list[Program] = []
+        keys: list[str] = []
+        taken: set[str] = set()
+        again: set[str] = set()
+        length, cap, slots = self.cfg.rule.max_len, self.s.children * (1 + self.s.retries), 0
+        while slots < self.s.children and len(kids) < cap:
+            ps = [self.tournament() for _ in range(min(self.s.children - slots, cap - len(kids)))]
+            ks = [mutate(p.program, self.rng, length, distinct=False) for p in ps]
+            kk = self.keys(ks)
+            for _ in range(ADMISSIBLE_ROUNDS):
+                bad = [i for i, why in enumerate(self.admissible(ks, kk)) if why]
+                if not bad:
+                    break
+                seen["inadmissible"] += len(bad)
+                for i in bad:
+                    ks[i] = mutate(ps[i].program, self.rng, length, distinct=False)
+                for i, k in zip(bad, self.keys([ks[i] for i in bad]), strict=True):
+                    kk[i] = k
+            for p, c, k in zip(ps, ks, kk, strict=True):
+                if k not in taken and k not in self.met:
+                    slots += 1
+                elif k not in taken and k not in self.cache.failed and (
+                        len(self.cache.scores.get(k, [])) < self.s.evaluations
+                        or (self.s.forget and self.rng.random() < self.s.forget)):
+                    again.add(k)
+                    slots += 1
+                elif k != p.key:
+                    seen["known"] += 1
+                else:
+                    seen["same" if symbolic_hash(c) == symbolic_hash(p.program)
+                         else "same_function"] += 1
+                taken.add(k)
+            parents, kids, keys = parents + ps, kids + ks, keys + kk
+        self.met.update(keys)
+        return parents, kids, keys, seen, len(kids), again
 
     def admissible(self, kids: list[Program], keys: list[str]) -> list[str]:
         """Per child, why it may not be scored ("" if it may; a drift that breaks the
@@ -294,15 +339,16 @@ class Evolution:
         """One generation; returns what the store and the log need."""
         start = time.perf_counter()
         self.cache.as_of = (self.run_id, generation)
-        parents, kids, keys, seen = self.children()
+        parents, kids, keys, seen, n, again = self.children()
+        joining = self.s.cache and self.s.hits == "join"  # its forget draws were made already
         self.cache.load(keys, "full")
         todo: dict[str, Program] = {}
         for k, p in zip(keys, kids, strict=True):
-            n = len(self.cache.scores.get(k, []))
+            count = len(self.cache.scores.get(k, []))
             if k in todo or (self.s.cache and k in self.cache.failed):
                 continue
-            if n < self.s.evaluations or not self.s.cache or (
-                    self.s.forget and self.rng.random() < self.s.forget):
+            if count < self.s.evaluations or not self.s.cache or k in again or (
+                    self.s.forget and not joining and self.rng.random() < self.s.forget):
                 todo[k] = p
         evaluations = self.evaluate(todo, generation)
         confirmed = self.confirm(todo) if self.s.confirm else []
@@ -323,9 +369,8 @@ class Evolution:
         if self.s.plateau and self.since_best >= self.s.plateau:
             restart = self.restart()
         seconds = time.perf_counter() - start
-        # children generated: the B that join, plus those the cache recognized and replaced
+        # n, children generated: those that join, plus those the cache recognized and replaced
         # (a child that broke the signature's constraints was never a candidate: not counted)
-        n = len(kids) + seen["same"] + seen["same_function"] + seen["known"]
         evaluated = len(todo)
         per_eval = self.eval_seconds / max(self.evaluated_total, 1)
         fitness = np.asarray([m.fitness for m in members])
@@ -355,95 +400,3 @@ class Evolution:
         self.population = deque(dataclasses.replace(src) for _ in range(self.s.population))
         self.since_best = 0
         return what
-
-    # ---- checkpoints ------------------------------------------------------------------------
-    def state(self, generation: int) -> dict:
-        """The search state after ``generation`` as numpy arrays (an orbax checkpoint).
-
-        ``members``: the population in order, then the best so far: stacked genotypes
-        (``op, a, b, k: [P + 1, L]``, ``out``, ``n``), ``key`` and ``parent`` (rows of ``hashes``,
-        every key the state names as ASCII bytes; -1: none), ``fitness``, ``born``.
-        ``met``: which hashes the run has met. ``failed``: which hashes the hurdle cut, at what
-        fitness. Then the hurdle's windows (padded), counters and the generator.
-        """
-        members, failed = [*self.population, self.best], self.cache.failed
-        names = list(dict.fromkeys([m.key for m in members] + list(failed) +
-                                   [m.parent for m in members if m.parent is not None] +
-                                   sorted(self.met)))
-        row = {k: i for i, k in enumerate(names)}
-        length = max(len(m.program) for m in members)
-        genomes = [m.program.to_arrays(length) for m in members]
-        return {
-            "generation": np.asarray(generation, np.int64),
-            "members": {**{f: np.stack([g[f] for g in genomes]) for f in genomes[0]},
-                        "key": np.asarray([row[m.key] for m in members], np.int32),
-                        "parent": np.asarray([row.get(m.parent, -1) for m in members], np.int32),
-                        "fitness": np.asarray([m.fitness for m in members], np.float64),
-                        "born": np.asarray([m.born for m in members], np.int64)},
-            "hashes": strings_to_array(names),
-            "met": np.asarray([k in self.met for k in names]),
-            "failed": {"cut": np.asarray([k in failed for k in names]),
-                       "fitness": np.asarray([failed.get(k, np.nan) for k in names], np.float64)},
-            "window": _padded(self.window), "full_window": _padded(self.full_window),
-            "since_best": np.asarray(self.since_best, np.int64),
-            "restarts": np.asarray(self.restarts, np.int64), "rng": generator_state(self.rng)}
-
-    def restore(self, tree: dict) -> int:
-        """Puts the search where ``state`` found it; returns the next generation."""
-        names, m = array_to_strings(tree["hashes"]), tree["members"]
-
-        def member(i: int) -> Member:
-            genome = {f: m[f][i] for f in ("op", "a", "b", "k", "out", "n")}
-            parent = int(m["parent"][i])
-            return Member(Program.from_arrays(genome, self.start.name, self.start.sig),
-                          names[int(m["key"][i])],
-                          float(m["fitness"][i]), int(m["born"][i]),
-                          names[parent] if parent >= 0 else None)
-        *population, self.best = [member(i) for i in range(len(m["key"]))]
-        self.population = deque(population)
-        self.since_best, self.restarts = int(tree["since_best"]), int(tree["restarts"])
-        for window, saved in ((self.window, tree["window"]),
-                              (self.full_window, tree["full_window"])):
-            window.clear()
-            window.extend(saved["values"][:int(saved["size"])].tolist())
-        cut = tree["failed"]
-        self.cache.failed.update({k: float(f) for k, f, c in zip(
-            names, cut["fitness"], cut["cut"], strict=True) if c})
-        set_generator_state(self.rng, tree["rng"])
-        first = int(tree["generation"]) + 1
-        met = tree.get("met")  # absent from checkpoints older than the field: what they hold
-        self.met = ({k for k, flag in zip(names, met, strict=True) if flag} if met is not None
-                    else {x.key for x in [*population, self.best]})
-        for p in population:
-            self.cache.symbolic.setdefault(symbolic_hash(p.program), (p.key, None))
-        return first
-
-
-def _padded(window: deque) -> dict[str, np.ndarray]:
-    """A bounded deque of floats as ``values: [maxlen] float64`` (NaN-padded) and ``size``."""
-    values = list(window) + [np.nan] * (window.maxlen - len(window))
-    return {"values": np.asarray(values, np.float64), "size": np.asarray(len(window), np.int64)}
-
-
-def program_row(m_program: Program, key: str, parent: str | None, length: int,
-                fingerprint: np.ndarray | None = None, row=("program", "program")) -> dict:
-    """A store candidate for a program (its genotype, introns included, as arrays), under the
-    kind and family name ``row`` (its space's)."""
-    genome = genome_of(m_program, max(length, len(m_program)))
-    return {"hash": key, "kind": row[0], "name": row[1],
-            "genome": treeio.tree_to_npz(genome), "readable": to_source(simplify(m_program)),
-            "fingerprint": None if fingerprint is None else treeio.tree_to_npz(fingerprint),
-            "parent": parent}
-
-
-def describe_start(cfg) -> tuple[Program, str]:
-    """The start program of a config: ``rule.file`` or the seed ``rule.seed`` (of the
-    signature ``rule.signature``)."""
-    from lab.kinds.program.programs import load_seed, read_program
-    from lab.kinds.program.signatures import signature
-    sig = signature(cfg.rule.signature)
-    if cfg.rule.file:
-        p = read_program(cfg.rule.file, sig)
-        return p, cfg.rule.file
-    return load_seed(cfg.rule.seed, sig.name), f"seed {cfg.rule.seed}"
-

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
+from lab import treeio
 from lab.console import log
 from lab.core import hosts
 from lab.core.loop import AfterSearch, Finalist, Step
-from lab.kinds.program import finalize
-from lab.kinds.program.evolution import (
-    Evolution,
-    describe_start,
-    program_row,
-)
+from lab.kinds.program import evostate, finalize
+from lab.kinds.program.evolution import Evolution
+from lab.kinds.program.ir import Program, simplify
+from lab.kinds.program.programs import genome_of, load_seed, read_program
+from lab.kinds.program.signatures import signature
 from lab.kinds.program.spaces import short_scorer, space_of
+from lab.kinds.program.text import to_source
 
 
 class ProgramDriver:
@@ -42,7 +45,7 @@ class ProgramDriver:
                                    if short else ""))
 
     def state(self, generation: int):
-        return self.evo.state(generation)
+        return evostate.state(self.evo, generation)
 
     def template(self):
         return None  # the population's programs have the lengths they had: restored as saved
@@ -51,7 +54,7 @@ class ProgramDriver:
         """The evolution as checkpointed, and what the lost process had in memory: scores and
         lr multipliers from the store as it was at generation ``first``."""
         evo = self.evo
-        evo.restore(tree)
+        evostate.restore(evo, tree)
         evo.cache.as_of = (self.setup.run_id, first)
         evo.cache.load([m.key for m in [*evo.population, evo.best]], "full")
         if self.validation is not None:
@@ -110,3 +113,25 @@ def validation_history(metrics_path) -> list[dict]:
     return [{"generation": d["generation"], "hash": d["best_hash"],
              "search_fitness": d["best_so_far"], "validation": d["meta_validation"]}
             for d in lines if "meta_validation" in d]
+
+
+def program_row(m_program: Program, key: str, parent: str | None, length: int,
+                fingerprint: np.ndarray | None = None, row=("program", "program")) -> dict:
+    """A store candidate for a program (its genotype, introns included, as arrays), under the
+    kind and family name ``row`` (its space's)."""
+    genome = genome_of(m_program, max(length, len(m_program)))
+    return {"hash": key, "kind": row[0], "name": row[1],
+            "genome": treeio.tree_to_npz(genome), "readable": to_source(simplify(m_program)),
+            "fingerprint": None if fingerprint is None else treeio.tree_to_npz(fingerprint),
+            "parent": parent}
+
+
+def describe_start(cfg) -> tuple[Program, str]:
+    """The start program of a config: ``rule.file`` or the seed ``rule.seed`` (of the
+    signature ``rule.signature``)."""
+    sig = signature(cfg.rule.signature)
+    if cfg.rule.file:
+        p = read_program(cfg.rule.file, sig)
+        return p, cfg.rule.file
+    return load_seed(cfg.rule.seed, sig.name), f"seed {cfg.rule.seed}"
+
