@@ -55,9 +55,19 @@ def test_every_kind_has_conformance_cases(name):
     assert (config if config.is_absolute() else ROOT / config).is_file(), conf.launch
 
 
+# the baseline kind's optax aliases share one code path: three keep its cases in the default
+# set (plain, moments, factored state); the other eight are slow tests (make test's time; CI
+# runs them), and test_rules holds every alias to optax itself in the default set
+DEFAULT_BASELINES = frozenset({"baseline:sgd", "baseline:adam", "baseline:adafactor"})
+
+
 def rule_cases(slow: frozenset = frozenset()):
-    """Every kind's rule cases; those named in ``slow`` are slow tests (CI runs them)."""
-    return [pytest.param(get(n), c, id=c.id, marks=[pytest.mark.slow] if c.id in slow else [])
+    """Every kind's rule cases; those named in ``slow``, and the baselines outside
+    ``DEFAULT_BASELINES``, are slow tests (CI runs them)."""
+    def is_slow(case):
+        return case.id in slow or (case.id.startswith("baseline:")
+                                    and case.id not in DEFAULT_BASELINES)
+    return [pytest.param(get(n), c, id=c.id, marks=[pytest.mark.slow] if is_slow(c) else [])
             for n in KINDS for c in get(n).conformance().rules]
 
 

@@ -90,7 +90,8 @@ class EvolutionConfig:
     # what becomes of a child whose function the run knows: "remutate", mutated again (up to
     # ``retries`` times) so that every child is new; "join" (the Lion search's and
     # AutoML-Zero's way), it joins the population at its cached fitness, unevaluated, and more
-    # children are made until B are new (at most B x (1 + retries) a generation): neutral
+    # children are made until B take a slot of the evaluation batch (new functions, partial
+    # hits, and full hits drawn by ``forget``; at most B x (1 + retries) a generation): neutral
     # mutations drift through the population and dead statements build up
     hits: str = field("remutate", choices=lambda: ("remutate", "join"), what="cache hits")
     evaluations: int = field(1, ge=1)  # evaluations averaged per function (noisy fitness)

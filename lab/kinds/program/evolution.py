@@ -5,14 +5,15 @@ mutated (until valid and symbolically new); each child's evaluation key comes fr
 hash when that is known, else from a batched fingerprint; children whose function the run has
 met (their parent's, an earlier child's, or a sibling's) are mutated again, up to ``retries``
 times, so the evaluation batch holds new functions (``search.hits: join``: they join the
-population unevaluated, and more children are made until B are new), and a child that breaks
-its signature's constraints (a drift's, checked on a grid) is mutated afresh from its parent
-(``search.cache: false`` turns all of this off, to measure what it buys); keys without enough
-evaluations are scored in one compiled call per task (each candidate at every multiplier of the
-lr grid, the best counts), padded to a fixed batch, optionally behind a hurdle (a short run for
-all, the full run for those better than a rolling quantile, both batches padded); the children
-join the population and the oldest members leave. One store transaction per generation. The
-signature's ``spaces`` entry says how its programs are scored, keyed and checked.
+population unevaluated, and more children are made until B take a slot of the batch), and a
+child that breaks its signature's constraints (a drift's, checked on a grid) is mutated afresh
+from its parent (``search.cache: false`` turns all of this off, to measure what it buys); keys
+without enough evaluations are scored in one compiled call per task (each candidate at every
+multiplier of the lr grid, the best counts), padded to a fixed batch, optionally behind a hurdle
+(a short run for all, the full run for those better than a rolling quantile, both batches
+padded); the children join the population and the oldest members leave. One store transaction
+per generation. The signature's ``spaces`` entry says how its programs are scored, keyed and
+checked.
 
 Cache hit rate = 1 - (distinct keys evaluated / children generated); noisy fitness is averaged
 over up to ``evaluations`` runs per key (each on fresh data), and a full hit is evaluated again
@@ -228,6 +229,12 @@ class Evolution:
         idx = self.rng.integers(len(self.population), size=self.s.tournament)
         return min((self.population[i] for i in idx), key=lambda m: m.fitness)
 
+    @property
+    def joins(self) -> bool:
+        """Known children join unevaluated (``search.hits: join``, with the cache on): their
+        ``forget`` draws are made in ``joining_children``, not in ``step``."""
+        return self.s.cache and self.s.hits == "join"
+
     def children(self) -> tuple[list[Member], list[Program], list[str], dict, int, set]:
         """B children, and how many more were generated and recognized by the cache, then
         mutated again: symbolically their parent (``same``), or by fingerprint their parent's
@@ -239,7 +246,7 @@ class Evolution:
         none of this: each child is a single mutation. With ``search.hits: join``, known
         children join instead (``joining_children``). Last: how many children were made, and
         the known functions to evaluate again (``joining_children``'s; else none)."""
-        if self.s.cache and self.s.hits == "join":
+        if self.joins:
             return self.joining_children()
         parents = [self.tournament() for _ in range(self.s.children)]
         seen = {"same": 0, "same_function": 0, "known": 0, "inadmissible": 0}
@@ -340,7 +347,6 @@ class Evolution:
         start = time.perf_counter()
         self.cache.as_of = (self.run_id, generation)
         parents, kids, keys, seen, n, again = self.children()
-        joining = self.s.cache and self.s.hits == "join"  # its forget draws were made already
         self.cache.load(keys, "full")
         todo: dict[str, Program] = {}
         for k, p in zip(keys, kids, strict=True):
@@ -348,7 +354,7 @@ class Evolution:
             if k in todo or (self.s.cache and k in self.cache.failed):
                 continue
             if count < self.s.evaluations or not self.s.cache or k in again or (
-                    self.s.forget and not joining and self.rng.random() < self.s.forget):
+                    self.s.forget and not self.joins and self.rng.random() < self.s.forget):
                 todo[k] = p
         evaluations = self.evaluate(todo, generation)
         confirmed = self.confirm(todo) if self.s.confirm else []
