@@ -155,6 +155,37 @@ def test_known_children_join_unevaluated_with_hits_join(store):
     assert [compiled(t, setup.mesh)._cache_size() for t in trains] == sizes  # no recompiles
 
 
+def test_plateau_restarts_from_the_start_or_from_the_best_genotype(store):
+    """``search.restart``: a plateau restarts the population from the start program and the best
+    so far in turn ("alternate"), or from the one each time; the best's genotype comes back
+    whole, its dead statements too (what ``hits: join`` builds on)."""
+    cfg = load_config(None, [*SMALL, "search.plateau=2"])
+    setup = build_setup(cfg, store)
+    best = parse("""def p(g, w, lr, t, m, v):
+    m = interp(g, m, 0.9)
+    x1 = tanh(g)
+    x2 = sign(m)
+    update = mul(x2, lr)
+    return update, m, v
+""")
+    assert live_statements(best) == [0, 2, 3]  # x1 is dead
+    for how, order in [("alternate", ["start", "best", "start", "best"]),
+                       ("best", ["best"] * 3), ("start", ["start"] * 3)]:
+        cfg_how = load_config(None, [*SMALL, "search.plateau=2", f"search.restart={how}"])
+        evo = evolution.Evolution(cfg_how, store, "r", setup.scorer, None, load_seed("adamw"))
+        evo.seed_population()
+        evo.best = evolution.Member(best, "best-key", -1.0, 7)
+        for what in order:
+            evo.since_best = 2
+            assert evo.restart() == what, how
+            src = evo.best if what == "best" else evo.seed_member
+            assert len(evo.population) == cfg.search.population and evo.since_best == 0
+            assert all(m.program == src.program and m.key == src.key for m in evo.population)
+        assert evo.restarts == len(order)
+    with pytest.raises(ValueError, match="restart"):
+        load_config(None, [*SMALL, "search.restart=worst"])
+
+
 @pytest.mark.slow  # 6-20 s on 2 cores: make test stays under 6 minutes
 def test_forgotten_hits_take_a_slot_of_the_batch_with_hits_join(store):
     """``search.forget`` with ``hits: join``: a known child drawn to be evaluated again takes a

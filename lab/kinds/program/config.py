@@ -104,6 +104,11 @@ class EvolutionConfig:
     hurdle_budget: int = field(0, ge=0)  # inner steps of the short run; 0: budget / 5
     hurdle_window: int = field(256, ge=1)  # recent short-run fitnesses the quantile is over
     plateau: int = field(0, ge=0)  # generations without improvement before a restart; 0: off
+    # where a plateau restart starts the population: "alternate", the start program and the best
+    # so far in turn (Chen et al. 2023); "best", the best so far's genotype each time (its dead
+    # statements kept, which ``hits: join`` builds on); "start", the start program each time
+    restart: str = field("alternate", choices=lambda: ("alternate", "best", "start"),
+                         what="restart")
     es: ConstantsESConfig = dataclasses.field(default_factory=ConstantsESConfig)
     funnel: int = field(0, ge=0)  # finalists re-scored at funnel_scale x budget
     funnel_scale: int = field(10, ge=2)

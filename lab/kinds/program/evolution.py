@@ -395,10 +395,10 @@ class Evolution:
                 "evaluations": evaluations}
 
     def restart(self) -> str:
-        """On a plateau: the population restarts from the start program and from the best so
-        far, in turn (Chen et al. 2023)."""
+        """On a plateau: the population restarts from the start program or from the best so far
+        (``search.restart``: in turn, as Chen et al. 2023, or always the one)."""
         self.restarts += 1
-        if self.restarts % 2:
+        if self.s.restart == "start" or (self.s.restart == "alternate" and self.restarts % 2):
             key = self.keys([self.start])[0]
             src, what = Member(self.start, key, self.cache.fitness(key), -1), "start"
         else:
